@@ -1,0 +1,53 @@
+# genloop: `make demo` runs the lifecycle on the embedded defaults, `make test` runs the tests.
+# Both set up .venv/ first (pinned by requirements.lock), so they work on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# DVC stages call `genloop ...`: the venv's commands come first on PATH.
+export PATH := $(BIN):$(PATH)
+# No telemetry from anything this project starts.
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export BENTOML_DO_NOT_TRACK := true
+export DO_NOT_TRACK := 1
+
+.PHONY: help setup demo test lint format bench clean
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed  ## create .venv/ with the pinned dependencies and the genloop command
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q pip==26.3
+	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
+	touch $@
+
+demo: setup  ## run the lifecycle stages on the defaults (sklearn digits) and say where to look
+	$(BIN)/dvc repro
+	@echo
+	@echo "Done. Look at:"
+	@echo "  data/raw/manifest.json                     what was collected (sha256, size, source, label)"
+	@echo "  artifacts/validate/summary.json            the validation gate's verdict"
+	@echo "  artifacts/validate/data_docs/index.html    Great Expectations data docs"
+	@echo "  data/processed/preview.png                 originals (top row) and their augmented copies"
+	@echo "  dvc.lock                                   what DVC recorded; run 'dvc repro' again: nothing to do"
+
+test: setup lint  ## lint, then the whole test suite (unit and end-to-end)
+	$(BIN)/pytest
+
+lint: setup  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup  ## benchmarks: side-by-side ratios
+	$(BIN)/python bench/pipeline_noop.py
+
+clean:  ## remove the virtual environment and caches (not data/ or artifacts/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,153 @@
+"""augment: deterministic train/val/test split into compact arrays, augmentation on train only.
+
+Images -> data/processed/{split}_x.npy (uint8, N x C x H x W) and {split}_y.npy (int64 class ids).
+Text   -> data/processed/{split}.npy (uint16 character ids) over the vocabulary in meta.json.
+
+Images are split per class (stratified) with a seeded shuffle; each training image gets
+`augment.image.factor` extra copies with a small random shift, rotation and Gaussian noise.
+Text is split contiguously (documents in name order; the test split is the corpus's tail) so no
+window of held-out text leaks into training. Text gets no augmentation here: the trainer draws
+windows at random offsets every step, which is the augmentation a character model benefits from.
+Plain .npy files (not .npz, whose zip headers carry timestamps) keep the output byte-identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from tasks import paths
+from tasks.dvc_stage import publish_table, repro
+from tasks.params import AugmentParams, ImageAugment, Params
+from tasks.storage import dumps, read_json, staged_dir
+from tasks.validate import require_passed
+
+SPLITS = ("train", "val", "test")
+
+
+def split_indices(labels: list, val: float, test: float, seed: int) -> dict[str, list[int]]:
+    """Seeded split, stratified: every label contributes the same fractions to each split."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[int]] = {s: [] for s in SPLITS}
+    groups: dict = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    for label in sorted(groups, key=str):
+        idx = rng.permutation(groups[label])
+        n_test, n_val = round(len(idx) * test), round(len(idx) * val)
+        out["test"] += idx[:n_test].tolist()
+        out["val"] += idx[n_test : n_test + n_val].tolist()
+        out["train"] += idx[n_test + n_val :].tolist()
+    return {s: sorted(v) for s, v in out.items()}
+
+
+def augment_images(x, p: ImageAugment, seed: int):  # uint8 (N, C, H, W) -> uint8 (N * factor, C, H, W)
+    import numpy as np
+    from scipy.ndimage import rotate, shift
+
+    rng = np.random.default_rng(seed + 1)
+    copies = []
+    for _ in range(p.factor):
+        for img in x.astype(np.float64):
+            dy, dx = rng.integers(-p.max_shift, p.max_shift + 1, size=2)
+            angle = rng.uniform(-p.max_rotation_deg, p.max_rotation_deg)
+            out = rotate(img, angle, axes=(1, 2), reshape=False, order=1, mode="constant")
+            out = shift(out, (0, dy, dx), order=0, mode="constant")
+            out = out + rng.normal(0.0, p.noise_std * 255.0, size=out.shape)
+            copies.append(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    return np.stack(copies) if copies else np.empty((0, *x.shape[1:]), np.uint8)
+
+
+def preview(original, augmented, n: int, path: Path) -> None:
+    """A picture of what augmentation does: originals in the top row, their copies below."""
+    import numpy as np
+    from PIL import Image
+
+    n = min(n, len(original))
+    rows = [original[:n]] + [
+        augmented[k * len(original) : k * len(original) + n]
+        for k in range(len(augmented) // max(len(original), 1))
+    ]
+    grid = np.concatenate(
+        [np.concatenate(list(r[:, 0] if r.shape[1] == 1 else r.mean(1)), axis=1) for r in rows], axis=0
+    )
+    scale = max(1, 256 // grid.shape[0])
+    Image.fromarray(grid.astype(np.uint8), mode="L").resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+    ).save(path)
+
+
+def process_images(files: list[dict], p: AugmentParams, out: Path) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    classes = sorted({f["label"] for f in files if f["label"] is not None}, key=lambda s: (len(s), s))
+    class_id = {c: i for i, c in enumerate(classes)}
+    arrays = []
+    for f in files:
+        with Image.open(paths.RAW / f["path"]) as img:
+            px = np.asarray(img)
+        arrays.append(px[None] if px.ndim == 2 else px.transpose(2, 0, 1))  # (C, H, W)
+    x = np.stack(arrays).astype(np.uint8)
+    y = np.array([class_id.get(f["label"], -1) for f in files], dtype=np.int64)
+    parts = split_indices([f["label"] for f in files], p.val_fraction, p.test_fraction, p.seed)
+    counts = {}
+    for split, idx in parts.items():
+        xs, ys = x[idx], y[idx]
+        if split == "train" and p.image.factor:
+            extra = augment_images(xs, p.image, p.seed)
+            preview(xs, extra, 12, out / "preview.png")
+            xs, ys = np.concatenate([xs, extra]), np.concatenate([ys] + [ys] * p.image.factor)
+        np.save(out / f"{split}_x.npy", xs)
+        np.save(out / f"{split}_y.npy", ys)
+        counts[split] = len(xs)
+    return {
+        "kind": "image",
+        "shape": list(x.shape[1:]),
+        "classes": classes,
+        "counts": counts,
+        "originals": {s: len(v) for s, v in parts.items()},
+    }
+
+
+def process_text(files: list[dict], p: AugmentParams, out: Path) -> dict:
+    import numpy as np
+
+    text = "\n".join(
+        (paths.RAW / f["path"]).read_text("utf-8")
+        for f in files  # manifest order: by path
+    )
+    vocab = sorted(set(text))
+    ids = np.array([{ch: i for i, ch in enumerate(vocab)}[ch] for ch in text], dtype=np.uint16)
+    n_test, n_val = round(len(ids) * p.test_fraction), round(len(ids) * p.val_fraction)
+    n_train = len(ids) - n_val - n_test
+    parts = {"train": ids[:n_train], "val": ids[n_train : n_train + n_val], "test": ids[n_train + n_val :]}
+    for split, arr in parts.items():
+        np.save(out / f"{split}.npy", arr)
+    return {"kind": "text", "vocab": vocab, "counts": {s: len(a) for s, a in parts.items()}}
+
+
+def run(params: Params) -> dict:
+    """Refuse unvalidated data, then write data/processed/ whole (or leave the old one untouched)."""
+    require_passed()
+    manifest = read_json(paths.MANIFEST)
+    with staged_dir(paths.PROCESSED) as stage:
+        process = process_images if manifest["kind"] == "image" else process_text
+        meta = process(manifest["files"], params.augment, stage)
+        meta |= {"source": manifest["source"], "seed": params.augment.seed}
+        (stage / "meta.json").write_text(dumps(meta))
+    return meta
+
+
+@task(name="augment")
+def augment_task() -> dict:
+    """Run the DVC stage `augment` and show the split sizes in the Prefect UI."""
+    repro("augment")
+    meta = read_json(paths.PROCESSED / "meta.json")
+    publish_table(
+        "augment", [{"split": s, "examples": n} for s, n in meta["counts"].items()], "Training-ready splits"
+    )
+    return meta

@@ -1,0 +1,52 @@
+"""collect: copy the source named by `data.source` into data/raw/ with a manifest of every file."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prefect import task
+
+from tasks import paths, raw_batches
+from tasks.dvc_stage import publish_table, repro
+from tasks.params import Params
+from tasks.sources import fetch, kind_of
+from tasks.storage import dumps, read_json, sha256_bytes, staged_dir
+
+
+def run(params: Params) -> dict:
+    """Fetch the source into a staging folder and swap it in only when complete.
+
+    A failure (empty source, unreachable endpoint, integrity error) leaves data/raw as it was. On
+    success the replaced batch is kept until validate passes the new one (or puts the old one back);
+    an unvalidated batch is never kept as "previous".
+    """
+    source = params.data.source
+    with staged_dir(paths.RAW, keep_previous=raw_batches.keep_aside()) as stage:
+        entries = sorted(fetch(source, stage, params.collect), key=lambda e: e.path)
+        kind = kind_of(entries, source)
+        manifest = {"source": source, "kind": kind, "files": [e.as_dict() for e in entries]}
+        (stage / "manifest.json").write_text(dumps(manifest))
+    raw_batches.mark_pending(source)
+    return summary(manifest)
+
+
+def summary(manifest: dict) -> dict:
+    files = manifest["files"]
+    labels = Counter(f["label"] for f in files if f["label"] is not None)
+    return {
+        "source": manifest["source"],
+        "kind": manifest["kind"],
+        "files": len(files),
+        "bytes": sum(f["size"] for f in files),
+        "labels": dict(sorted(labels.items())),
+        "manifest_sha256": sha256_bytes(dumps(manifest).encode()),  # as raw_batches.manifest_hash()
+    }
+
+
+@task(name="collect", retries=2, retry_delay_seconds=[10, 60])
+def collect_task(force: bool = False) -> dict:
+    """Run the DVC stage `collect` (force: fetch again even if params and code are unchanged)."""
+    repro("collect", force=force)
+    result = summary(read_json(paths.MANIFEST))
+    publish_table("collect", [{"key": k, "value": str(v)} for k, v in result.items()], "What collect fetched")
+    return result

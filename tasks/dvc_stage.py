@@ -1,0 +1,58 @@
+"""How a Prefect task runs a stage: through `dvc repro`, so DVC alone decides what is up to date.
+
+A run from the Prefect UI and a `dvc repro` in a shell therefore skip the same work, write the same
+dvc.lock and share one cache.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import deque
+
+from tasks.errors import GenloopError
+
+
+def _logger():
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return None
+
+
+def repro(stage: str, force: bool = False) -> None:
+    """`dvc repro --single-item <stage>` in the current project, its output streamed to the run log."""
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
+    log = _logger()
+    tail: deque[str] = deque(maxlen=30)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            if log:
+                log.info(line)
+            else:
+                print(line, flush=True)
+    if proc.returncode != 0:
+        raise GenloopError(f"stage {stage} failed (dvc repro exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+def publish_table(key: str, rows: list[dict], description: str) -> None:
+    """Show key figures in the Prefect UI (a no-op outside a flow run)."""
+    if _logger() is None:
+        return
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(key=key, table=rows, description=description)
+
+
+def publish_markdown(key: str, markdown: str, description: str) -> None:
+    if _logger() is None:
+        return
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(key=key, markdown=markdown, description=description)

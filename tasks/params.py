@@ -1,0 +1,119 @@
+"""Typed view of `params.yaml`: one model per section, unknown or ill-typed keys rejected by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tasks.errors import GenloopError
+
+PARAMS_FILE = "params.yaml"
+BUILTIN_SOURCES = ("sklearn:digits", "pydoc:topics")
+
+
+class Section(BaseModel):
+    # strict: "8" is not an int, 1 is not a float-typed string; extra keys are an error.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(Section):
+    source: str = "sklearn:digits"
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        builtin = v.startswith(("sklearn:", "pydoc:"))
+        if (builtin and v not in BUILTIN_SOURCES) or ("://" in v and not v.startswith("s3://")):
+            raise ValueError(
+                f"unknown source (use {', '.join(BUILTIN_SOURCES)}, s3://bucket/prefix or a folder)"
+            )
+        if v.startswith("s3://") and not v[5:].split("/")[0]:
+            raise ValueError("an S3 source needs a bucket: s3://bucket/prefix")
+        return v
+
+
+class CollectParams(Section):
+    workers: int = Field(8, ge=1, le=64)
+    retries: int = Field(5, ge=1, le=20)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class ImageExpectations(Section):
+    height: int = Field(8, ge=1)
+    width: int = Field(8, ge=1)
+    channels: Literal[1, 3] = 1
+    labels: list[int] | list[str] | None = None
+    min_per_class: int = Field(20, ge=0)
+    max_duplicate_rate: float = Field(0.05, ge=0, le=1)
+
+
+class TextExpectations(Section):
+    min_chars: int = Field(10_000, ge=1)
+    min_charset_coverage: float = Field(0.99, ge=0, le=1)
+    charset: Literal["printable-ascii", "any"] = "printable-ascii"
+    max_pii_file_rate: float = Field(0.0, ge=0, le=1)
+
+
+class ValidateParams(Section):
+    image: ImageExpectations = ImageExpectations()
+    text: TextExpectations = TextExpectations()
+
+
+class ImageAugment(Section):
+    factor: int = Field(2, ge=0, le=50)
+    max_shift: int = Field(1, ge=0)
+    max_rotation_deg: float = Field(10.0, ge=0, le=180)
+    noise_std: float = Field(0.03, ge=0)
+
+
+class AugmentParams(Section):
+    seed: int = 1337
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    image: ImageAugment = ImageAugment()
+
+
+class Params(Section):
+    data: DataParams = DataParams()
+    collect: CollectParams = CollectParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    augment: AugmentParams = AugmentParams()
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            got = e.get("input")
+            lines.append(f"  {key}: {e['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def parse(raw: dict, origin: str = PARAMS_FILE) -> Params:
+    """Validate a parsed params mapping; every offending key is named in the error."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise GenloopError(f"invalid parameters in {origin}:\n{_describe(err)}") from None
+
+
+def load(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate `params.yaml` (float fields accept integers; nothing else is coerced)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenloopError(f"{path} not found: run genloop from the project folder (where params.yaml is)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise GenloopError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise GenloopError(f"{path} must be a mapping of sections")
+    return parse(raw, str(path))

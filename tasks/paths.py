@@ -1,0 +1,19 @@
+"""Where each stage reads and writes, relative to the project folder (the one holding params.yaml)."""
+
+from pathlib import Path
+
+DATA = Path("data")
+RAW = DATA / "raw"
+MANIFEST = RAW / "manifest.json"
+# Project-local state outside data/ (see tasks/raw_batches.py).
+STATE = Path(".genloop")
+RAW_PENDING = STATE / "raw.pending"
+RAW_PREVIOUS = STATE / "raw.previous"
+PROCESSED = DATA / "processed"
+
+ARTIFACTS = Path("artifacts")
+VALIDATE = ARTIFACTS / "validate"
+VALIDATION_SUMMARY = VALIDATE / "summary.json"
+DATA_DOCS = VALIDATE / "data_docs"
+REJECTED = VALIDATE / "rejected"
+AUGMENT = ARTIFACTS / "augment"

@@ -1,0 +1,120 @@
+"""Collect from s3://bucket/prefix with boto3's standard configuration (AWS_ENDPOINT_URL, AWS_* keys).
+
+Paginated listing, concurrent downloads, retries with exponential backoff, and every object checked
+against its size, its ETag (when it is a plain MD5) and its S3 checksum (validated by botocore).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from tasks.errors import GenloopError
+from tasks.params import CollectParams
+from tasks.sources import SUFFIXES, Entry, put
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    return bucket, prefix
+
+
+def client(params: CollectParams):  # -> botocore S3 client
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=params.timeout_s,
+        read_timeout=params.timeout_s,
+        retries={"max_attempts": params.retries, "mode": "standard"},
+        max_pool_connections=max(10, params.workers),
+        response_checksum_validation="when_supported",
+    )
+    return boto3.session.Session().client("s3", config=config)  # fresh: reads the environment now
+
+
+def _explain(err: Exception, uri: str) -> GenloopError:
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(err, EndpointConnectionError):
+        return GenloopError(f"cannot reach the S3 endpoint for {uri}: {err} (check AWS_ENDPOINT_URL)")
+    if isinstance(err, NoCredentialsError):
+        return GenloopError(f"no S3 credentials for {uri}: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code", "?")
+        return GenloopError(f"S3 refused {uri}: {code}: {err.response.get('Error', {}).get('Message', err)}")
+    return GenloopError(f"S3 error on {uri}: {type(err).__name__}: {err}")
+
+
+def list_objects(s3, bucket: str, prefix: str) -> list[dict]:
+    """Every .png/.txt object under the prefix, across all result pages, in key order."""
+    objects = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if Path(obj["Key"]).suffix.lower() in SUFFIXES:
+                objects.append(obj)
+    return sorted(objects, key=lambda o: o["Key"])
+
+
+def _get_verified(s3, bucket: str, obj: dict, retries: int) -> bytes:
+    """Download one object, retrying with backoff until its size and checksums agree."""
+    etag = obj["ETag"].strip('"')
+    last: Exception | None = None
+    for attempt in range(retries):
+        try:
+            body = s3.get_object(Bucket=bucket, Key=obj["Key"], ChecksumMode="ENABLED")["Body"].read()
+            if len(body) != obj["Size"]:
+                raise OSError(f"size {len(body)} != listed {obj['Size']}")
+            # A multipart ETag ("...-N") is not an MD5 of the body; botocore's checksum check covers those.
+            if "-" not in etag and hashlib.md5(body, usedforsecurity=False).hexdigest() != etag:
+                raise OSError("MD5 does not match the ETag")
+            return body
+        except Exception as err:
+            from botocore.exceptions import ClientError
+
+            if isinstance(err, ClientError) and err.response.get("Error", {}).get("Code") in {
+                "AccessDenied",
+                "NoSuchKey",
+                "NoSuchBucket",
+            }:
+                raise
+            last = err
+            time.sleep(min(0.5 * 2**attempt, 8.0))
+    raise GenloopError(f"s3://{bucket}/{obj['Key']} failed its integrity check {retries} times: {last}")
+
+
+def download_prefix(uri: str, dest: Path, params: CollectParams) -> list[Entry]:
+    from tqdm import tqdm
+
+    bucket, prefix = split_uri(uri)
+    s3 = client(params)
+    try:
+        objects = list_objects(s3, bucket, prefix)
+    except Exception as err:
+        raise _explain(err, uri) from None
+    base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
+    entries: list[Entry] = []
+    with (
+        ThreadPoolExecutor(max_workers=params.workers) as pool,
+        tqdm(total=sum(o["Size"] for o in objects), unit="B", unit_scale=True, desc=f"collect {uri}") as bar,
+    ):
+        futures = {pool.submit(_get_verified, s3, bucket, o, params.retries): o for o in objects}
+        for fut in as_completed(futures):
+            obj = futures[fut]
+            try:
+                body = fut.result()
+            except Exception as err:
+                pool.shutdown(wait=False, cancel_futures=True)  # fail fast, don't fetch the rest
+                if isinstance(err, GenloopError):
+                    raise
+                raise _explain(err, f"s3://{bucket}/{obj['Key']}") from None
+            rel = (
+                obj["Key"][len(base) :]
+                if obj["Key"].startswith(base)
+                else obj["Key"][len(prefix) :].lstrip("/")
+            )
+            entries.append(put(dest, rel, body, f"s3://{bucket}/{obj['Key']}"))
+            bar.update(obj["Size"])
+    return sorted(entries, key=lambda e: e.path)

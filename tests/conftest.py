@@ -1,0 +1,125 @@
+"""Shared fixtures: a throwaway project folder (git + DVC) and helpers to run the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.storage import sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# The project files a stage needs at run time: DVC hashes its code deps from the project folder.
+PROJECT_FILES = [
+    "params.yaml",
+    "dvc.yaml",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    "tasks",
+]
+
+# DVC runs `genloop stage ...` through the shell: the venv's commands must be on PATH.
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+class Project:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def set_params(self, **sections: dict) -> None:
+        path = self.root / "params.yaml"
+        params = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump(_merge(params, sections), sort_keys=False))
+
+    def params(self):
+        from tasks.params import load
+
+        return load(self.root / "params.yaml")
+
+    def run(self, *args: str, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+        """Run a command of the venv (genloop, dvc) in the project, capturing its output."""
+        proc = subprocess.run(
+            [str(BIN / args[0]), *args[1:]],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=600,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def snapshot(self, folder: str = "data") -> dict[str, str]:
+        """Every file under `folder` with its sha256: equal snapshots mean byte-identical trees."""
+        base = self.root / folder
+        if not base.exists():
+            return {}
+        return {
+            p.relative_to(base).as_posix(): sha256_file(p) for p in sorted(base.rglob("*")) if p.is_file()
+        }
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """A fresh project folder (a git repository with DVC), the working directory for the test."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in PROJECT_FILES:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    monkeypatch.chdir(root)
+    return Project(root)
+
+
+def write_png(path: Path, pixels) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def digit_folder(tmp_path: Path) -> Path:
+    """A local folder of 8x8 PNGs in label sub-folders (3 classes x 25 distinct images)."""
+    import numpy as np
+
+    root = tmp_path / "digits"
+    rng = np.random.default_rng(0)
+    for label in ("a", "b", "c"):
+        for i in range(25):
+            write_png(root / label / f"{i:03d}.png", rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    return root
+
+
+@pytest.fixture
+def text_folder(tmp_path: Path) -> Path:
+    from pydoc_data.topics import topics
+
+    root = tmp_path / "texts"
+    root.mkdir()
+    for name in sorted(topics)[:20]:
+        (root / f"{name}.txt").write_text(topics[name], encoding="utf-8")
+    return root

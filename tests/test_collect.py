@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from tasks import collect, paths
+from tasks.errors import GenloopError
+
+
+def test_sklearn_digits(project):
+    result = collect.run(project.params())
+    assert result["kind"] == "image" and result["files"] == 1797
+    assert set(result["labels"]) == {str(d) for d in range(10)}
+    manifest = json.loads(paths.MANIFEST.read_text())
+    first = manifest["files"][0]
+    assert set(first) == {"path", "sha256", "size", "source", "label"}
+    assert first["source"].startswith("sklearn:digits#")
+    assert (project.root / "data/raw" / first["path"]).stat().st_size == first["size"]
+
+
+def test_collecting_twice_is_byte_identical(project):
+    collect.run(project.params())
+    before = project.snapshot()
+    collect.run(project.params())
+    collect.run(project.params())  # the first re-collect keeps data/.raw.previous; compare the raw tree
+    after = project.snapshot()
+    raw = {k: v for k, v in before.items() if k.startswith("raw/")}
+    assert raw and raw == {k: v for k, v in after.items() if k.startswith("raw/")}
+
+
+def test_pydoc_topics(project):
+    project.set_params(data={"source": "pydoc:topics"})
+    result = collect.run(project.params())
+    assert result["kind"] == "text" and result["files"] > 50 and result["labels"] == {}
+    assert result["bytes"] > 300_000
+
+
+def test_local_folder_with_labels(project, digit_folder):
+    (digit_folder / ".hidden.png").write_bytes(b"not collected")
+    (digit_folder / "notes.md").write_text("ignored: not an image")
+    project.set_params(data={"source": str(digit_folder)})
+    result = collect.run(project.params())
+    assert result["files"] == 75 and result["labels"] == {"a": 25, "b": 25, "c": 25}
+    manifest = json.loads(paths.MANIFEST.read_text())
+    assert all(f["source"].startswith(str(digit_folder)) for f in manifest["files"])
+
+
+def test_local_text_folder(project, text_folder):
+    project.set_params(data={"source": str(text_folder)})
+    assert collect.run(project.params())["kind"] == "text"
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "mixed"])
+def test_bad_sources_leave_data_as_it_was(project, tmp_path, digit_folder, case):
+    collect.run(project.params())
+    before = project.snapshot()
+    bad = tmp_path / "bad"
+    if case != "missing":
+        bad.mkdir()
+    if case == "mixed":
+        (bad / "a.txt").write_text("hello")
+        (bad / "b.png").write_bytes((digit_folder / "a/000.png").read_bytes())
+    project.set_params(data={"source": str(bad)})
+    with pytest.raises(
+        GenloopError, match={"empty": "no .png or .txt", "missing": "does not exist", "mixed": "mixes"}[case]
+    ):
+        collect.run(project.params())
+    assert project.snapshot() == before
+    assert not list((project.root / "data").glob(".raw.staging-*"))

@@ -1,0 +1,45 @@
+"""The Prefect data flow under Prefect's own test harness: same decisions, same dvc.lock as `dvc repro`."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_flow_writes_the_same_lock_as_dvc_repro(harness, project, tmp_path):
+    from flows.data import data
+
+    meta = data()
+    assert meta["kind"] == "image" and meta["counts"]["train"] > 0
+    flow_lock = (project.root / "dvc.lock").read_text()
+    assert "up to date" in project.run("dvc", "repro", check=True).stdout
+
+    twin = tmp_path / "twin"
+    shutil.copytree(
+        project.root, twin, ignore=shutil.ignore_patterns("data", "artifacts", "dvc.lock", ".dvc")
+    )
+    shutil.copytree(project.root / ".dvc", twin / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+    project.root = twin
+    project.run("dvc", "repro", check=True)
+    assert (twin / "dvc.lock").read_text() == flow_lock
+
+
+def test_flow_stops_at_the_gate(harness, project, text_folder):
+    from flows.data import data
+
+    (text_folder / "bad.txt").write_bytes(b"\xc3\x28 not utf-8")
+    project.set_params(data={"source": str(text_folder)})
+    state = data(return_state=True)
+    assert state.is_failed()
+    assert not (project.root / "data/processed").exists()
+    assert not (project.root / "data/raw").exists()  # the first batch was rejected: data/ as it was

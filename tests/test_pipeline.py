@@ -1,0 +1,63 @@
+"""End to end through the real CLI: `dvc repro` calling `genloop stage ...`."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def ran(proc) -> set[str]:
+    out = proc.stdout + proc.stderr
+    return {s for s in ("collect", "validate", "augment") if f"Running stage '{s}'" in out}
+
+
+def test_repro_from_scratch_then_noop_then_only_what_changed(project):
+    first = project.run("dvc", "repro", check=True)
+    assert ran(first) == {"collect", "validate", "augment"}
+    assert (project.root / "dvc.lock").is_file()
+    lock = (project.root / "dvc.lock").read_text()
+
+    again = project.run("dvc", "repro", check=True)
+    assert ran(again) == set() and "up to date" in again.stdout
+    assert (project.root / "dvc.lock").read_text() == lock
+
+    project.set_params(augment={"seed": 7})
+    changed = project.run("dvc", "repro", check=True)
+    assert ran(changed) == {"augment"}
+
+    project.set_params(validate={"image": {"min_per_class": 10}})
+    assert ran(project.run("dvc", "repro", check=True)) == {"validate"}  # same summary: augment skipped
+
+    forced = project.run("dvc", "repro", "--force", "collect", check=True)
+    assert ran(forced) == {"collect"}  # byte-identical output: nothing downstream reruns
+    assert ran(project.run("dvc", "repro", check=True)) == set()
+
+
+def test_bad_batch_stops_the_pipeline_and_keeps_data(project, digit_folder, tmp_path):
+    project.set_params(
+        data={"source": str(digit_folder)},
+        validate={"image": {"labels": ["a", "b", "c"], "min_per_class": 20}},
+    )
+    project.run("dvc", "repro", check=True)
+    before = project.snapshot()
+
+    bad = tmp_path / "bad-batch"
+    shutil.copytree(digit_folder, bad)
+    png = bad / "c/011.png"
+    png.write_bytes(png.read_bytes()[:25])
+    project.set_params(data={"source": str(bad)})
+    proc = project.run("dvc", "repro")
+    assert proc.returncode != 0
+    assert ran(proc) == {"collect", "validate"}
+    assert "files/c/011.png" in proc.stderr and "decodable" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert project.snapshot() == before
+    assert (project.root / "artifacts/validate/data_docs/index.html").is_file()
+    assert (project.root / "artifacts/validate/rejected/files/c/011.png").is_file()
+
+    project.set_params(data={"source": str(digit_folder)})  # back to the good source: recovers
+    project.run("dvc", "repro", check=True)
+    assert project.snapshot() == before

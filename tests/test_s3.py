@@ -1,0 +1,109 @@
+"""collect from S3 against a real SeaweedFS server on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+
+from tasks import collect, paths
+from tasks.errors import GenloopError
+from tasks.params import CollectParams
+from tasks.s3 import _get_verified, client
+from tests.s3_server import seaweedfs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory):
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as env:
+        yield env
+
+
+@pytest.fixture
+def s3(s3_env, monkeypatch):
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    return client(CollectParams())
+
+
+def make_bucket(s3, bucket: str) -> None:
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket=bucket)
+
+
+def upload_tree(s3, bucket: str, prefix: str, folder) -> dict[str, bytes]:
+    make_bucket(s3, bucket)
+    sent = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        body = path.read_bytes()
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{rel}", Body=body, ChecksumAlgorithm="SHA256")
+        sent[rel] = body
+    return sent
+
+
+def test_collect_from_s3_matches_the_uploaded_objects(project, s3, tmp_path):
+    """1,797 digits under a prefix: more than one listing page (1,000 keys each)."""
+    collect.run(project.params())
+    local = project.snapshot("data/raw/files")
+    sent = upload_tree(s3, "digits", "v1", project.root / "data/raw/files")
+    s3.put_object(Bucket="digits", Key="v1/README.md", Body=b"not collected")
+    s3.put_object(Bucket="digits", Key="v2/0/extra.png", Body=sent["0/0000.png"])  # other prefix
+
+    project.set_params(data={"source": "s3://digits/v1"}, collect={"workers": 8})
+    result = collect.run(project.params())
+    assert result["files"] == len(sent) == 1797
+    assert project.snapshot("data/raw/files") == local  # byte-identical to the originals
+    manifest = json.loads(paths.MANIFEST.read_text())
+    assert manifest["files"][0]["source"] == "s3://digits/v1/0/0000.png"
+    assert result["labels"]["0"] == 178
+
+    before = project.snapshot()
+    collect.run(project.params())
+    assert project.snapshot("data/raw") == {k[4:]: v for k, v in before.items() if k.startswith("raw/")}
+
+
+def test_collect_from_s3_via_the_cli(project, s3, s3_env, text_folder):
+    upload_tree(s3, "texts", "corpus", text_folder)
+    project.set_params(data={"source": "s3://texts/corpus/"})
+    proc = project.run("genloop", "stage", "collect", env=s3_env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["files"] == 20
+    assert "collect s3://texts/corpus/" in proc.stderr  # the progress bar
+
+
+def test_corrupt_object_is_caught_by_its_etag(s3):
+    s3.create_bucket(Bucket="corrupt")
+    s3.put_object(Bucket="corrupt", Key="x/a.txt", Body=b"hello world")
+    listed = s3.list_objects_v2(Bucket="corrupt", Prefix="x/")["Contents"][0]
+    tampered = {**listed, "ETag": '"' + "0" * 32 + '"'}  # what a corrupted transfer would look like
+    assert _get_verified(s3, "corrupt", listed, retries=1) == b"hello world"
+    with pytest.raises(GenloopError, match="integrity check 2 times"):
+        _get_verified(s3, "corrupt", tampered, retries=2)
+
+
+@pytest.mark.parametrize("case", ["unreachable", "no-bucket", "empty-prefix", "bad-key"])
+def test_s3_errors_are_clear_and_leave_data_alone(project, s3, s3_env, monkeypatch, case):
+    collect.run(project.params())
+    before = project.snapshot()
+    make_bucket(s3, "emptyish")
+    source = {"no-bucket": "s3://no-such-bucket/x", "empty-prefix": "s3://emptyish/nothing"}.get(
+        case, "s3://emptyish/x"
+    )
+    if case == "unreachable":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    if case == "bad-key":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    project.set_params(data={"source": source}, collect={"retries": 2, "timeout_s": 2})
+    expected = {
+        "unreachable": "cannot reach the S3 endpoint",
+        "no-bucket": "NoSuchBucket",
+        "empty-prefix": "no .png or .txt",
+        "bad-key": "S3 refused",
+    }[case]
+    with pytest.raises(GenloopError, match=expected):
+        collect.run(project.params())
+    assert project.snapshot() == before

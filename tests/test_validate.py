@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pytest
+
+from tasks import augment, collect, paths, validate
+from tasks.errors import GenloopError
+from tests.conftest import write_png
+
+
+def use_folder(project, folder, **validate_params):
+    image = {"labels": ["a", "b", "c"], "min_per_class": 20} | validate_params
+    project.set_params(data={"source": str(folder)}, validate={"image": image})
+
+
+def collect_and_validate(project):
+    collect.run(project.params())
+    return validate.run(project.params())
+
+
+def test_digits_pass(project):
+    summary = collect_and_validate(project)
+    assert summary["success"] and summary["failures"] == []
+    assert (project.root / summary["data_docs"]).is_file()
+
+
+def test_text_passes(project, text_folder):
+    project.set_params(data={"source": str(text_folder)})
+    assert collect_and_validate(project)["success"]
+
+
+def failing(project) -> tuple[str, dict]:
+    with pytest.raises(GenloopError) as err:
+        collect_and_validate(project)
+    summary = json.loads(paths.VALIDATION_SUMMARY.read_text())
+    assert not summary["success"]
+    assert (project.root / "artifacts/validate/data_docs/index.html").is_file()
+    return str(err.value), summary
+
+
+def failed(summary: dict) -> dict[str, list[str]]:
+    return {f"{f['expectation']}:{f['column']}": f["files"] for f in summary["failures"]}
+
+
+def test_truncated_png_is_named(project, digit_folder):
+    victim = digit_folder / "b/007.png"
+    victim.write_bytes(victim.read_bytes()[:40])
+    use_folder(project, digit_folder)
+    message, summary = failing(project)
+    assert failed(summary)["expect_column_values_to_be_in_set:decodable"] == ["files/b/007.png"]
+    assert "files/b/007.png" in message and "decodable" in message
+
+
+def test_wrong_shape_and_mode(project, digit_folder):
+    write_png(digit_folder / "a/100.png", np.zeros((9, 8), np.uint8))
+    write_png(digit_folder / "c/100.png", np.zeros((8, 8, 3), np.uint8))
+    use_folder(project, digit_folder)
+    _, summary = failing(project)
+    got = failed(summary)
+    assert got["expect_column_values_to_be_between:height"] == ["files/a/100.png"]
+    assert got["expect_column_values_to_be_between:channels"] == ["files/c/100.png"]
+
+
+def test_undeclared_label_and_small_class(project, digit_folder):
+    write_png(digit_folder / "zebra/1.png", np.full((8, 8), 7, np.uint8))
+    use_folder(project, digit_folder, labels=["a", "b", "c", "d"])
+    _, summary = failing(project)
+    got = failed(summary)
+    assert got["expect_column_values_to_be_in_set:label"] == ["files/zebra/1.png"]
+    assert sorted(got["expect_column_values_to_be_between:count"]) == ["class d", "class zebra"]
+
+
+def test_duplicate_rate(project, digit_folder):
+    for i in range(10):  # 10 exact copies in 85 files: 11.8% duplicates > 5%
+        (digit_folder / "a" / f"dup{i}.png").write_bytes((digit_folder / "a/000.png").read_bytes())
+    use_folder(project, digit_folder)
+    _, summary = failing(project)
+    assert "expect_column_proportion_of_unique_values_to_be_between:digest" in failed(summary)
+
+
+def test_invalid_utf8_and_pii(project, text_folder):
+    (text_folder / "broken.txt").write_bytes(b"valid start \xff\xfe then junk")
+    (text_folder / "leak.txt").write_text("contact me at jane.doe@example.com, key AKIAABCDEFGHIJKLMNOP")
+    project.set_params(data={"source": str(text_folder)})
+    message, summary = failing(project)
+    got = failed(summary)
+    assert got["expect_column_values_to_be_in_set:utf8_valid"] == ["files/broken.txt"]
+    assert got["expect_column_values_to_be_between:pii_hits"] == ["files/leak.txt"]
+    assert "files/leak.txt" in message
+
+
+def test_small_corpus_and_charset(project, tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "a.txt").write_text("ünïcödé " * 20)
+    project.set_params(data={"source": str(folder)})
+    _, summary = failing(project)
+    got = failed(summary)
+    assert "expect_column_sum_to_be_between:n_chars" in got
+    assert got["expect_column_values_to_be_between:charset_coverage"] == ["files/a.txt"]
+
+
+def test_pii_threshold_allows_some_files(project, text_folder):
+    (text_folder / "leak.txt").write_text("write to jane.doe@example.com " * 500)
+    project.set_params(data={"source": str(text_folder)}, validate={"text": {"max_pii_file_rate": 0.1}})
+    assert collect_and_validate(project)["success"]
+
+
+def test_failed_batch_is_rejected_and_previous_restored(project, digit_folder):
+    use_folder(project, digit_folder)
+    collect_and_validate(project)
+    augment.run(project.params())
+    before = project.snapshot()
+    victim = digit_folder / "a/003.png"
+    victim.write_bytes(victim.read_bytes()[:30])
+    message, _ = failing(project)
+    assert project.snapshot() == before  # data/ exactly as it was, data/raw included
+    assert "rejected" in message
+    assert (paths.REJECTED / "files/a/003.png").is_file()
+    with pytest.raises(GenloopError, match="failed validation"):
+        augment.run(project.params())
+    assert project.snapshot() == before
+
+
+def test_augment_refuses_data_changed_after_validation(project):
+    collect_and_validate(project)
+    collect.run(
+        project.params().model_copy(
+            update={"data": project.params().data.model_copy(update={"source": "pydoc:topics"})}
+        )
+    )
+    with pytest.raises(GenloopError, match="changed since it was validated"):
+        augment.run(project.params())
