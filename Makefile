@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
 	touch $@
 
-demo: setup  ## run the lifecycle stages on the defaults (sklearn digits) and say where to look
+demo: setup  ## run the lifecycle stages on the defaults (digits, VAE) and say where to look
 	$(BIN)/dvc repro
 	@echo
 	@echo "Done. Look at:"
@@ -33,6 +33,9 @@ demo: setup  ## run the lifecycle stages on the defaults (sklearn digits) and sa
 	@echo "  artifacts/validate/summary.json            the validation gate's verdict"
 	@echo "  artifacts/validate/data_docs/index.html    Great Expectations data docs"
 	@echo "  data/processed/preview.png                 originals (top row) and their augmented copies"
+	@echo "  artifacts/train/samples/final.png          samples of the trained model, one column per class"
+	@echo "  artifacts/train/metrics.json               training result ('dvc metrics show', 'dvc plots show')"
+	@echo "  artifacts/train/model/                     the exported model (safetensors + JSON)"
 	@echo "  dvc.lock                                   what DVC recorded; run 'dvc repro' again: nothing to do"
 
 test: setup lint  ## lint, then the whole test suite (unit and end-to-end)
@@ -48,6 +51,7 @@ format: setup  ## apply ruff's fixes and formatting
 
 bench: setup  ## benchmarks: side-by-side ratios
 	$(BIN)/python bench/pipeline_noop.py
+	$(BIN)/python bench/train_overhead.py
 
 clean:  ## remove the virtual environment and caches (not data/ or artifacts/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -25,10 +25,12 @@ class Stage(StrEnum):
     collect = "collect"
     validate = "validate"
     augment = "augment"
+    train = "train"
 
 
 class FlowName(StrEnum):
     data = "data"
+    train = "train"
 
 
 @app.command()

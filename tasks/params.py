@@ -76,11 +76,83 @@ class AugmentParams(Section):
     image: ImageAugment = ImageAugment()
 
 
+# Model sections: types only. The values live in params.yaml (defaults for library use in models/).
+class VAEParams(Section):
+    latent_dim: int = Field(ge=1)
+    hidden: list[int] = Field(min_length=1)
+    dropout: float = Field(ge=0, lt=1)
+    beta: float = Field(gt=0)
+
+
+class GANParams(Section):
+    latent_dim: int = Field(ge=1)
+    width: int = Field(ge=4)
+    d_steps: int = Field(ge=1)
+    lr_d_factor: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+
+
+class GPTParams(Section):
+    block_size: int = Field(ge=2)
+    n_layer: int = Field(ge=1)
+    n_head: int = Field(ge=1)
+    n_embd: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    bias: bool
+    temperature: float = Field(ge=0)
+    top_k: int = Field(ge=0)
+
+
+class ModelParams(Section):
+    family: Literal["vae", "gan", "gpt"]
+    vae: VAEParams | None = None
+    gan: GANParams | None = None
+    gpt: GPTParams | None = None
+
+    def family_config(self) -> dict:
+        section = getattr(self, self.family)
+        if section is None:
+            raise GenloopError(
+                f"params.yaml: model.family is {self.family} but there is no model.{self.family} section"
+            )
+        return section.model_dump()
+
+
+class TrainParams(Section):
+    seed: int
+    max_epochs: int = Field(ge=1)
+    steps_per_epoch: int | None = Field(ge=1)  # None: one pass over the training images (text: 100)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    schedule: Literal["cosine", "constant"]
+    grad_clip: float = Field(ge=0)  # 0 = off
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"]
+    devices: int | Literal["auto"]
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"]
+    num_nodes: int = Field(ge=1)
+    compile: bool
+    early_stopping_patience: int = Field(ge=0)  # epochs without improvement; 0 = off
+    sample_every_n_epochs: int = Field(ge=0)  # 0 = only at the end
+    val_batches: int | None = Field(ge=1)  # None = the whole validation split
+    init_from: str | None  # an exported model folder (model.json + model.safetensors) to fine-tune
+
+
 class Params(Section):
     data: DataParams = DataParams()
     collect: CollectParams = CollectParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     augment: AugmentParams = AugmentParams()
+    model: ModelParams | None = None
+    train: TrainParams | None = None
+
+    def require(self, section: str):
+        value = getattr(self, section)
+        if value is None:
+            raise GenloopError(f"params.yaml has no {section} section")
+        return value
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 

@@ -24,6 +24,7 @@ PROJECT_FILES = [
     ".dvc/config",
     ".dvc/.gitignore",
     "tasks",
+    "models",
 ]
 
 # DVC runs `genloop stage ...` through the shell: the venv's commands must be on PATH.
@@ -89,7 +90,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
+    git = ["git", "-c", "user.name=genloop-tests", "-c", "user.email=tests@genloop.invalid"]
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    # a first commit, as in any real checkout (dvclive fails on a repository without one)
+    subprocess.run([*git, "commit", "-qm", "project"], cwd=root, check=True)
     monkeypatch.chdir(root)
     return Project(root)
 

@@ -1,0 +1,264 @@
+"""What every family shares: the interface, on-device data, deterministic batches, the optimizer.
+
+Small datasets live on the accelerator as tensors: the loader yields only a position in the epoch,
+and the batch is gathered on the device from indices drawn by a seeded generator, so there is no
+per-batch DataLoader work, no host-to-device copy and no worker processes. Randomness depends only on
+(seed, epoch, step, rank), so a run resumed from a checkpoint replays exactly what an uninterrupted run
+would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclasses.dataclass
+class Optim:
+    """Optimizer settings handed over by the trainer (train.* in params.yaml)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | constant
+    grad_clip: float = 0.0
+    seed: int = 1337
+
+
+class GenerativeModel(pl.LightningModule):
+    """The interface every family implements.
+
+    - `net`: the plain nn.Module whose weights are exported (safetensors).
+    - `sample(n, condition=None, seed=None)`: images as a float tensor (n, C, H, W) in [0, 1], or texts.
+    - `heldout_loss(batch)`: the per-batch held-out figure `evaluate` compares across versions
+      (lower is better); logged as `val_loss` during training.
+    """
+
+    family: str = ""
+    Config: type = object
+
+    def __init__(self, config: dict[str, Any], data: dict[str, Any]) -> None:
+        super().__init__()
+        fields = {f.name for f in dataclasses.fields(self.Config)}
+        unknown = set(config) - fields
+        if unknown:
+            raise ValueError(f"unknown {self.family} config keys: {', '.join(sorted(unknown))}")
+        self.cfg = self.Config(**config)
+        self.data = data
+        self.optim = Optim()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.cfg)
+
+    # --- optimisation ----------------------------------------------------------------------
+    def param_groups(self, params) -> list[dict]:
+        """Weight decay on matrices only (not biases or norms), as in GPT-2 / nanoGPT."""
+        params = [p for p in params if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.optim.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    def make_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
+        # Fused AdamW: one kernel for the whole update. Not under fp16 loss scaling, where the gradients
+        # must be unscaled before clipping (bf16 and fp32 need no scaler).
+        precision = str(getattr(self._trainer, "precision", "")) if self._trainer else ""
+        fused = self.device.type == "cuda" and not precision.startswith("16")
+        return torch.optim.AdamW(
+            self.param_groups(params), lr=lr or self.optim.lr, betas=self.optim.betas, fused=fused
+        )
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # Lightning's AMP plugin refuses to clip for a fused optimizer even under bf16, where no gradient
+        # scaling happens; clip the (unscaled) gradients directly then.
+        if not gradient_clip_val:
+            return
+        if str(self.trainer.precision).startswith("16"):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+
+    def lr_lambda(self, total_steps: int):
+        warmup, schedule = self.optim.warmup_steps, self.optim.schedule
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if schedule == "constant" or total_steps <= warmup:
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine down to 10%
+
+        return factor
+
+    def configure_optimizers(self):
+        opt = self.make_optimizer(self.net.parameters())
+        total = int(self.trainer.estimated_stepping_batches) if self.trainer else 1
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_lambda(total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def training_loss(self, batch) -> torch.Tensor:
+        """The scalar minimised by one optimizer step (families with automatic optimisation)."""
+        raise NotImplementedError
+
+    def train_batch(self, position):
+        """The loader yields a position in the epoch; the batch is a function of (epoch, position) only,
+        decided here where Lightning's epoch counter is certain (also right after a resume)."""
+        # Dropout and sampling noise draw from the global RNG: seed it per (step, rank), so a resumed run
+        # matches an uninterrupted one without saving RNG state.
+        torch.manual_seed(self.optim.seed * 1_000_003 + self.global_step * 7919 + self.global_rank)
+        return self.trainer.datamodule.train_batch(self.current_epoch, int(position))
+
+    def training_step(self, position, batch_idx: int) -> torch.Tensor:
+        batch = self.train_batch(position)
+        loss = self.training_loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch[0]))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log(
+            "val_loss", self.heldout_loss(batch), prog_bar=True, sync_dist=True, batch_size=len(batch[0])
+        )
+
+    def heldout_loss(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, n: int, condition=None, seed: int | None = None):
+        raise NotImplementedError
+
+
+def generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    return g
+
+
+def class_ids(condition, n: int, n_classes: int, device) -> torch.Tensor:
+    """Class ids for n samples: None cycles through the classes; an int or a list of n ints picks them."""
+    if condition is None:
+        return torch.arange(n, device=device) % max(n_classes, 1)
+    y = torch.as_tensor(condition, device=device).long().reshape(-1)
+    if len(y) not in (1, n):
+        raise ValueError(f"condition needs 1 or {n} class ids, got {len(y)}")
+    if n_classes and ((y < 0) | (y >= n_classes)).any():
+        raise ValueError(f"class ids must be in 0..{n_classes - 1}")
+    return y.expand(n)
+
+
+# --- data on the device -------------------------------------------------------------------------
+class _Gather(Dataset):
+    """dataset[index tensor] -> a whole batch gathered on the device."""
+
+    def __init__(self, fetch) -> None:
+        self.fetch = fetch
+
+    def __getitem__(self, index):
+        return self.fetch(index)
+
+    def __len__(self) -> int:  # pragma: no cover - DataLoader never asks with a sampler of keys
+        return 0
+
+
+class DeviceData(pl.LightningDataModule):
+    """The training-ready arrays of data/processed, moved to the training device once.
+
+    Images: x uint8 (N, C, H, W) -> float in [0, 1], y int64. Text: a 1-D array of character ids,
+    served as random windows of `block_size + 1` (train) or consecutive windows (val).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        splits: dict[str, tuple[np.ndarray, np.ndarray | None]],
+        batch_size: int,
+        seed: int,
+        steps_per_epoch: int | None = None,
+        block_size: int = 0,
+        val_batches: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.kind, self.batch_size, self.seed = kind, batch_size, seed
+        self.block_size, self.val_batches = block_size, val_batches
+        self.cpu = {k: (torch.from_numpy(np.ascontiguousarray(x)), None if y is None else torch.from_numpy(y))
+                    for k, (x, y) in splits.items()}  # fmt: skip
+        self.steps_per_epoch = steps_per_epoch
+        self.dev: dict = {}
+        self._drawn: tuple[int, list] = (-1, [])
+
+    def setup(self, stage: str | None = None) -> None:
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        self.rank = self.trainer.global_rank if self.trainer else 0
+        self.world = self.trainer.world_size if self.trainer else 1
+        for name, (x, y) in self.cpu.items():
+            x = x.to(device).long() if self.kind == "text" else x.to(device)
+            self.dev[name] = (x, None if y is None else y.to(device))
+        n = len(self.cpu["train"][0])
+        if self.steps_per_epoch is None:  # one pass over the training set per epoch, split over ranks
+            self.steps_per_epoch = (
+                max(1, n // (self.batch_size * self.world)) if self.kind == "image" else 100
+            )
+
+    def _images(self, split: str, index: torch.Tensor):
+        x, y = self.dev[split]
+        index = index.to(x.device)
+        return x[index].float().div_(255.0), y[index]
+
+    def _windows(self, split: str, offsets: torch.Tensor):
+        data = self.dev[split][0]
+        idx = offsets.to(data.device)[:, None] + torch.arange(self.block_size + 1, device=data.device)
+        chunk = data[idx]  # (B, T + 1)
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def train_batch(self, epoch: int, position: int):
+        """Batch `position` of `epoch` for this rank: (x, y) on the device."""
+        if self._drawn[0] != epoch:
+            self._drawn = (epoch, self._draw_train(epoch))
+        key = self._drawn[1][position]
+        return self._images("train", key) if self.kind == "image" else self._windows("train", key)
+
+    def _draw_train(self, epoch: int) -> list[torch.Tensor]:
+        g = generator(self.seed * 1_000_003 + epoch)
+        n, b, world = len(self.cpu["train"][0]), self.batch_size, self.world
+        if self.kind == "image":
+            perm = torch.cat(
+                [torch.randperm(n, generator=g) for _ in range(-(-self.steps_per_epoch * b * world // n))]
+            )
+            return [
+                perm[(s * world + self.rank) * b : (s * world + self.rank + 1) * b]
+                for s in range(self.steps_per_epoch)
+            ]
+        high = n - self.block_size - 1
+        offsets = torch.randint(0, high, (self.steps_per_epoch, world, b), generator=g)
+        return list(offsets[:, self.rank])
+
+    def train_dataloader(self) -> DataLoader:
+        # Positions only: the model asks train_batch(epoch, position) for the data (see GenerativeModel).
+        return DataLoader(range(self.steps_per_epoch), batch_size=None)
+
+    def val_keys(self) -> list[torch.Tensor]:
+        n, b = len(self.cpu["val"][0]), self.batch_size
+        if self.kind == "image":
+            keys = [torch.arange(i, min(i + b, n)) for i in range(0, n, b)]
+        else:
+            starts = torch.arange(0, n - self.block_size - 1, self.block_size)
+            keys = list(starts.split(b))
+        keys = keys[self.rank :: self.world]
+        return keys[: self.val_batches] if self.val_batches else keys
+
+    def val_dataloader(self) -> DataLoader:
+        fetch = (
+            (lambda i: self._images("val", i))
+            if self.kind == "image"
+            else (lambda i: self._windows("val", i))
+        )
+        return DataLoader(_Gather(fetch), sampler=self.val_keys(), batch_size=None)

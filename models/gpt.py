@@ -1,0 +1,186 @@
+"""Character-level GPT: a causal transformer in the style of nanoGPT (Radford et al. 2019; Karpathy).
+
+Pre-norm blocks, flash attention through F.scaled_dot_product_attention, tied input/output
+embeddings. The held-out figure is bits per character.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.common import GenerativeModel, generator
+
+
+@dataclass
+class Config:
+    block_size: int = 128  # context length T
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128  # C
+    dropout: float = 0.1
+    bias: bool = False
+    temperature: float = 0.8  # sampling defaults
+    top_k: int = 0  # 0 = no top-k filter
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be a multiple of n_head"
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (
+            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
+        )  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias),
+            nn.GELU(),
+            nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: Config, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
+        self.head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # scaled residual projections (GPT-2)
+            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear | nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.shape[1]
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))  # logits (B, T, vocab)
+
+
+class Model(GenerativeModel):
+    family = "gpt"
+    Config = Config
+
+    def __init__(self, config: dict, data: dict) -> None:
+        super().__init__(config, data)
+        self.vocab: list[str] = list(data["vocab"])
+        self.stoi = {ch: i for i, ch in enumerate(self.vocab)}
+        self.net = GPT(self.cfg, len(self.vocab))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())  # nats per character
+
+    def training_loss(self, batch) -> torch.Tensor:
+        return self.loss(*batch)
+
+    def heldout_loss(self, batch) -> torch.Tensor:
+        return self.loss(*batch) / math.log(2)  # bits per character
+
+    @torch.no_grad()
+    def bits_per_char(self, ids: torch.Tensor, batch_size: int = 32) -> float:
+        """Bits per character over a whole 1-D id sequence: windows of block_size with a stride of half a
+        block, each character scored once with at least half a block of context (the first from the start)."""
+        T, stride = self.cfg.block_size, max(1, self.cfg.block_size // 2)
+        ids = ids.to(self.device).long()
+        starts = list(range(0, max(1, len(ids) - T), stride))
+        total, count = 0.0, 0
+        for i in range(0, len(starts), batch_size):
+            chunk = starts[i : i + batch_size]
+            idx = torch.tensor(chunk, device=self.device)[:, None] + torch.arange(T + 1, device=self.device)
+            idx = idx.clamp_max(len(ids) - 1)
+            window = ids[idx]
+            logits = self.net(window[:, :-1]).float()
+            nll = F.cross_entropy(logits.transpose(1, 2), window[:, 1:], reduction="none")  # (B, T)
+            for row, s in enumerate(chunk):
+                first = 0 if s == 0 else T - stride  # score only characters not scored by the previous window
+                last = min(T, len(ids) - 1 - s)
+                total += nll[row, first:last].sum().item()
+                count += max(0, last - first)
+        return total / max(count, 1) / math.log(2)
+
+    def encode(self, text: str) -> list[int]:
+        unknown = sorted({ch for ch in text if ch not in self.stoi})
+        if unknown:
+            raise ValueError(f"prompt has characters outside the vocabulary: {''.join(unknown)!r}")
+        return [self.stoi[ch] for ch in text]
+
+    @torch.no_grad()
+    def generate(
+        self, idx: torch.Tensor, new: int, temperature: float, top_k: int, g: torch.Generator
+    ) -> torch.Tensor:
+        """Extend idx (B, T) by `new` characters, sampling with temperature and optional top-k."""
+        for _ in range(new):
+            logits = self.net(idx[:, -self.cfg.block_size :])[:, -1, :].float()  # (B, vocab)
+            if temperature <= 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=g)
+            idx = torch.cat([idx, nxt], 1)
+        return idx
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        condition: str | None = None,
+        seed: int | None = None,
+        length: int = 200,
+        temperature: float | None = None,
+        top_k: int | None = None,
+    ) -> list[str]:
+        """n texts of `length` new characters continuing the prompt `condition` (default: a newline)."""
+        prompt = condition if condition else ("\n" if "\n" in self.stoi else self.vocab[0])
+        g = generator(seed, self.device)
+        idx = torch.tensor([self.encode(prompt)] * n, device=self.device)
+        t = self.cfg.temperature if temperature is None else temperature
+        k = self.cfg.top_k if top_k is None else top_k
+        out = self.generate(idx, length, t, k, g)
+        return [prompt + "".join(self.vocab[i] for i in row[idx.shape[1] :].tolist()) for row in out]

@@ -1,0 +1,260 @@
+"""Wiring for training: data module, model, Lightning Trainer, callbacks, resume and export.
+
+Imports only torch / lightning / numpy (and dvclive when live metrics are on), so the same path runs
+on a bare GPU box for benchmarks. tasks/train.py is the stage around it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import models
+from tasks import paths
+from tasks.errors import GenloopError
+from tasks.params import ModelParams, TrainParams
+
+TRAIN = paths.ARTIFACTS / "train"
+CHECKPOINTS = TRAIN / "checkpoints"
+EXPORT = TRAIN / "model"
+SAMPLES = TRAIN / "samples"
+LIVE = TRAIN / "live"
+METRICS = TRAIN / "metrics.json"
+
+
+def load_splits(processed: Path) -> tuple[dict, dict]:
+    """(meta.json, {split: (x, y)}) from data/processed, memory-mapped."""
+    meta_path = processed / "meta.json"
+    if not meta_path.is_file():
+        raise GenloopError(f"{meta_path} not found: run the data stages first (dvc repro augment)")
+    meta = json.loads(meta_path.read_text())
+    if meta["kind"] == "image":
+        splits = {
+            s: (np.load(processed / f"{s}_x.npy"), np.load(processed / f"{s}_y.npy"))
+            for s in ("train", "val")
+        }
+    else:
+        splits = {s: (np.load(processed / f"{s}.npy"), None) for s in ("train", "val")}
+    return meta, splits
+
+
+def data_description(meta: dict) -> dict:
+    if meta["kind"] == "image":
+        return {"kind": "image", "shape": meta["shape"], "classes": meta["classes"]}
+    return {"kind": "text", "vocab": meta["vocab"]}
+
+
+def build_model(model_params: ModelParams, train: TrainParams, meta: dict):
+    if models.KIND[model_params.family] != meta["kind"]:
+        raise GenloopError(
+            f"model.family {model_params.family} models {models.KIND[model_params.family]} data, "
+            f"but data/processed holds {meta['kind']} (from {meta.get('source')})"
+        )
+    try:
+        model = models.build(model_params.family, model_params.family_config(), data_description(meta))
+    except (ValueError, AssertionError) as err:
+        raise GenloopError(f"model.{model_params.family}: {err}") from None
+    model.optim = models.common.Optim(
+        lr=train.lr,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup_steps,
+        schedule=train.schedule,
+        grad_clip=train.grad_clip,
+        seed=train.seed,
+    )
+    if train.init_from:
+        init_from(model, train.init_from)
+    return model
+
+
+def init_from(model, source: str) -> None:
+    """Fine-tune from an exported model folder: same family, same data layout (shape or vocabulary)."""
+    folder = Path(source)
+    try:
+        d = models.describe(folder)
+    except FileNotFoundError as err:
+        raise GenloopError(f"train.init_from: {err}") from None
+    if d["family"] != model.family:
+        raise GenloopError(f"train.init_from: {folder} holds a {d['family']} model, not a {model.family}")
+    try:
+        models.load_weights(model.net, folder / models.WEIGHTS)
+    except RuntimeError as err:
+        raise GenloopError(
+            f"train.init_from: {folder} does not fit this model's shape (config or data differ): "
+            f"{str(err).splitlines()[0]}"
+        ) from None
+
+
+def fingerprint(model_params: ModelParams, train: TrainParams, meta: dict) -> str:
+    """What a checkpoint must match to be resumed: model config, training params, data."""
+    blob = json.dumps(
+        {"model": model_params.model_dump(), "train": train.model_dump(), "data": meta}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def resolve_precision(train: TrainParams) -> str:
+    import torch
+
+    if train.precision != "auto":
+        return train.precision
+    on_gpu = train.accelerator in ("gpu", "cuda") or (
+        train.accelerator == "auto" and torch.cuda.is_available()
+    )
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def make_data(meta: dict, splits: dict, model, train: TrainParams):
+    from models.common import DeviceData
+
+    block = model.cfg.block_size if meta["kind"] == "text" else 0
+    return DeviceData(
+        meta["kind"],
+        splits,
+        batch_size=train.batch_size,
+        seed=train.seed,
+        steps_per_epoch=train.steps_per_epoch,
+        block_size=block,
+        val_batches=train.val_batches,
+    )
+
+
+class SampleWriter:
+    """Every N epochs (and at the end): a sample grid (PNG) or sample text, for a look while it trains."""
+
+    def __new__(cls, every: int, folder: Path, live: Any = None):
+        import pytorch_lightning as pl
+
+        class _Writer(pl.Callback):
+            def on_train_epoch_end(self, trainer, module) -> None:
+                epoch = trainer.current_epoch + 1
+                if every and epoch % every == 0 and trainer.is_global_zero:
+                    write_samples(module, folder, f"epoch_{epoch:04d}", live)
+
+            def on_train_end(self, trainer, module) -> None:
+                if trainer.is_global_zero:
+                    write_samples(module, folder, "final", live)
+
+        return _Writer()
+
+
+def write_samples(model, folder: Path, name: str, live: Any = None) -> Path:
+    """Fixed seed, so successive pictures show the model changing, not the noise."""
+    from tasks.images import save_grid
+
+    was = model.training
+    model.eval()
+    try:
+        if model.family == "gpt":
+            texts = model.sample(4, seed=0, length=300)
+            path = folder / f"{name}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n\n----\n\n".join(texts) + "\n")
+        else:
+            n_classes = len(model.data.get("classes") or []) or 8
+            images = model.sample(n_classes * 8, seed=0).cpu().numpy()
+            path = save_grid(images, folder / f"{name}.png", cols=n_classes)
+            if live is not None:
+                live.log_image("samples.png", str(path))
+    finally:
+        model.train(was)
+    return path
+
+
+def fit(
+    model_params: ModelParams,
+    train: TrainParams,
+    processed: Path = paths.PROCESSED,
+    out: Path = TRAIN,
+    live_metrics: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Train (or resume) and export. Returns the metrics written to metrics.json."""
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    meta, splits = load_splits(processed)
+    pl.seed_everything(train.seed, workers=True, verbose=False)  # before the weights are initialised
+    model = build_model(model_params, train, meta)
+    checkpoints, rank0 = out / "checkpoints", int(os.environ.get("LOCAL_RANK", "0")) == 0
+    stamp = fingerprint(model_params, train, meta)
+    last = checkpoints / "last.ckpt"
+    stamp_file = checkpoints / "fingerprint"
+    resume = last.is_file() and stamp_file.is_file() and stamp_file.read_text().strip() == stamp
+    if rank0 and not resume:  # different params or data: the old checkpoints do not apply
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        stamp_file.write_text(stamp + "\n")
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
+    if train.compile and model.automatic_optimization:
+        model.training_loss = torch.compile(model.training_loss)  # forward + loss in one graph
+    data = make_data(meta, splits, model, train)
+
+    logger: Any = False
+    live = None
+    if live_metrics:
+        from dvclive.lightning import DVCLiveLogger
+
+        logger = DVCLiveLogger(dir=str(out / "live"), save_dvc_exp=False, resume=resume, report=None)
+        live = logger.experiment
+    callbacks: list = [
+        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_loss", mode="min", save_last=True),
+        SampleWriter(train.sample_every_n_epochs, out / "samples", live),
+    ]
+    if train.early_stopping_patience:
+        callbacks.append(EarlyStopping("val_loss", patience=train.early_stopping_patience, mode="min"))
+    trainer = pl.Trainer(
+        max_epochs=train.max_epochs,
+        accelerator=train.accelerator,
+        devices=train.devices,
+        strategy=train.strategy,
+        num_nodes=train.num_nodes,
+        precision=resolve_precision(train),
+        gradient_clip_val=(train.grad_clip or None) if model.automatic_optimization else None,
+        callbacks=callbacks,
+        logger=logger,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # our samplers split batches by rank themselves
+        deterministic=False,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=data, ckpt_path=str(last) if resume else None)
+    seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return {}
+
+    best = callbacks[0].best_model_path
+    if best:  # export the best epoch, not the last one
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict(state)
+    model = model.cpu()
+    models.save(model, out / "model")
+    metrics = {
+        "family": model.family,
+        "val_loss": float(callbacks[0].best_model_score)
+        if callbacks[0].best_model_score is not None
+        else None,
+        "val_loss_unit": {"vae": "nats/image (-ELBO)", "gan": "MMD^2 (pixels)", "gpt": "bits/char"}[
+            model.family
+        ],
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "resumed": resume,
+        "seconds": round(seconds, 2),
+        "parameters": sum(p.numel() for p in model.net.parameters()),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics

@@ -1,0 +1,146 @@
+"""The train stage through the real CLI and DVC: resume after SIGKILL, DDP, init_from, bad params."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tasks import augment, collect, validate
+
+pytestmark = pytest.mark.slow
+
+TINY_GPT = {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 64, "dropout": 0.1}
+QUICK = {
+    "max_epochs": 2,
+    "steps_per_epoch": 10,
+    "batch_size": 16,
+    "val_batches": 2,
+    "sample_every_n_epochs": 1,
+}
+
+
+def prepare(project, source: str = "sklearn:digits", family: str = "vae", **train) -> None:
+    model = {"family": family}
+    if family == "gpt":
+        model["gpt"] = TINY_GPT
+    project.set_params(data={"source": source}, model=model, train=QUICK | train)
+    collect.run(project.params())
+    validate.run(project.params())
+    augment.run(project.params())
+
+
+def metrics(root: Path) -> dict:
+    return json.loads((root / "artifacts/train/metrics.json").read_text())
+
+
+def weights(folder: Path) -> dict:
+    return load_file(folder / "model.safetensors")
+
+
+def test_dvc_repro_trains_exports_and_then_does_nothing(project):
+    project.set_params(model={"vae": {"latent_dim": 4, "hidden": [32]}}, train=QUICK)
+    proc = project.run("dvc", "repro", check=True)
+    assert "Running stage 'train'" in proc.stdout
+    out = project.root / "artifacts/train"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["family"] == "vae" and metrics["epochs"] == 2 and metrics["val_loss"] > 0
+    assert {"model.safetensors", "model.json"} <= {p.name for p in (out / "model").iterdir()}
+    assert (out / "samples/final.png").is_file() and (out / "samples/epoch_0001.png").is_file()
+    assert (out / "live/plots/metrics/val_loss.tsv").is_file() or list(
+        (out / "live/plots/metrics").rglob("*.tsv")
+    )
+    assert "up to date" in project.run("dvc", "repro", check=True).stdout
+    shown = project.run("dvc", "metrics", "show", check=True)
+    assert "val_loss" in shown.stdout
+
+
+def test_killed_run_resumes_to_the_same_weights(project, tmp_path):
+    prepare(project, "pydoc:topics", "gpt", max_epochs=5, steps_per_epoch=30, sample_every_n_epochs=0)
+    twin = tmp_path / "twin"
+    shutil.copytree(project.root, twin)
+
+    last = project.root / "artifacts/train/checkpoints/last.ckpt"
+    proc = subprocess.Popen(["genloop", "stage", "train"], cwd=project.root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    seen: list[float] = []
+    deadline = time.monotonic() + 300
+    while len(seen) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        if last.is_file() and (not seen or last.stat().st_mtime != seen[-1]):
+            seen.append(last.stat().st_mtime)
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the third epoch
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (project.root / "artifacts/train/model").exists()
+
+    project.run("genloop", "stage", "train", check=True)
+    assert metrics(project.root)["resumed"] is True
+
+    project.root = twin
+    project.run("genloop", "stage", "train", check=True)
+    assert metrics(twin)["resumed"] is False
+    a, b = weights(tmp_path / "project/artifacts/train/model"), weights(twin / "artifacts/train/model")
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_changed_params_do_not_resume_stale_checkpoints(project):
+    prepare(project)
+    project.run("genloop", "stage", "train", check=True)
+    project.set_params(train={"lr": 0.0005})
+    project.run("genloop", "stage", "train", check=True)
+    assert metrics(project.root)["resumed"] is False
+
+
+def test_ddp_on_two_cpu_processes(project):
+    prepare(project, strategy="ddp", devices=2, accelerator="cpu")
+    proc = project.run("genloop", "stage", "train", check=True)
+    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+    assert metrics(project.root)["epochs"] == 2
+    assert (project.root / "artifacts/train/model/model.safetensors").is_file()
+
+
+def test_init_from_fine_tunes_an_exported_model(project, tmp_path):
+    prepare(project, "pydoc:topics", "gpt", max_epochs=1)
+    project.run("genloop", "stage", "train", check=True)
+    base = tmp_path / "pretrained"
+    shutil.copytree(project.root / "artifacts/train/model", base)
+    project.set_params(train={"init_from": str(base), "lr": 1e-12, "warmup_steps": 0})
+    project.run("genloop", "stage", "train", check=True)
+    before, after = weights(base), weights(project.root / "artifacts/train/model")
+    assert all((before[k] - after[k]).abs().max() < 1e-6 for k in before)  # started from it
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": {"family": "diffusion"}}, "model.family"),
+        ({"train": {"lr": -0.1}}, "train.lr"),
+        ({"model": {"family": "gpt"}}, "models text data, but data/processed holds image"),
+        ({"train": {"init_from": "nowhere"}}, "train.init_from: nowhere/model.json not found"),
+    ],
+)
+def test_bad_params_get_a_clear_error(project, change, message):
+    prepare(project)
+    project.set_params(**change)
+    proc = project.run("genloop", "stage", "train")
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_init_from_another_family_is_refused(project, tmp_path):
+    prepare(project, family="gan")
+    project.run("genloop", "stage", "train", check=True)
+    gan = tmp_path / "gan-model"
+    shutil.copytree(project.root / "artifacts/train/model", gan)
+    project.set_params(model={"family": "vae"}, train={"init_from": str(gan)})
+    proc = project.run("genloop", "stage", "train")
+    assert proc.returncode == 1 and "holds a gan model, not a vae" in proc.stderr
