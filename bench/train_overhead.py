@@ -95,6 +95,17 @@ def timed_fit(params, processed: Path, steps: int, warmup: int, out: Path) -> di
     return {"seconds": marks["end"] - marks["start"], "steps": steps, "total": total}
 
 
+def run_plain(p, folder: Path, args, compile_: bool, precision: str) -> tuple[dict, object]:
+    """The plain loop on a freshly built model of params `p` (same seed as our path)."""
+    from tasks.trainer import build_model, load_splits, make_data
+
+    meta, splits = load_splits(folder)
+    torch.manual_seed(0)
+    model = build_model(p.model, p.train, meta)
+    data = make_data(meta, splits, model, p.train)
+    return plain_loop(model, data, args.steps, args.warmup, compile_, p.train.grad_clip, precision), model
+
+
 def overrides(params, **train):
     from tasks.params import Params
 
@@ -105,7 +116,6 @@ def overrides(params, **train):
 
 def cpu_bench(args) -> None:
     from tasks.params import load
-    from tasks.trainer import build_model, load_splits, make_data
 
     base = load(args.params)
     for label, folder, family in (
@@ -130,18 +140,7 @@ def cpu_bench(args) -> None:
             accelerator="cpu",
             precision="32-true",
         )
-        meta, splits = load_splits(Path(folder))
-        torch.manual_seed(0)
-        model = build_model(p.model, p.train, meta)
-        plain = plain_loop(
-            model,
-            make_data(meta, splits, model, p.train),
-            args.steps,
-            args.warmup,
-            False,
-            p.train.grad_clip,
-            "32-true",
-        )
+        plain, _ = run_plain(p, Path(folder), args, compile_=False, precision="32-true")
         ours = timed_fit(p, Path(folder), args.steps, args.warmup, Path(args.out) / family)
         print(
             f"{label}: {args.steps} steps  plain loop {plain['seconds']:.3f} s  "
@@ -161,7 +160,6 @@ def report(label: str, per_step: float, tokens: int, flops_per_token: float, pea
 
 def gpu_bench(args) -> None:
     from tasks.params import load
-    from tasks.trainer import build_model, load_splits, make_data
 
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
@@ -184,21 +182,10 @@ def gpu_bench(args) -> None:
         precision="bf16-mixed",
         compile=True,
     )
-    meta, splits = load_splits(Path(args.text))
     tokens = 16 * 1024
     rows = []
     for label, compile_ in (("plain loop, eager", False), ("plain loop, torch.compile", True)):
-        torch.manual_seed(0)
-        model = build_model(p.model, p.train, meta)
-        r = plain_loop(
-            model,
-            make_data(meta, splits, model, p.train),
-            args.steps,
-            args.warmup,
-            compile_,
-            p.train.grad_clip,
-            "bf16-mixed",
-        )
+        r, model = run_plain(p, Path(args.text), args, compile_=compile_, precision="bf16-mixed")
         rows.append((label, r["seconds"] / r["steps"]))
         fpt = gpt_flops_per_token(model, 1024)
         report(label, rows[-1][1], tokens, fpt, peak)

@@ -22,7 +22,7 @@ def test_flow_writes_the_same_lock_as_dvc_repro(harness, project, tmp_path):
     meta = data()
     assert meta["kind"] == "image" and meta["counts"]["train"] > 0
     flow_lock = (project.root / "dvc.lock").read_text()
-    assert "up to date" in project.run("dvc", "repro", check=True).stdout
+    assert "up to date" in project.run("dvc", "repro", "augment", check=True).stdout
 
     twin = tmp_path / "twin"
     shutil.copytree(
@@ -30,7 +30,7 @@ def test_flow_writes_the_same_lock_as_dvc_repro(harness, project, tmp_path):
     )
     shutil.copytree(project.root / ".dvc", twin / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
     project.root = twin
-    project.run("dvc", "repro", check=True)
+    project.run("dvc", "repro", "augment", check=True)
     assert (twin / "dvc.lock").read_text() == flow_lock
 
 
@@ -43,3 +43,15 @@ def test_flow_stops_at_the_gate(harness, project, text_folder):
     assert state.is_failed()
     assert not (project.root / "data/processed").exists()
     assert not (project.root / "data/raw").exists()  # the first batch was rejected: data/ as it was
+
+
+def test_train_flow_runs_every_stage_through_dvc(harness, project):
+    from flows.train import train
+
+    project.set_params(
+        model={"vae": {"latent_dim": 4, "hidden": [32]}},
+        train={"max_epochs": 2, "steps_per_epoch": 5, "val_batches": 1, "sample_every_n_epochs": 0},
+    )
+    metrics = train()
+    assert metrics["family"] == "vae" and metrics["epochs"] == 2
+    assert "up to date" in project.run("dvc", "repro", check=True).stdout

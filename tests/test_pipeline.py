@@ -9,14 +9,18 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+QUICK_TRAIN = {"max_epochs": 1, "steps_per_epoch": 5, "val_batches": 1, "sample_every_n_epochs": 0}
+
+
 def ran(proc) -> set[str]:
     out = proc.stdout + proc.stderr
-    return {s for s in ("collect", "validate", "augment") if f"Running stage '{s}'" in out}
+    return {s for s in ("collect", "validate", "augment", "train") if f"Running stage '{s}'" in out}
 
 
 def test_repro_from_scratch_then_noop_then_only_what_changed(project):
+    project.set_params(train=QUICK_TRAIN)
     first = project.run("dvc", "repro", check=True)
-    assert ran(first) == {"collect", "validate", "augment"}
+    assert ran(first) == {"collect", "validate", "augment", "train"}
     assert (project.root / "dvc.lock").is_file()
     lock = (project.root / "dvc.lock").read_text()
 
@@ -26,7 +30,10 @@ def test_repro_from_scratch_then_noop_then_only_what_changed(project):
 
     project.set_params(augment={"seed": 7})
     changed = project.run("dvc", "repro", check=True)
-    assert ran(changed) == {"augment"}
+    assert ran(changed) == {"augment", "train"}  # new data: retrain; collect and validate untouched
+
+    project.set_params(train={"lr": 0.001})
+    assert ran(project.run("dvc", "repro", check=True)) == {"train"}
 
     project.set_params(validate={"image": {"min_per_class": 10}})
     assert ran(project.run("dvc", "repro", check=True)) == {"validate"}  # same summary: augment skipped
@@ -42,7 +49,8 @@ def test_bad_batch_stops_the_pipeline_and_keeps_data(project, digit_folder, tmp_
         validate={"image": {"labels": ["a", "b", "c"], "min_per_class": 20}},
     )
     project.run("dvc", "repro", check=True)
-    before = project.snapshot()
+    before, model_before = project.snapshot(), project.snapshot("artifacts/train/model")
+    assert model_before
 
     bad = tmp_path / "bad-batch"
     shutil.copytree(digit_folder, bad)
@@ -51,10 +59,11 @@ def test_bad_batch_stops_the_pipeline_and_keeps_data(project, digit_folder, tmp_
     project.set_params(data={"source": str(bad)})
     proc = project.run("dvc", "repro")
     assert proc.returncode != 0
-    assert ran(proc) == {"collect", "validate"}
+    assert ran(proc) == {"collect", "validate"}  # neither augment nor train: no model is written
     assert "files/c/011.png" in proc.stderr and "decodable" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert project.snapshot() == before
+    assert project.snapshot("artifacts/train/model") == model_before
     assert (project.root / "artifacts/validate/data_docs/index.html").is_file()
     assert (project.root / "artifacts/validate/rejected/files/c/011.png").is_file()
 
