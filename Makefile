@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup demo test lint format bench clean
+.PHONY: help setup demo test lint format bench up down clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -52,6 +52,12 @@ format: setup  ## apply ruff's fixes and formatting
 bench: setup  ## benchmarks: side-by-side ratios
 	$(BIN)/python bench/pipeline_noop.py
 	$(BIN)/python bench/train_overhead.py
+
+up: setup  ## start the local Prefect server (UI at http://127.0.0.1:4200), a worker and the deployments
+	$(BIN)/genloop up
+
+down:  ## stop the worker and the Prefect server
+	$(BIN)/genloop down
 
 clean:  ## remove the virtual environment and caches (not data/ or artifacts/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

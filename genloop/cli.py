@@ -66,6 +66,24 @@ def flow(
     typer.echo(json.dumps(_brief(result), indent=2, default=str))
 
 
+@app.command()
+def up(port: Annotated[int, typer.Option(help="Port of the Prefect server (UI and API).")] = 4200) -> None:
+    """Start a local Prefect server, a worker and the deployments of prefect.yaml (what `make up` runs)."""
+    from genloop.server import up as start
+
+    url = start(port)
+    typer.echo(f"Prefect UI: {url}   (export PREFECT_API_URL={url}/api to send `genloop flow` runs there)")
+
+
+@app.command()
+def down() -> None:
+    """Stop the worker and the Prefect server started by `genloop up` (what `make down` runs)."""
+    from genloop.server import down as stop
+
+    stopped = stop()
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
 def _brief(result: object) -> object:
     """Summaries for the terminal: long lists (vocabularies, file lists) are shortened."""
     if isinstance(result, dict):

@@ -25,6 +25,8 @@ PROJECT_FILES = [
     ".dvc/.gitignore",
     "tasks",
     "models",
+    "flows",
+    "prefect.yaml",
 ]
 
 # DVC runs `genloop stage ...` through the shell: the venv's commands must be on PATH.
