@@ -1,7 +1,8 @@
 """Wiring for training: data module, model, Lightning Trainer, callbacks, resume and export.
 
-Imports only torch / lightning / numpy (and dvclive when live metrics are on), so the same path runs
-on a bare GPU box for benchmarks. tasks/train.py is the stage around it.
+Imports torch / lightning / numpy / pydantic (and dvclive when live metrics are on), not Prefect, so
+the same path runs on a bare GPU box for benchmarks. tasks/train.py is the stage around it (imported
+lazily by it, so `genloop stage collect` never loads torch).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 
 import models
 from tasks import paths
@@ -126,23 +128,20 @@ def make_data(meta: dict, splits: dict, model, train: TrainParams):
     )
 
 
-class SampleWriter:
+class SampleWriter(pl.Callback):
     """Every N epochs (and at the end): a sample grid (PNG) or sample text, for a look while it trains."""
 
-    def __new__(cls, every: int, folder: Path, live: Any = None):
-        import pytorch_lightning as pl
+    def __init__(self, every: int, folder: Path, live: Any = None) -> None:
+        self.every, self.folder, self.live = every, folder, live
 
-        class _Writer(pl.Callback):
-            def on_train_epoch_end(self, trainer, module) -> None:
-                epoch = trainer.current_epoch + 1
-                if every and epoch % every == 0 and trainer.is_global_zero:
-                    write_samples(module, folder, f"epoch_{epoch:04d}", live)
+    def on_train_epoch_end(self, trainer, module) -> None:
+        epoch = trainer.current_epoch + 1
+        if self.every and epoch % self.every == 0 and trainer.is_global_zero:
+            write_samples(module, self.folder, f"epoch_{epoch:04d}", self.live)
 
-            def on_train_end(self, trainer, module) -> None:
-                if trainer.is_global_zero:
-                    write_samples(module, folder, "final", live)
-
-        return _Writer()
+    def on_train_end(self, trainer, module) -> None:
+        if trainer.is_global_zero:
+            write_samples(module, self.folder, "final", self.live)
 
 
 def write_samples(model, folder: Path, name: str, live: Any = None) -> Path:
@@ -177,7 +176,6 @@ def fit(
     progress: bool = True,
 ) -> dict:
     """Train (or resume) and export. Returns the metrics written to metrics.json."""
-    import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
