@@ -10,7 +10,7 @@ from tasks import paths, raw_batches
 from tasks.dvc_stage import publish_table, repro
 from tasks.params import Params
 from tasks.sources import fetch, kind_of
-from tasks.storage import dumps, read_json, sha256_bytes, staged_dir
+from tasks.storage import content_hash, dumps, read_json, staged_dir
 
 
 def run(params: Params) -> dict:
@@ -39,7 +39,7 @@ def summary(manifest: dict) -> dict:
         "files": len(files),
         "bytes": sum(f["size"] for f in files),
         "labels": dict(sorted(labels.items())),
-        "manifest_sha256": sha256_bytes(dumps(manifest).encode()),  # as raw_batches.manifest_hash()
+        "manifest_sha256": content_hash(manifest),
     }
 
 

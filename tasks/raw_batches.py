@@ -13,11 +13,11 @@ import shutil
 from pathlib import Path
 
 from tasks import paths
-from tasks.storage import dumps, read_json, sha256_bytes
+from tasks.storage import content_hash, read_json
 
 
 def manifest_hash() -> str | None:
-    return sha256_bytes(dumps(read_json(paths.MANIFEST)).encode()) if paths.MANIFEST.is_file() else None
+    return content_hash(read_json(paths.MANIFEST)) if paths.MANIFEST.is_file() else None
 
 
 def is_validated() -> bool:

@@ -39,6 +39,11 @@ def _plain(obj: object) -> object:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
+def content_hash(obj: object) -> str:
+    """sha256 of an object's deterministic JSON: equal content, equal hash."""
+    return sha256_bytes(dumps(obj).encode())
+
+
 def write_json(path: str | Path, obj: object) -> None:
     write_bytes_atomic(path, dumps(obj).encode())
 
