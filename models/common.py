@@ -223,8 +223,11 @@ class DeviceData(pl.LightningDataModule):
         """Batch `position` of `epoch` for this rank: (x, y) on the device."""
         if self._drawn[0] != epoch:
             self._drawn = (epoch, self._draw_train(epoch))
-        key = self._drawn[1][position]
-        return self._images("train", key) if self.kind == "image" else self._windows("train", key)
+        return self.batch("train", self._drawn[1][position])
+
+    def batch(self, split: str, key: torch.Tensor):
+        """Gather one batch of `split` on the device: image indices or text window offsets."""
+        return self._images(split, key) if self.kind == "image" else self._windows(split, key)
 
     def _draw_train(self, epoch: int) -> list[torch.Tensor]:
         g = generator(self.seed * 1_000_003 + epoch)
@@ -256,9 +259,6 @@ class DeviceData(pl.LightningDataModule):
         return keys[: self.val_batches] if self.val_batches else keys
 
     def val_dataloader(self) -> DataLoader:
-        fetch = (
-            (lambda i: self._images("val", i))
-            if self.kind == "image"
-            else (lambda i: self._windows("val", i))
+        return DataLoader(
+            _Gather(lambda key: self.batch("val", key)), sampler=self.val_keys(), batch_size=None
         )
-        return DataLoader(_Gather(fetch), sampler=self.val_keys(), batch_size=None)

@@ -57,8 +57,7 @@ def heldout(model, family: str) -> float:
     data.setup()
     model.eval()
     with torch.no_grad():
-        losses = [model.heldout_loss(data._images("val", k) if family != "gpt" else data._windows("val", k))
-                  for k in data.val_keys()]  # fmt: skip
+        losses = [model.heldout_loss(data.batch("val", k)) for k in data.val_keys()]
     model.train()
     return float(torch.stack(losses).mean())
 
