@@ -36,6 +36,9 @@ demo: setup  ## run the lifecycle stages on the defaults (digits, VAE) and say w
 	@echo "  artifacts/train/samples/final.png          samples of the trained model, one column per class"
 	@echo "  artifacts/train/metrics.json               training result ('dvc metrics show', 'dvc plots show')"
 	@echo "  artifacts/train/model/                     the exported model (safetensors + JSON)"
+	@echo "  artifacts/evaluate/card.html               the model card: metrics beside baseline and champion"
+	@echo "  artifacts/evaluate/decision.json           the promotion gate's verdict, with every check"
+	@echo "  genloop status                             registered versions, the champion and its card"
 	@echo "  dvc.lock                                   what DVC recorded; run 'dvc repro' again: nothing to do"
 
 test: setup lint  ## lint, then the whole test suite (unit and end-to-end)

@@ -26,6 +26,7 @@ class Stage(StrEnum):
     validate = "validate"
     augment = "augment"
     train = "train"
+    evaluate = "evaluate"
 
 
 class FlowName(StrEnum):
@@ -64,6 +65,15 @@ def flow(
     module = importlib.import_module(f"flows.{name.value}")
     result = module.FLOW(force_collect=force_collect)
     typer.echo(json.dumps(_brief(result), indent=2, default=str))
+
+
+@app.command()
+def status() -> None:
+    """The registry: every model version with its label (champion, previous), key metrics and lineage,
+    then the champion's model card."""
+    from genloop.status import show
+
+    show()
 
 
 @app.command()

@@ -137,7 +137,35 @@ class TrainParams(Section):
     early_stopping_patience: int = Field(ge=0)  # epochs without improvement; 0 = off
     sample_every_n_epochs: int = Field(ge=0)  # 0 = only at the end
     val_batches: int | None = Field(ge=1)  # None = the whole validation split
-    init_from: str | None  # an exported model folder (model.json + model.safetensors) to fine-tune
+    init_from: str | None  # an exported model folder, or a registered version (genloop-gpt:champion)
+
+
+class EvaluateText(Section):
+    samples: int = Field(ge=1)  # texts generated per model
+    length: int = Field(ge=10)  # characters per text
+    ngram: int = Field(ge=1)  # n of the character n-gram distributions compared
+    copy_span: int = Field(ge=8)  # a verbatim training span this long counts as a copy
+
+
+class EvaluateBaseline(Section):
+    gmm_components: int = Field(ge=1)
+    ngram_order: int = Field(ge=1, le=8)
+
+
+class Gate(Section):
+    max_memorised: float = Field(ge=0, le=1)  # copies beyond the share real unseen data scores
+    min_improvement: float = Field(ge=0)  # the headline metric must beat the champion's by this much
+    max_regression: float = Field(ge=0)  # relative worsening allowed on every other metric
+
+
+class EvaluateParams(Section):
+    seed: int
+    importance_samples: int = Field(ge=1)  # VAE likelihood bound (IWAE k)
+    knn_k: int = Field(ge=1)  # precision / recall neighbourhoods
+    copy_quantile: float = Field(gt=0, lt=1)  # images: what counts as "as close as a copy"
+    text: EvaluateText
+    baseline: EvaluateBaseline
+    gate: Gate
 
 
 class Params(Section):
@@ -147,6 +175,7 @@ class Params(Section):
     augment: AugmentParams = AugmentParams()
     model: ModelParams | None = None
     train: TrainParams | None = None
+    evaluate: EvaluateParams | None = None
 
     def require(self, section: str):
         value = getattr(self, section)

@@ -77,8 +77,13 @@ def build_model(model_params: ModelParams, train: TrainParams, meta: dict):
 
 
 def init_from(model, source: str) -> None:
-    """Fine-tune from an exported model folder: same family, same data layout (shape or vocabulary)."""
+    """Fine-tune from an exported model folder or a registered version (`genloop-gpt:champion`,
+    `genloop-gpt:<version>`): same family, same data layout (shape or vocabulary)."""
     folder = Path(source)
+    if not folder.exists() and ":" in source:
+        from tasks import registry
+
+        folder = registry.resolve(source)
     try:
         d = models.describe(folder)
     except FileNotFoundError as err:
@@ -95,9 +100,11 @@ def init_from(model, source: str) -> None:
 
 
 def fingerprint(model_params: ModelParams, train: TrainParams, meta: dict) -> str:
-    """What a checkpoint must match to be resumed: model config, training params, data."""
+    """What a checkpoint must match to be resumed: model config, training params, data, model code."""
+    code = {p.name: p.read_bytes().decode() for p in sorted(Path(models.__file__).parent.glob("*.py"))}
     blob = json.dumps(
-        {"model": model_params.model_dump(), "train": train.model_dump(), "data": meta}, sort_keys=True
+        {"model": model_params.model_dump(), "train": train.model_dump(), "data": meta, "code": code},
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
 

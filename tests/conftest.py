@@ -98,6 +98,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     # a first commit, as in any real checkout (dvclive fails on a repository without one)
     subprocess.run([*git, "commit", "-qm", "project"], cwd=root, check=True)
     monkeypatch.chdir(root)
+    # each project has its own registry (BentoML model store), as it would by default in its folder
+    monkeypatch.setenv("BENTOML_HOME", str(root / ".genloop" / "bentoml"))
     return Project(root)
 
 

@@ -52,6 +52,8 @@ def test_train_flow_runs_every_stage_through_dvc(harness, project):
         model={"vae": {"latent_dim": 4, "hidden": [32]}},
         train={"max_epochs": 2, "steps_per_epoch": 5, "val_batches": 1, "sample_every_n_epochs": 0},
     )
-    metrics = train()
-    assert metrics["family"] == "vae" and metrics["epochs"] == 2
+    result = train()
+    assert result["train"]["family"] == "vae" and result["train"]["epochs"] == 2
+    assert result["evaluate"]["decision"] in ("promote", "reject")  # the gate ran and said why
+    assert result["evaluate"]["reasons"]
     assert "up to date" in project.run("dvc", "repro", check=True).stdout

@@ -76,7 +76,9 @@ def test_a_few_steps_lower_the_heldout_loss(family):
                          num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
     trainer.fit(model, datamodule=data)
     after = heldout(model, family)
-    assert after < before * (0.9 if family != "gan" else 1.0), (before, after)
+    # VAE: bits/dim, an offset scale (8 bits is a uniform guess): ask for half a bit per pixel gained
+    target = {"vae": before - 0.5, "gpt": before * 0.9, "gan": before}[family]
+    assert after < target, (before, after)
 
 
 @pytest.mark.parametrize("family", ["vae", "gan", "gpt"])

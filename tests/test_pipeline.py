@@ -14,13 +14,15 @@ QUICK_TRAIN = {"max_epochs": 1, "steps_per_epoch": 5, "val_batches": 1, "sample_
 
 def ran(proc) -> set[str]:
     out = proc.stdout + proc.stderr
-    return {s for s in ("collect", "validate", "augment", "train") if f"Running stage '{s}'" in out}
+    return {
+        s for s in ("collect", "validate", "augment", "train", "evaluate") if f"Running stage '{s}'" in out
+    }
 
 
 def test_repro_from_scratch_then_noop_then_only_what_changed(project):
     project.set_params(train=QUICK_TRAIN)
     first = project.run("dvc", "repro", check=True)
-    assert ran(first) == {"collect", "validate", "augment", "train"}
+    assert ran(first) == {"collect", "validate", "augment", "train", "evaluate"}
     assert (project.root / "dvc.lock").is_file()
     lock = (project.root / "dvc.lock").read_text()
 
@@ -30,10 +32,10 @@ def test_repro_from_scratch_then_noop_then_only_what_changed(project):
 
     project.set_params(augment={"seed": 7})
     changed = project.run("dvc", "repro", check=True)
-    assert ran(changed) == {"augment", "train"}  # new data: retrain; collect and validate untouched
+    assert ran(changed) == {"augment", "train", "evaluate"}  # new data: retrain; collect, validate untouched
 
     project.set_params(train={"lr": 0.001})
-    assert ran(project.run("dvc", "repro", check=True)) == {"train"}
+    assert ran(project.run("dvc", "repro", check=True)) == {"train", "evaluate"}
 
     project.set_params(validate={"image": {"min_per_class": 10}})
     assert ran(project.run("dvc", "repro", check=True)) == {"validate"}  # same summary: augment skipped

@@ -1,0 +1,51 @@
+"""`genloop status`: what the registry holds, which version is champion, and the champion's card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else ("—" if v is None else str(v))
+
+
+def show(console: Console | None = None) -> None:
+    from tasks import registry
+    from tasks.evaluate import HEADLINE
+
+    console = console or Console()
+    if not console.is_terminal:
+        console.width = 160  # a log or a pipe: no need to squeeze the table into 80 columns
+    versions = registry.versions()
+    if not versions:
+        console.print(f"No model versions in the registry ({registry.home()}): run `dvc repro evaluate`.")
+        return
+    table = Table(title=f"Model versions ({registry.home()})")
+    for col in ("version", "label", "created", "headline", "memorised", "decision", "git", "data (dvc md5)"):
+        table.add_column(col)
+    for v in versions:
+        meta = v["metadata"]
+        metrics, trail = meta.get("metrics", {}), meta.get("lineage", {})
+        headline = HEADLINE.get(v["labels"].get("family", ""), "")
+        data = trail.get("dvc", {}).get("data/processed", "")
+        table.add_row(
+            v["tag"],
+            v["alias"],
+            v["created"][:16].replace("T", " "),
+            f"{headline} {_fmt(metrics.get(headline))}",
+            _fmt(metrics.get("memorised")),
+            str(meta.get("decision", "")),
+            str((trail.get("git") or {}).get("commit") or "")[:10],
+            f"{trail.get('source')!s} {data[:10]}",
+        )
+    console.print(table)
+    for v in versions:
+        if v["alias"] == "champion":
+            card = Path(registry.folder(v["tag"])) / "card.md"
+            console.print(f"\nChampion {v['tag']}: model card {card} (HTML beside it)\n")
+            if card.is_file():
+                console.print(Markdown(card.read_text()))

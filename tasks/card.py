@@ -1,0 +1,145 @@
+"""The model card of a version (Mitchell et al. 2019): what it is, what it was trained on, how it measures
+against the baseline and the champion, what it memorised, and what it is (not) for. Markdown for
+people and Prefect, a self-contained HTML page (pictures inlined) for a browser.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+USES = {
+    "vae": (
+        "Generating small class-conditional images like the training data, smooth latent interpolation, "
+        "and likelihood scoring of new images of the same kind (e.g. flagging unusual inputs).",
+        "Decoder means are smooth averages: samples look blurrier than real images. Likelihoods are "
+        "only comparable on images of the same size and preprocessing.",
+    ),
+    "gan": (
+        "Generating small class-conditional images like the training data.",
+        "A GAN has no likelihood: it can drop modes without any held-out loss showing it; watch recall "
+        "and diversity. Not for scoring or detecting unusual inputs.",
+    ),
+    "gpt": (
+        "Generating text in the style of its training corpus from a prompt; scoring text by bits per "
+        "character.",
+        "A small character model: fluent-looking but not factual, it can repeat its training text "
+        "(see memorisation) and only knows the characters of its vocabulary.",
+    ),
+}
+
+
+def _num(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+def markdown(figures: dict, decision: dict, lineage: dict, pictures: list[Path]) -> str:
+    family, tag = figures["family"], figures["version"]
+    model, baseline, champion, floor = (figures[k] for k in ("model", "baseline", "champion", "floor"))
+    champion = champion or {}
+    lines = [
+        f"# Model card: {tag}",
+        "",
+        f"**Decision: {decision['decision']}** — " + "; ".join(decision["reasons"]),
+        "",
+        "## Metrics (held-out test split)",
+        "",
+        f"| metric | this model | baseline | champion ({decision.get('champion') or 'none'}) | real data "
+        "| unit |",
+        "|---|---|---|---|---|---|",
+    ]
+    for metric, unit in figures["units"].items():
+        lines.append(
+            f"| {metric} | {_num(model.get(metric))} | {_num(baseline.get(metric))} "
+            f"| {_num(champion.get(metric))} | {_num(floor.get(metric))} | {unit} |"
+        )
+    lines += [
+        "",
+        f"Baseline: {baseline.get('model')}. Real data: the validation split measured like samples "
+        "(the best a sample metric can be on this data).",
+    ]
+    if decision.get("champion_note"):
+        lines.append(f"Champion: {decision['champion_note']}.")
+    lines += ["", "## Gate", "", "| check | passed | detail |", "|---|---|---|"]
+    lines += [
+        f"| {c['check']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |" for c in decision["checks"]
+    ]
+    mem = model.get("memorised")
+    lines += [
+        "",
+        "## Memorisation",
+        "",
+        f"{_num(mem)} of the samples count as copies of training data "
+        + (
+            f"(closer to a training image than the closest {figures.get('copy_quantile', 0.1):.0%} of real "
+            "test images are)."
+            if family != "gpt"
+            else "(they repeat a verbatim span of the training text)."
+        ),
+        "",
+        "## Data lineage",
+        "",
+        f"- source: `{lineage.get('source')}`",
+        f"- manifest sha256: `{lineage.get('manifest_sha256')}`",
+        f"- validation: {'passed' if lineage['validation'].get('success') else 'not passed'} "
+        f"({lineage['validation'].get('files')} files)",
+        f"- git commit: `{lineage['git'].get('commit')}`"
+        + (" (uncommitted changes)" if lineage["git"].get("dirty") else ""),
+    ]
+    lines += [f"- dvc.lock `{path}`: `{md5}`" for path, md5 in sorted(lineage.get("dvc", {}).items())]
+    if "featurizer" in figures:
+        f = figures["featurizer"]
+        lines.append(f"- featurizer: {f.get('kind')}, test accuracy {_num(f.get('test_accuracy'))}")
+    lines += [
+        "",
+        "## Parameters",
+        "",
+        "```yaml",
+        _yaml(lineage["params"]).rstrip(),
+        "```",
+        "",
+        "## Samples",
+        "",
+    ]
+    for p in pictures:
+        rel = f"{p.parent.name}/{p.name}"  # pictures/ beside the card, here and in the registry
+        lines.append(f"![{p.stem}]({rel})" if p.suffix == ".png" else f"`{rel}`:")
+        if p.suffix == ".txt":
+            lines += ["", "```text", p.read_text()[:1500].rstrip(), "```"]
+    use, limits = USES[family]
+    lines += ["", "## Intended use", "", use, "", "## Limitations", "", limits, ""]
+    return "\n".join(lines)
+
+
+def _yaml(obj: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+def html(md: str, folder: Path) -> str:
+    """The Markdown as one HTML page; PNGs inlined so the file stands alone."""
+    import markdown as md_lib
+
+    body = md_lib.markdown(md, extensions=["tables", "fenced_code"])
+    for png in folder.rglob("*.png"):
+        data = base64.b64encode(png.read_bytes()).decode()
+        body = body.replace(
+            f'src="{png.relative_to(folder).as_posix()}"', f'src="data:image/png;base64,{data}"'
+        )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25rem .5rem}"
+        "img{image-rendering:pixelated;max-width:100%}pre{background:#f4f4f4;padding:.5rem;overflow:auto}"
+    )
+    head = f'<meta charset="utf-8"><title>Model card</title><style>{style}</style>'
+    return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>\n"
+
+
+def write(folder: Path, figures: dict, decision: dict, lineage: dict, pictures: list[Path]) -> list[Path]:
+    md = markdown(figures, decision, lineage, pictures)
+    (folder / "card.md").write_text(md)
+    (folder / "card.html").write_text(html(md, folder))
+    return [folder / "card.md", folder / "card.html"]

@@ -1,0 +1,116 @@
+"""The feature extractor of image metrics: trained once per training set, then reused (a DVC output).
+
+It is retrained only when the training images, their labels or its own code change (a fingerprint
+beside the weights says which), so every model evaluated on the same data is measured by the same eye.
+Without class labels there is nothing to learn: features are then the pixels themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tasks.storage import content_hash, sha256_bytes, write_json
+
+WEIGHTS, INFO = "featurizer.safetensors", "featurizer.json"
+
+
+def fingerprint(train_x: np.ndarray, train_y: np.ndarray, seed: int) -> str:
+    import models.featurizer
+
+    code = Path(models.featurizer.__file__).read_bytes()
+    return content_hash(
+        {
+            "x": sha256_bytes(train_x.tobytes()),
+            "y": sha256_bytes(train_y.tobytes()),
+            "shape": list(train_x.shape),
+            "seed": seed,
+            "code": sha256_bytes(code),
+        }
+    )
+
+
+class Features:
+    """images (N, C, H, W) in [0, 1] -> features (N, D) as numpy."""
+
+    def __init__(self, net=None) -> None:
+        self.net = net
+
+    def __call__(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
+        if self.net is None:
+            return images.reshape(len(images), -1).astype(np.float64)
+        import torch
+
+        with torch.no_grad():
+            out = [
+                self.net.features(torch.as_tensor(images[i : i + batch], dtype=torch.float32)).numpy()
+                for i in range(0, len(images), batch)
+            ]
+        return np.concatenate(out).astype(np.float64)
+
+
+def ensure(
+    folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], seed: int
+) -> tuple[Features, dict]:
+    """Load the featurizer in `folder` if it was trained on this training set, else train and save it."""
+    x, y = train
+    classes = int(y.max()) + 1 if len(y) and y.min() >= 0 else 0
+    if classes < 2:
+        info = {"kind": "pixels", "reason": "no class labels to learn features from"}
+        write_json(folder / INFO, info)
+        return Features(None), info
+    stamp = fingerprint(x, y, seed)
+    info_path = folder / INFO
+    if info_path.is_file() and json.loads(info_path.read_text()).get("fingerprint") == stamp:
+        info = json.loads(info_path.read_text())
+        return Features(_load(folder, info)), info
+    net, accuracy = _train(x, y, test, classes, seed)
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(net, str(folder / WEIGHTS))
+    info = {
+        "kind": "classifier",
+        "fingerprint": stamp,
+        "config": {"channels": x.shape[1], "n_classes": classes},
+        "test_accuracy": round(accuracy, 4),
+    }
+    write_json(info_path, info)
+    return Features(net), info
+
+
+def _load(folder: Path, info: dict):
+    from models import load_weights
+    from models.featurizer import Config, Featurizer
+
+    net = Featurizer(Config(**info["config"]))
+    load_weights(net, folder / WEIGHTS)
+    return net.eval()
+
+
+def _train(x: np.ndarray, y: np.ndarray, test: tuple, classes: int, seed: int, epochs: int = 15):
+    """Plain, seeded, CPU: a few seconds on digits."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.featurizer import Config, Featurizer
+
+    torch.manual_seed(seed)
+    net = Featurizer(Config(channels=x.shape[1], n_classes=classes))
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    xs = torch.as_tensor(x, dtype=torch.float32) / 255
+    ys = torch.as_tensor(y, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(xs), generator=g).split(128):
+            loss = F.cross_entropy(net(xs[idx]), ys[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        tx = torch.as_tensor(test[0], dtype=torch.float32) / 255
+        accuracy = (net(tx).argmax(1) == torch.as_tensor(test[1])).float().mean().item()
+    return net, accuracy

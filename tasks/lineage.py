@@ -1,0 +1,51 @@
+"""Where a model came from: git commit, DVC hashes of its data and model, source, validation, params."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tasks import paths
+
+TRACKED = ("data/raw", "data/processed", "artifacts/train/model")
+
+
+def git() -> dict:
+    def out(*args: str) -> str | None:
+        proc = subprocess.run(["git", *args], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = out("rev-parse", "HEAD")
+    dirty = out("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+
+
+def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
+    """md5 of each tracked output as recorded in dvc.lock (what `dvc checkout` restores)."""
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    found = {}
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if out.get("path") in TRACKED and out.get("md5"):
+                found[out["path"]] = out["md5"]
+    return found
+
+
+def collect(params: dict) -> dict:
+    """The lineage recorded with every registered model version and printed on its card."""
+    from tasks.storage import read_json, sha256_file
+
+    summary = read_json(paths.VALIDATION_SUMMARY) if paths.VALIDATION_SUMMARY.is_file() else {}
+    manifest = read_json(paths.MANIFEST) if paths.MANIFEST.is_file() else {}
+    return {
+        "git": git(),
+        "dvc": dvc_hashes(),
+        "source": manifest.get("source"),
+        "manifest_sha256": sha256_file(paths.MANIFEST) if paths.MANIFEST.is_file() else None,
+        "validation": {"success": summary.get("success"), "files": summary.get("files")},
+        "params": params,
+    }

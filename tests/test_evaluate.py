@@ -1,0 +1,96 @@
+"""The evaluate stage through the real CLI, DVC and the BentoML model store: metrics, pictures, the
+registry, the promotion gate, rollback targets, `genloop status`, and fine-tuning from a version."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_train import QUICK
+
+pytestmark = pytest.mark.slow
+
+SMALL_VAE = {"vae": {"latent_dim": 8, "hidden": [128]}}
+
+
+def read(project, name: str) -> dict:
+    return json.loads((project.root / "artifacts/evaluate" / name).read_text())
+
+
+def aliases(project) -> dict:
+    return json.loads((project.root / ".genloop/bentoml/genloop-aliases.json").read_text())
+
+
+def test_evaluate_registers_gates_and_reports(project):
+    # a one-component baseline (about 7.3 bits/dim on digits) that a briefly trained VAE beats
+    project.set_params(
+        model=SMALL_VAE,
+        train=QUICK | {"max_epochs": 4, "steps_per_epoch": 40},
+        evaluate={"baseline": {"gmm_components": 1}},
+    )
+    project.run("dvc", "repro", "evaluate", check=True)
+    m, d = read(project, "metrics.json"), read(project, "decision.json")
+    version = d["challenger"]
+    assert version.startswith("genloop-vae:") and m["version"] == version
+    for key in ("nll_bits_per_dim", "fd", "precision", "recall", "diversity", "memorised"):
+        assert isinstance(m["model"][key], float), key
+    assert m["baseline"]["nll_bits_per_dim"] > 0 and m["floor"]["fd"] < m["model"]["fd"]
+    # the first model is promoted when it beats the baseline
+    assert m["model"]["nll_bits_per_dim"] < m["baseline"]["nll_bits_per_dim"]
+    assert d["decision"] == "promote", d
+    assert aliases(project)["genloop-vae"]["champion"] == version
+    card = (project.root / "artifacts/evaluate/card.md").read_text()
+    assert version in card and "sklearn:digits" in card and "Intended use" in card
+    assert "data:image/png;base64" in (project.root / "artifacts/evaluate/card.html").read_text()
+    pictures = project.snapshot("artifacts/evaluate/pictures")
+    assert set(pictures) == {"samples.png", "interpolation.png"}
+
+    # golden samples: the same weights and seed draw the same pictures; re-evaluating the champion keeps it
+    project.run("genloop", "stage", "evaluate", check=True)
+    assert project.snapshot("artifacts/evaluate/pictures") == pictures
+    assert read(project, "decision.json")["decision"] == "keep"
+
+    # the featurizer is reused, not retrained, while the training data stays the same
+    featurizer = project.snapshot("artifacts/evaluate/featurizer")
+    project.set_params(evaluate={"seed": 1})
+    project.run("dvc", "repro", "evaluate", check=True)
+    assert project.snapshot("artifacts/evaluate/featurizer") == featurizer
+
+    # a second, different model: a new version, judged against the champion on the same split
+    project.set_params(train={"seed": 7})
+    project.run("dvc", "repro", "evaluate", check=True)
+    d2 = read(project, "decision.json")
+    assert d2["challenger"] != version
+    assert d2["champion"] == version and any(c["check"] == "beats champion" for c in d2["checks"])
+    record = aliases(project)["genloop-vae"]
+    if d2["decision"] == "promote":  # the old champion stays as the rollback target
+        assert record["champion"] == d2["challenger"] and record["previous"] == [version]
+    else:
+        assert d2["decision"] == "reject" and record["champion"] == version
+
+    status = project.run("genloop", "status", check=True).stdout
+    assert version.split(":")[1] in status and d2["challenger"].split(":")[1] in status
+    assert "champion" in status and "Model card" in status
+
+
+def test_train_init_from_a_registered_version(project):
+    project.set_params(model=SMALL_VAE, train=QUICK)
+    project.run("dvc", "repro", "evaluate", check=True)
+    version = read(project, "decision.json")["challenger"]
+    project.set_params(train={"init_from": version, "seed": 3})
+    proc = project.run("genloop", "stage", "train", check=True)
+    assert '"family": "vae"' in proc.stdout
+    project.set_params(train={"init_from": "genloop-vae:nosuchversion"})
+    proc = project.run("genloop", "stage", "train")
+    assert proc.returncode == 1 and "no model version 'genloop-vae:nosuchversion'" in proc.stderr
+
+
+def test_evaluate_without_a_trained_model_says_what_to_run(project):
+    from tasks import augment, collect, validate
+
+    project.set_params(model=SMALL_VAE)
+    for stage in (collect, validate, augment):
+        stage.run(project.params())
+    proc = project.run("genloop", "stage", "evaluate")
+    assert proc.returncode == 1 and "run the train stage first" in proc.stderr
