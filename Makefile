@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup demo test lint format bench up down clean
+.PHONY: help setup demo test browser lint format bench up down clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -25,8 +25,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
 	touch $@
 
-demo: setup  ## run the lifecycle stages on the defaults (digits, VAE) and say where to look
+demo: setup  ## run the lifecycle on the defaults (digits, VAE), serve the champion, say where to look
 	$(BIN)/dvc repro
+	$(BIN)/genloop deploy
 	@echo
 	@echo "Done. Look at:"
 	@echo "  data/raw/manifest.json                     what was collected (sha256, size, source, label)"
@@ -38,11 +39,19 @@ demo: setup  ## run the lifecycle stages on the defaults (digits, VAE) and say w
 	@echo "  artifacts/train/model/                     the exported model (safetensors + JSON)"
 	@echo "  artifacts/evaluate/card.html               the model card: metrics beside baseline and champion"
 	@echo "  artifacts/evaluate/decision.json           the promotion gate's verdict, with every check"
-	@echo "  genloop status                             registered versions, the champion and its card"
+	@echo "  genloop status                             what is deployed, registered versions, the champion's card"
+	@echo "  http://127.0.0.1:3000/ui                   the service's page: generate digits, rate them"
+	@echo "  http://127.0.0.1:3000/                     BentoML's API docs (POST /generate, /feedback)"
+	@echo "  genloop undeploy                           stop the service"
 	@echo "  dvc.lock                                   what DVC recorded; run 'dvc repro' again: nothing to do"
 
-test: setup lint  ## lint, then the whole test suite (unit and end-to-end)
+test: setup lint browser  ## lint, then the whole test suite (unit and end-to-end)
 	$(BIN)/pytest
+
+browser:  ## Debian's chromium for the web page test (apt-get, when run as root; else say how)
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; }; } || \
+	  echo "note: no /usr/bin/chromium (sudo apt-get install chromium); the browser test will be skipped"
 
 lint: setup  ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -55,6 +64,7 @@ format: setup  ## apply ruff's fixes and formatting
 bench: setup  ## benchmarks: side-by-side ratios
 	$(BIN)/python bench/pipeline_noop.py
 	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/serve.py  # needs a champion: run make demo first
 
 up: setup  ## start the local Prefect server (UI at http://127.0.0.1:4200), a worker and the deployments
 	$(BIN)/genloop up

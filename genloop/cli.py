@@ -27,11 +27,13 @@ class Stage(StrEnum):
     augment = "augment"
     train = "train"
     evaluate = "evaluate"
+    package = "package"
 
 
 class FlowName(StrEnum):
     data = "data"
     train = "train"
+    deploy = "deploy"
 
 
 @app.command()
@@ -63,14 +65,73 @@ def flow(
     With a Prefect server running (`make up`) and PREFECT_API_URL set, the run shows in its UI.
     """
     module = importlib.import_module(f"flows.{name.value}")
-    result = module.FLOW(force_collect=force_collect)
+    result = module.FLOW(force_collect=force_collect) if name != FlowName.deploy else module.FLOW()
     typer.echo(json.dumps(_brief(result), indent=2, default=str))
 
 
 @app.command()
+def serve(
+    model: Annotated[str | None, typer.Option(help="Model version (default: the champion).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port in params.yaml).")] = None,
+) -> None:
+    """Run the service in the foreground from the source in service/ (for development; Ctrl+C stops).
+
+    `genloop deploy` runs the packaged Bento in the background instead.
+    """
+    import os
+
+    from tasks import package, registry
+    from tasks.deploy import SERVING
+    from tasks.params import load
+
+    params = load()
+    model = model or registry.champion(registry.name_of(params.require("model").family))
+    if model is None:
+        raise GenloopError("no champion yet: run evaluate first, or pass --model")
+    serve_params = params.require("serve")
+    args = [f"--arg={k}={v}" for k, v in package.settings(params, model).items()]
+    os.environ["GENLOOP_SERVING_DIR"] = str(SERVING.resolve())
+    bentoml_cli = os.path.join(os.path.dirname(sys.executable), "bentoml")
+    address = ["--host", serve_params.host, "--port", str(port or serve_params.port)]
+    os.execv(bentoml_cli, [bentoml_cli, "serve", "service.service:Genloop", *address, *args])
+
+
+@app.command()
+def deploy(
+    bento: Annotated[str | None, typer.Option(help="Bento tag (default: what `package` built).")] = None,
+) -> None:
+    """Serve the packaged Bento in the background: health-checked, smoke-tested, rolled back on failure."""
+    from tasks.deploy import deploy as run_deploy
+    from tasks.params import load
+
+    record = run_deploy(load(), bento)
+    typer.echo(f"serving {record['bento']} ({record['model']}) at {record['url']}  (pid {record['pid']})")
+    typer.echo(f"  page: {record['url']}/ui   log: {record['log']}")
+
+
+@app.command()
+def rollback() -> None:
+    """Return to the previous champion: relabel it, package it, deploy it."""
+    from tasks.deploy import rollback as run_rollback
+    from tasks.params import load
+
+    record = run_rollback(load())
+    typer.echo(f"rolled back: serving {record['bento']} ({record['model']}) at {record['url']}")
+
+
+@app.command()
+def undeploy() -> None:
+    """Stop the deployed service cleanly."""
+    from tasks.deploy import undeploy as stop
+
+    record = stop()
+    typer.echo(f"stopped {record['bento']} (was at {record['url']})" if record else "nothing was deployed")
+
+
+@app.command()
 def status() -> None:
-    """The registry: every model version with its label (champion, previous), key metrics and lineage,
-    then the champion's model card."""
+    """What is deployed (URL, since when, lineage), every model version in the registry with its label
+    (champion, previous), key metrics and lineage, then the champion's model card."""
     from genloop.status import show
 
     show()

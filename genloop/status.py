@@ -20,6 +20,7 @@ def show(console: Console | None = None) -> None:
     console = console or Console()
     if not console.is_terminal:
         console.width = 160  # a log or a pipe: no need to squeeze the table into 80 columns
+    deployment(console)
     versions = registry.versions()
     if not versions:
         console.print(f"No model versions in the registry ({registry.home()}): run `dvc repro evaluate`.")
@@ -49,3 +50,20 @@ def show(console: Console | None = None) -> None:
             console.print(f"\nChampion {v['tag']}: model card {card} (HTML beside it)\n")
             if card.is_file():
                 console.print(Markdown(card.read_text()))
+
+
+def deployment(console: Console) -> None:
+    from tasks import deploy
+
+    record = deploy.current()
+    if record is None:
+        console.print("Deployed: nothing (genloop deploy)")
+    else:
+        state = "running" if record["running"] else "NOT RUNNING (process gone; see its log)"
+        console.print(
+            f"Deployed: {record['bento']} serving {record.get('model')} at {record['url']} since "
+            f"{record['since']}, {state}; pid {record['pid']}, log {record['log']}"
+        )
+    for event in deploy.history(5):
+        detail = event.get("why") or event.get("reason") or event.get("url") or ""
+        console.print(f"  {event['at']}  {event['event']:<14} {event.get('bento', '')}  {detail}")

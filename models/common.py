@@ -36,7 +36,8 @@ class GenerativeModel(pl.LightningModule):
     """The interface every family implements.
 
     - `net`: the plain nn.Module whose weights are exported (safetensors).
-    - `sample(n, condition=None, seed=None)`: images as a float tensor (n, C, H, W) in [0, 1], or texts.
+    - `sample(n, condition=None, seed=None)`: images as a float tensor (n, C, H, W) in [0, 1], or texts;
+      `sample_batch(jobs)`: many such calls at once.
     - `heldout_loss(batch)`: the per-batch held-out figure `evaluate` compares across versions
       (lower is better); logged as `val_loss` during training.
     """
@@ -135,6 +136,11 @@ class GenerativeModel(pl.LightningModule):
 
     def sample(self, n: int, condition=None, seed: int | None = None):
         raise NotImplementedError
+
+    def sample_batch(self, jobs: list[dict]) -> list:
+        """Several requests in one pass (what a server's adaptive batching hands over): each job holds
+        `sample`'s arguments; job i's result equals `sample(**jobs[i])`, whatever else is in the batch."""
+        return [self.sample(**job) for job in jobs]
 
 
 def generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:

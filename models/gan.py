@@ -148,11 +148,18 @@ class Model(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, condition=None, seed: int | None = None) -> torch.Tensor:
         """n images (n, C, H, W) in [0, 1]; `condition`: a class id, a list of them, or None (cycle)."""
-        g = generator(seed, self.device)
-        y = class_ids(condition, n, self.net.n_classes, self.device)
+        return self.sample_batch([{"n": n, "condition": condition, "seed": seed}])[0]
+
+    @torch.no_grad()
+    def sample_batch(self, jobs: list[dict]) -> list[torch.Tensor]:
+        """Each job's noise comes from its own seeded generator; one generator pass for all of them."""
+        zs, ys = [], []
+        for job in jobs:
+            g = generator(job.get("seed"), self.device)
+            ys.append(class_ids(job.get("condition"), job["n"], self.net.n_classes, self.device))
+            zs.append(torch.randn(job["n"], self.cfg.latent_dim, generator=g, device=self.device))
         was = self.net.G.training
         self.net.G.eval()
-        z = torch.randn(n, self.cfg.latent_dim, generator=g, device=self.device)
-        out = self.net.G(z, y).float()
+        out = self.net.G(torch.cat(zs), torch.cat(ys)).float()
         self.net.G.train(was)
-        return out
+        return list(out.split([job["n"] for job in jobs]))

@@ -150,19 +150,21 @@ class Model(GenerativeModel):
 
     @torch.no_grad()
     def generate(
-        self, idx: torch.Tensor, new: int, temperature: float, top_k: int, g: torch.Generator
+        self, idx: torch.Tensor, new: int, temperature: torch.Tensor, top_k: torch.Tensor, draws
     ) -> torch.Tensor:
-        """Extend idx (B, T) by `new` characters, sampling with temperature and optional top-k."""
+        """Extend idx (B, T) by `new` characters. Per row: a temperature (<= 0: greedy) and a top-k
+        (0: off); `draws()` gives one uniform number per row and step, from each request's own
+        generator, so a row's text does not depend on the other rows of the batch."""
+        V = len(self.vocab)
         for _ in range(new):
-            logits = self.net(idx[:, -self.cfg.block_size :])[:, -1, :].float()  # (B, vocab)
-            if temperature <= 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=g)
+            logits = self.net(idx[:, -self.cfg.block_size :])[:, -1, :].float()  # (B, V)
+            greedy = temperature <= 0
+            logits = logits / torch.where(greedy, 1.0, temperature)[:, None]
+            kth = logits.sort(-1, descending=True).values.gather(1, (top_k.clamp(1, V) - 1)[:, None])
+            logits = torch.where((top_k[:, None] > 0) & (logits < kth), float("-inf"), logits)
+            cdf = F.softmax(logits, -1).cumsum(-1)  # inverse-CDF sampling with the row's own number
+            nxt = torch.searchsorted(cdf, draws()[:, None]).clamp_max(V - 1)
+            nxt = torch.where(greedy[:, None], logits.argmax(-1, keepdim=True), nxt)
             idx = torch.cat([idx, nxt], 1)
         return idx
 
@@ -177,10 +179,40 @@ class Model(GenerativeModel):
         top_k: int | None = None,
     ) -> list[str]:
         """n texts of `length` new characters continuing the prompt `condition` (default: a newline)."""
-        prompt = condition if condition else ("\n" if "\n" in self.stoi else self.vocab[0])
-        g = generator(seed, self.device)
-        idx = torch.tensor([self.encode(prompt)] * n, device=self.device)
-        t = self.cfg.temperature if temperature is None else temperature
-        k = self.cfg.top_k if top_k is None else top_k
-        out = self.generate(idx, length, t, k, g)
-        return [prompt + "".join(self.vocab[i] for i in row[idx.shape[1] :].tolist()) for row in out]
+        job = {"n": n, "condition": condition, "seed": seed, "length": length}
+        return self.sample_batch([job | {"temperature": temperature, "top_k": top_k}])[0]
+
+    @torch.no_grad()
+    def sample_batch(self, jobs: list[dict]) -> list[list[str]]:
+        """Jobs whose prompts have the same length decode together, one forward pass per character."""
+        prompts = [j.get("condition") or ("\n" if "\n" in self.stoi else self.vocab[0]) for j in jobs]
+        encoded = [self.encode(p) for p in prompts]
+        results: list[list[str]] = [[] for _ in jobs]
+        for size in sorted({len(e) for e in encoded}):
+            group = [i for i, e in enumerate(encoded) if len(e) == size]
+            rows = [i for i in group for _ in range(jobs[i]["n"])]
+            gens = [generator(jobs[i].get("seed"), self.device) for i in group]
+
+            def draws(group=group, gens=gens) -> torch.Tensor:
+                return torch.cat(
+                    [
+                        torch.rand(jobs[i]["n"], generator=g, device=self.device)
+                        for i, g in zip(group, gens, strict=True)
+                    ]
+                )
+
+            t = [jobs[i].get("temperature") for i in rows]
+            k = [jobs[i].get("top_k") for i in rows]
+            temperature = torch.tensor(
+                [self.cfg.temperature if v is None else v for v in t], device=self.device
+            )
+            top_k = torch.tensor([self.cfg.top_k if v is None else v for v in k], device=self.device)
+            idx = torch.tensor([encoded[i] for i in rows], device=self.device, dtype=torch.long)
+            new = max(jobs[i].get("length", 200) for i in group)
+            out = self.generate(idx, new, temperature.float(), top_k.long(), draws)
+            for r, i in enumerate(rows):
+                text = "".join(
+                    self.vocab[c] for c in out[r, size : size + jobs[i].get("length", 200)].tolist()
+                )
+                results[i].append(prompts[i] + text)
+        return results

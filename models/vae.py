@@ -129,11 +129,21 @@ class Model(GenerativeModel):
     def sample(self, n: int, condition=None, seed: int | None = None) -> torch.Tensor:
         """n images (n, C, H, W) in [0, 1], the decoder's means (its pixel noise would only add grain);
         `condition` is a class id, a list of them or None (classes cycle 0, 1, 2, ...)."""
-        g = generator(seed, self.device)
-        y = class_ids(condition, n, self.net.n_classes, self.device) if self.net.n_classes else None
-        z = torch.randn(n, self.cfg.latent_dim, generator=g, device=self.device)
-        logits = self.net.decode(z, self.net.onehot(y, n, self.device))[:, : self.n_pixels]
-        return torch.sigmoid(logits.float()).view(n, *self.shape)  # the decoder's mean
+        return self.sample_batch([{"n": n, "condition": condition, "seed": seed}])[0]
+
+    @torch.no_grad()
+    def sample_batch(self, jobs: list[dict]) -> list[torch.Tensor]:
+        """Each job's latents come from its own seeded generator; one decoder pass for all of them."""
+        k = self.net.n_classes
+        zs, cs = [], []
+        for job in jobs:
+            n, g = job["n"], generator(job.get("seed"), self.device)
+            y = class_ids(job.get("condition"), n, k, self.device) if k else None
+            cs.append(self.net.onehot(y, n, self.device))
+            zs.append(torch.randn(n, self.cfg.latent_dim, generator=g, device=self.device))
+        logits = self.net.decode(torch.cat(zs), torch.cat(cs))[:, : self.n_pixels]
+        images = torch.sigmoid(logits.float()).view(-1, *self.shape)
+        return list(images.split([job["n"] for job in jobs]))
 
     @torch.no_grad()
     def interpolate(self, steps: int = 10, rows: int = 8, seed: int | None = None) -> torch.Tensor:

@@ -168,6 +168,26 @@ class EvaluateParams(Section):
     gate: Gate
 
 
+class PackageParams(Section):
+    gpu: bool  # the model service asks for one GPU (and uses it when present)
+
+
+class ServeParams(Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    batching: bool
+    max_batch_size: int = Field(ge=1)
+    max_latency_ms: int = Field(ge=1)
+    max_samples: int = Field(ge=1, le=1024)
+    max_length: int = Field(ge=1, le=100_000)
+    max_prompt: int = Field(ge=0)
+    max_concurrency: int = Field(ge=1)
+    timeout_s: float = Field(gt=0)
+    max_body_bytes: int = Field(ge=256)
+    ready_timeout_s: float = Field(gt=0)  # deploy waits this long for /readyz
+    docs: bool  # BentoML's API docs page at /
+
+
 class Params(Section):
     data: DataParams = DataParams()
     collect: CollectParams = CollectParams()
@@ -176,6 +196,8 @@ class Params(Section):
     model: ModelParams | None = None
     train: TrainParams | None = None
     evaluate: EvaluateParams | None = None
+    package: PackageParams | None = None
+    serve: ServeParams | None = None
 
     def require(self, section: str):
         value = getattr(self, section)

@@ -26,7 +26,9 @@ PROJECT_FILES = [
     "tasks",
     "models",
     "flows",
+    "service",
     "prefect.yaml",
+    "requirements.lock",
 ]
 
 # DVC runs `genloop stage ...` through the shell: the venv's commands must be on PATH.
@@ -43,8 +45,9 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 class Project:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, env: dict | None = None) -> None:
         self.root = root
+        self.env = env or {}  # for every command run in it (on top of os.environ)
 
     def set_params(self, **sections: dict) -> None:
         path = self.root / "params.yaml"
@@ -63,7 +66,7 @@ class Project:
             cwd=self.root,
             capture_output=True,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **self.env, **(env or {})},
             timeout=600,
         )
         if check and proc.returncode != 0:
@@ -80,11 +83,9 @@ class Project:
         }
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
-    """A fresh project folder (a git repository with DVC), the working directory for the test."""
-    root = tmp_path / "project"
-    root.mkdir()
+def new_project(root: Path) -> Project:
+    """Copy the project files into `root` and make it a git repository with a first commit."""
+    root.mkdir(parents=True)
     for name in PROJECT_FILES:
         src, dst = REPO / name, root / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -97,10 +98,25 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     subprocess.run([*git, "add", "-A"], cwd=root, check=True)
     # a first commit, as in any real checkout (dvclive fails on a repository without one)
     subprocess.run([*git, "commit", "-qm", "project"], cwd=root, check=True)
-    monkeypatch.chdir(root)
-    # each project has its own registry (BentoML model store), as it would by default in its folder
-    monkeypatch.setenv("BENTOML_HOME", str(root / ".genloop" / "bentoml"))
-    return Project(root)
+    # its own registry (BentoML model store), as it would have by default in its folder
+    return Project(root, {"BENTOML_HOME": str(root / ".genloop" / "bentoml")})
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """A fresh project folder (a git repository with DVC), the working directory for the test."""
+    project = new_project(tmp_path / "project")
+    monkeypatch.chdir(project.root)
+    monkeypatch.setenv("BENTOML_HOME", project.env["BENTOML_HOME"])
+    return project
 
 
 def write_png(path: Path, pixels) -> None:

@@ -56,4 +56,4 @@ def test_train_flow_runs_every_stage_through_dvc(harness, project):
     assert result["train"]["family"] == "vae" and result["train"]["epochs"] == 2
     assert result["evaluate"]["decision"] in ("promote", "reject")  # the gate ran and said why
     assert result["evaluate"]["reasons"]
-    assert "up to date" in project.run("dvc", "repro", check=True).stdout
+    assert "up to date" in project.run("dvc", "repro", "evaluate", check=True).stdout

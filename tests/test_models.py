@@ -130,3 +130,26 @@ def test_gpt_bits_per_char_scores_every_character_once():
     ids = torch.tensor([TEXT_DATA["vocab"].index(c) for c in TEXT[:200]])
     bpc = model.bits_per_char(ids)
     assert 0 < bpc < 2 * np.log2(len(TEXT_DATA["vocab"]))  # near uniform when untrained
+
+
+@pytest.mark.parametrize("family", ["vae", "gan", "gpt"])
+def test_a_batch_of_requests_gives_what_each_request_alone_gives(family):
+    """What the server's adaptive batching relies on: a request's samples do not depend on the others."""
+    model = make(family).eval()
+    if family == "gpt":
+        jobs = [
+            {"n": 2, "condition": "the ", "seed": 1, "length": 12, "temperature": 0.8},
+            {"n": 1, "condition": "fox", "seed": 2, "length": 5, "temperature": 0.0},
+            {"n": 1, "condition": "dog ", "seed": 3, "length": 7, "top_k": 3},
+        ]
+    else:
+        jobs = [{"n": 2, "condition": 1, "seed": 1}, {"n": 3, "condition": None, "seed": 2}]
+    together = model.sample_batch(jobs)
+    for job, got in zip(jobs, together, strict=True):
+        alone = model.sample_batch([job])[0]
+        if family == "gpt":
+            assert (
+                got == alone and len(got) == job["n"] and len(got[0]) == len(job["condition"]) + job["length"]
+            )
+        else:
+            assert torch.allclose(got, alone, atol=1e-6) and len(got) == job["n"]

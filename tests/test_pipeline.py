@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -25,6 +26,13 @@ def test_repro_from_scratch_then_noop_then_only_what_changed(project):
     assert ran(first) == {"collect", "validate", "augment", "train", "evaluate"}
     assert (project.root / "dvc.lock").is_file()
     lock = (project.root / "dvc.lock").read_text()
+    # a model this brief loses to the baseline: rejected, so there is no champion to package or deploy
+    decision = json.loads((project.root / "artifacts/evaluate/decision.json").read_text())
+    assert decision["decision"] == "reject"
+    packaged = json.loads((project.root / "artifacts/package/bento.json").read_text())
+    assert packaged["bento"] is None and "no champion yet" in packaged["reason"]
+    refused = project.run("genloop", "deploy")
+    assert refused.returncode == 1 and "nothing to deploy" in refused.stderr
 
     again = project.run("dvc", "repro", check=True)
     assert ran(again) == set() and "up to date" in again.stdout

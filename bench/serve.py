@@ -1,0 +1,203 @@
+"""Load on the service, side by side in one run: our service with adaptive batching on and off, a plain
+BentoML service around the same model with the library's defaults (the reference), and the raw model's
+batched sampling (the ceiling).
+
+Each server is started here with `bentoml serve` on a free port; each is driven at concurrency 1, 8 and
+64 for a few seconds (after a warm-up) with one-sample requests, and the script prints requests/s (and
+characters/s for text), p50/p99 latency and the count of non-2xx answers (429 counts separately).
+Targets: no 5xx and no rejection below the configured concurrency limit; for the GPT, batching gives
+>= 5x the characters/s of no batching at concurrency 64; for the digits VAE, at least the plain
+service's requests/s.
+
+    python bench/serve.py                         # the champion of model.family in params.yaml
+    python bench/serve.py --model genloop-gpt:... --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve` in the background, stopped (with its workers) on exit."""
+
+    def __init__(self, target: str, args: dict, env: dict) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", target, "--port", str(self.port)]
+        cmd += [f"--arg={k}={v}" for k, v in args.items()]
+        fd, self.log = tempfile.mkstemp(prefix="bench-serve-", suffix=".log")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fd, stderr=subprocess.STDOUT, env=env)
+        os.close(fd)
+
+    def __enter__(self) -> Server:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited; see {self.log}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"server not ready in 120 s; see {self.log}")
+
+    def __exit__(self, *exc) -> None:
+        from tasks.deploy import _stop
+
+        _stop(self.proc.pid)
+
+
+async def load(url: str, body, concurrency: int, seconds: float) -> dict:
+    """`concurrency` clients sending back to back for `seconds`; latency per request."""
+    latencies, codes, chars = [], [], 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+
+        async def worker(k: int) -> None:
+            nonlocal chars
+            i = 0
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = await client.post(url + "/generate", json=body(k * 100_000 + i))
+                latencies.append(time.perf_counter() - t)
+                codes.append(r.status_code)
+                if r.status_code == 200:
+                    chars += sum(len(s.get("text", "")) for s in r.json()["samples"])
+                i += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ok = [lat for lat, c in zip(latencies, codes, strict=True) if c == 200]
+    q = statistics.quantiles(ok, n=100) if len(ok) >= 2 else [float("nan")] * 99
+    return {
+        "rps": len(ok) / elapsed,
+        "chars_s": chars / elapsed,
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+        "429": sum(c == 429 for c in codes),
+        "non2xx": sum(not 200 <= c < 300 for c in codes),
+        "5xx": sum(c >= 500 for c in codes),
+    }
+
+
+def ceiling(tag: str, body, batch: int = 64, seconds: float = 3.0) -> dict:
+    """The raw model's batched sampling: `batch` one-sample jobs per call, no HTTP."""
+    import models
+    from tasks import registry
+
+    model = models.load(registry.folder(tag))
+    jobs = [{k: v for k, v in _job(body(i)).items()} for i in range(batch)]
+    model.sample_batch(jobs)  # warm-up
+    n, chars, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        out = model.sample_batch(jobs)
+        n += batch
+        chars += sum(len(s) for r in out for s in r) if model.family == "gpt" else 0
+    elapsed = time.perf_counter() - start
+    return {"rps": n / elapsed, "chars_s": chars / elapsed}
+
+
+def _job(req: dict) -> dict:
+    job = {"n": req["n"], "seed": req["seed"]}
+    if "prompt" in req:
+        job |= {"condition": req["prompt"], "length": req["length"]}
+    return job
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="registered version (default: the champion of model.family)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="load per concurrency level")
+    parser.add_argument("--length", type=int, default=64, help="text: characters per request")
+    parser.add_argument("--levels", default="1,8,64")
+    a = parser.parse_args()
+    os.chdir(ROOT)
+    from tasks import registry
+    from tasks.params import load as load_params
+
+    tag = a.model or registry.champion(registry.name_of(load_params().require("model").family))
+    if tag is None:
+        raise SystemExit("no champion: run `dvc repro evaluate` first, or pass --model")
+    gpt = tag.split(":")[0].endswith("gpt")
+    if gpt:
+
+        def body(i: int) -> dict:
+            return {"n": 1, "prompt": "The ", "length": a.length, "seed": i}
+    else:
+
+        def body(i: int) -> dict:
+            return {"n": 1, "seed": i, "label": str(i % 10)}
+
+    levels = [int(x) for x in a.levels.split(",")]
+    limit = max(levels)  # the configured concurrency limit: no level goes above it
+    env = {**os.environ, "BENTOML_HOME": str(registry.home()), "BENTOML_DO_NOT_TRACK": "true",
+           "GENLOOP_SERVING_DIR": tempfile.mkdtemp(prefix="bench-serving-")}  # fmt: skip
+    ours = {"model": tag, "max_concurrency": limit}
+    setups = [
+        ("ours, batching on", "service.service:Genloop", ours | {"batching": True}),
+        ("ours, batching off", "service.service:Genloop", ours | {"batching": False}),
+        ("plain BentoML (reference)", "bench.plain_service:Plain", {"model": tag}),
+    ]
+    rows = []
+    for name, target, args in setups:
+        with Server(target, args, env) as server:
+            asyncio.run(load(server.url, body, 1, 1.0))  # warm-up
+            for c in levels:
+                rows.append((name, c, asyncio.run(load(server.url, body, c, a.seconds))))
+    top = ceiling(tag, body)
+    print(f"\nmodel {tag}; one sample per request{f', {a.length} characters' if gpt else ''}; "
+          f"{a.seconds:g} s per level; concurrency limit {limit}")  # fmt: skip
+    head = f"{'setup':<28}{'conc':>5}{'req/s':>9}" + (f"{'chars/s':>10}" if gpt else "")
+    print(head + f"{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'429':>6}{'5xx':>6}")
+    for name, c, r in rows:
+        line = f"{name:<28}{c:>5}{r['rps']:>9.1f}" + (f"{r['chars_s']:>10.0f}" if gpt else "")
+        print(line + f"{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['non2xx']:>9}{r['429']:>6}{r['5xx']:>6}")
+    print(
+        f"{'raw model, batches of 64':<28}{'':>5}{top['rps']:>9.0f}"
+        + (f"{top['chars_s']:>10.0f}" if gpt else "")
+    )
+    by = {(n, c): r for n, c, r in rows}
+    c = max(levels)
+    on, off, plain = (
+        by[("ours, batching on", c)],
+        by[("ours, batching off", c)],
+        by[("plain BentoML (reference)", c)],
+    )
+    key = "chars_s" if gpt else "rps"
+    batching = on[key] / max(off[key], 1e-9)
+    vs_plain = on["rps"] / max(plain["rps"], 1e-9)
+    target, plain_target = (" (target >= 5x)", "") if gpt else ("", " (target >= 1x)")
+    print(f"\nat concurrency {c}: batching on / off = {batching:.2f}x {key}{target}; "
+          f"ours (batching on) / plain = {vs_plain:.2f}x req/s{plain_target}")  # fmt: skip
+    fails = sum(r["5xx"] for _, _, r in rows)
+    rejected = sum(r["429"] for n, c2, r in rows if c2 < limit)
+    print(f"5xx answers: {fails}; rejections below the limit: {rejected} (target: 0 and 0)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The genloop service (BentoML 1.4): a model service that batches, behind an API service that checks.
+
+- `Generator` holds the registered model (a `BentoModel`, loaded from safetensors) and answers
+  `generate_batch`, a batchable method: BentoML's adaptive batching merges concurrent requests into
+  one model call (`max_batch_size`, `max_latency_ms`). It asks for a GPU when packaged with `gpu`.
+- `Genloop` is the public API: `POST /generate`, `POST /feedback`, `GET /version`, the web page at
+  `/ui`, and BentoML's own `/livez`, `/readyz`, `/metrics` and API docs at `/`. It validates requests
+  (400/422 with the reason), logs every request and stores feedback durably (service/store.py), and
+  sits behind service/guard.py (API key, body size, concurrency, timeout).
+
+Serve from source with `bentoml serve service.service:Genloop --arg model=genloop-vae:<version>`, or
+build a Bento with `genloop stage package` and run `genloop deploy`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.guard import Guard
+from service.settings import Settings
+
+SETTINGS = bentoml.use_arguments(Settings)
+UI = Path(__file__).parent / "ui"
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+    n: Annotated[int, Field(ge=1, le=SETTINGS.max_samples, description="samples to draw")] = 4
+    seed: Annotated[int | None, Field(ge=0, le=2**62, description="same seed, same samples")] = None
+    label: Annotated[str | None, Field(max_length=64, description="image class (images only)")] = None
+    prompt: Annotated[str | None, Field(max_length=SETTINGS.max_prompt, description="text prompt")] = None
+    temperature: Annotated[float | None, Field(ge=0, le=5, description="text: 0 = greedy")] = None
+    length: Annotated[int, Field(ge=1, le=SETTINGS.max_length, description="text: new characters")] = 200
+
+
+def _png(image) -> str:
+    """(C, H, W) floats in [0, 1] -> a base64 PNG, scaled up so a browser shows it crisply."""
+    import numpy as np
+    from PIL import Image
+
+    px = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    px = px[0] if px.shape[0] == 1 else px.transpose(1, 2, 0)
+    scale = max(1, 128 // max(px.shape[:2]))
+    img = Image.fromarray(px).resize((px.shape[1] * scale, px.shape[0] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _features(samples, kind: str) -> dict:
+    """Summary features of a response's outputs, for the drift monitor."""
+    import numpy as np
+
+    if kind == "image":
+        x = np.asarray(samples)
+        return {"mean": float(x.mean()), "std": float(x.std()), "ink": float((x > 0.5).mean())}
+    text = "".join(samples)
+    n = max(len(text), 1)
+    words = text.split()
+    return {
+        "chars": len(text),
+        "letters": sum(c.isalpha() for c in text) / n,
+        "spaces": sum(c.isspace() for c in text) / n,
+        "word_length": sum(map(len, words)) / max(len(words), 1),
+    }
+
+
+@bentoml.service(
+    resources={"gpu": 1} if SETTINGS.gpu else {"cpu": "1"},
+    workers=1,
+    traffic={"timeout": SETTINGS.timeout_s},
+)
+class Generator:
+    """The model. Its methods take and return plain JSON-able values."""
+
+    model_ref = bentoml.models.BentoModel(SETTINGS.model)
+
+    def __init__(self) -> None:
+        import torch
+
+        import models
+
+        self.device = "cuda" if torch.cuda.is_available() and SETTINGS.gpu else "cpu"
+        self.model = models.load(self.model_ref.path, map_location=self.device).to(self.device)
+        self.kind = models.KIND[self.model.family]
+
+    def _run(self, jobs: list[dict]) -> list[dict]:
+        import torch
+
+        with torch.inference_mode():
+            results = self.model.sample_batch(jobs)
+        out = []
+        for samples in results:
+            if self.kind == "image":
+                arr = samples.cpu().numpy()
+                out.append({"samples": [_png(img) for img in arr], "features": _features(arr, "image")})
+            else:
+                out.append({"samples": samples, "features": _features(samples, "text")})
+        return out
+
+    @bentoml.api(
+        batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
+    )
+    def generate_batch(self, jobs: list[dict]) -> list[dict]:
+        return self._run(jobs)
+
+    @bentoml.api
+    def generate_one(self, job: dict) -> dict:
+        return self._run([job])[0]
+
+
+def _page_app():
+    """The web page (/ui) and GET /version, mounted beside BentoML's routes (not over them)."""
+    from starlette.applications import Starlette
+    from starlette.responses import FileResponse, JSONResponse
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    async def page(request):
+        return FileResponse(UI / "index.html", headers={"cache-control": "no-cache"})
+
+    async def version(request):
+        return JSONResponse(model_info())
+
+    return Starlette(
+        routes=[
+            Route("/ui", page),
+            Route("/ui/", page),
+            Mount("/ui/static", StaticFiles(directory=UI)),
+            Route("/version", version),
+        ]
+    )
+
+
+def model_info() -> dict:
+    """The served version and its lineage, from the registry entry packaged into the Bento."""
+    import json
+
+    model = bentoml.models.get(SETTINGS.model)
+    meta = model.info.metadata
+    data = meta.get("lineage", {})
+    described = json.loads((Path(model.path) / "model.json").read_text())["data"]
+    return {
+        "model": str(model.tag),
+        "family": model.info.labels.get("family"),
+        "kind": described["kind"],
+        "classes": described.get("classes"),
+        "vocab": described.get("vocab"),
+        "lineage": {k: data.get(k) for k in ("git", "dvc", "source", "manifest_sha256", "validation")},
+        "metrics": meta.get("metrics"),
+        "batching": SETTINGS.batching,
+        "limits": {
+            "max_samples": SETTINGS.max_samples,
+            "max_length": SETTINGS.max_length,
+            "max_prompt": SETTINGS.max_prompt,
+        },
+    }
+
+
+@bentoml.service(traffic={"timeout": SETTINGS.timeout_s + 5})
+@bentoml.asgi_app(_page_app(), path="/")
+class Genloop:
+    generator = bentoml.depends(Generator)
+
+    def __init__(self) -> None:
+        from service.store import Store
+
+        self.store = Store()
+        self.info = model_info()
+        self.classes = [str(c) for c in self.info.get("classes") or []]
+
+    def _job(self, req: GenerateRequest) -> dict:
+        """The model's arguments, or a 400 that says what is wrong with the request."""
+        job: dict = {"n": req.n, "seed": req.seed}
+        if self.info["kind"] == "image":
+            if req.prompt is not None:
+                raise InvalidArgument("this model draws images: send `label`, not `prompt`")
+            if req.label is not None:
+                if req.label not in self.classes:
+                    raise InvalidArgument(f"unknown label {req.label!r}; labels: {', '.join(self.classes)}")
+                job["condition"] = self.classes.index(req.label)
+            return job
+        if req.label is not None:
+            raise InvalidArgument("this model writes text: send `prompt`, not `label`")
+        vocab = set(self.info.get("vocab") or [])
+        unknown = sorted({c for c in req.prompt or "" if vocab and c not in vocab})
+        if unknown:
+            raise InvalidArgument(f"prompt has characters the model does not know: {''.join(unknown)!r}")
+        return job | {"condition": req.prompt, "temperature": req.temperature, "length": req.length}
+
+    async def _sample(self, job: dict, attempts: int = 3) -> dict:
+        """One call to the model service. A kept-alive connection it has just closed is retried (the
+        call has no side effects); a model service that stays unreachable is a 503, not a 500."""
+        import asyncio
+
+        import aiohttp
+
+        for attempt in range(attempts):
+            try:
+                if SETTINGS.batching:
+                    return (await self.generator.to_async.generate_batch([job]))[0]
+                return await self.generator.to_async.generate_one(job)
+            except aiohttp.ClientConnectionError as err:
+                if attempt == attempts - 1:
+                    raise ServiceUnavailable(f"the model service is unreachable: {err}") from None
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @bentoml.api(route="/generate", input_spec=GenerateRequest)
+    async def generate(self, **fields) -> dict:
+        """Draw `n` samples: images (base64 PNG) for a `label`, or texts continuing a `prompt`."""
+        req = GenerateRequest(**fields)
+        job = self._job(req)
+        start = time.perf_counter()
+        result = await self._sample(job)
+        latency = (time.perf_counter() - start) * 1000
+        request_id = uuid.uuid4().hex
+        ids = [f"{request_id}-{i}" for i in range(len(result["samples"]))]
+        self.store.log_request(
+            request_id, self.info["model"], req.model_dump(), latency, result["features"], ids
+        )
+        key = "image" if self.info["kind"] == "image" else "text"
+        return {
+            "model": self.info["model"],
+            "request_id": request_id,
+            "samples": [{"id": i, key: s} for i, s in zip(ids, result["samples"], strict=True)],
+        }
+
+    @bentoml.api(route="/feedback")
+    def feedback(
+        self,
+        sample_id: Annotated[str, Field(min_length=1, max_length=80)],
+        rating: Annotated[int, Field(ge=1, le=5, description="1 (bad) .. 5 (good)")],
+        comment: Annotated[str, Field(max_length=2000)] = "",
+    ) -> dict:
+        """Rate a sample this service produced; stored durably before the answer."""
+        if not self.store.known_sample(sample_id):
+            raise InvalidArgument(f"unknown sample id {sample_id!r}: rate samples this service returned")
+        self.store.add_feedback(sample_id, rating, comment, self.info["model"])
+        return {"stored": True, "sample_id": sample_id}
+
+
+Genloop.add_asgi_middleware(
+    Guard,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    max_concurrency=SETTINGS.max_concurrency,
+    timeout_s=SETTINGS.timeout_s,
+    docs=SETTINGS.docs,
+)

@@ -1,0 +1,84 @@
+"""Durable records of the service: feedback and a request log, in one SQLite file.
+
+Each write is a committed transaction with synchronous=FULL in WAL mode, so a 200 is only sent after
+the row is on disk: killing the server right after loses nothing. The drift monitor and the retrain
+flow read the same file, `$GENLOOP_SERVING_DIR/serving.db`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY, at REAL NOT NULL, model TEXT NOT NULL, n INTEGER, seed INTEGER,
+    label TEXT, prompt_chars INTEGER, temperature REAL, length INTEGER, latency_ms REAL,
+    features TEXT NOT NULL, sample_ids TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    sample_id TEXT NOT NULL, at REAL NOT NULL, rating INTEGER NOT NULL, comment TEXT NOT NULL,
+    model TEXT NOT NULL
+);
+"""
+
+
+def default_dir() -> Path:
+    """`genloop deploy` sets GENLOOP_SERVING_DIR (.genloop/serving in the project); a bare `bentoml
+    serve` writes beside the model store instead (BentoML runs a Bento from inside its own folder)."""
+    if os.environ.get("GENLOOP_SERVING_DIR"):
+        return Path(os.environ["GENLOOP_SERVING_DIR"]).resolve()
+    return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "genloop-serving"
+
+
+class Store:
+    def __init__(self, folder: Path | None = None) -> None:
+        folder = folder or default_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "serving.db"
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # fsync at each commit: durable once we answer
+        self.db.executescript(SCHEMA)
+
+    def _write(self, sql: str, row: tuple) -> None:
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute(sql, row)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def log_request(self, request_id: str, model: str, req: dict, latency_ms: float, features: dict,
+                    sample_ids: list[str]) -> None:  # fmt: skip
+        self._write(
+            "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                request_id, time.time(), model, req.get("n"), req.get("seed"),
+                None if req.get("label") is None else str(req["label"]), len(req.get("prompt") or ""),
+                req.get("temperature"), req.get("length"), latency_ms,
+                json.dumps(features), json.dumps(sample_ids),
+            ),
+        )  # fmt: skip
+
+    def known_sample(self, sample_id: str) -> bool:
+        pattern = f'%"{sample_id}"%'
+        with self.lock:
+            return (
+                self.db.execute(
+                    "SELECT 1 FROM requests WHERE sample_ids LIKE ? LIMIT 1", (pattern,)
+                ).fetchone()
+                is not None
+            )
+
+    def add_feedback(self, sample_id: str, rating: int, comment: str, model: str) -> None:
+        self._write(
+            "INSERT INTO feedback VALUES (?,?,?,?,?)", (sample_id, time.time(), rating, comment, model)
+        )

@@ -1,0 +1,101 @@
+"""package: build a Bento (BentoML's deployable unit) from the champion model version.
+
+The Bento holds the service code (service/), the model code (models/), the champion's registry entry
+(weights, card, lineage), pinned dependencies and the `serve` settings as Bento arguments; its labels
+carry the model's lineage. Its version is the model's version plus a hash of the settings, so the same
+champion and settings give the same Bento and a rebuild is skipped. Writes artifacts/package/bento.json.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prefect import task
+
+from tasks import paths, registry
+from tasks.dvc_stage import publish_table, repro
+from tasks.errors import GenloopError
+from tasks.params import Params
+from tasks.storage import content_hash, read_json, write_json
+
+OUT = paths.ARTIFACTS / "package" / "bento.json"
+SERVE_DEPS = ("bentoml", "torch", "numpy", "safetensors", "pillow", "pytorch-lightning", "pydantic")
+
+
+def pinned(lock: Path = Path("requirements.lock")) -> list[str]:
+    """The serving dependencies at the versions this project is tested with."""
+    pins = {}
+    if lock.is_file():
+        for line in lock.read_text().splitlines():
+            m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line)
+            if m:
+                pins[m.group(1).lower()] = m.group(2)
+    return [f"{name}=={pins[name]}" if name in pins else name for name in SERVE_DEPS]
+
+
+def settings(params: Params, model: str) -> dict:
+    serve = params.require("serve").model_dump()
+    for key in ("host", "port", "ready_timeout_s"):  # how deploy runs it, not what the service does
+        serve.pop(key)
+    return {"model": model, "gpu": params.require("package").gpu, **serve}
+
+
+def build(params: Params, model: str | None = None, record: bool = True) -> dict:
+    """Build (or find) the Bento for `model` (default: the champion of model.family); `record` writes
+    artifacts/package/bento.json (the DVC stage's output)."""
+    name = registry.name_of(params.require("model").family)
+    model = model or registry.champion(name)
+    if model is None:
+        raise GenloopError(f"{name} has no champion yet: run evaluate (dvc repro evaluate) first")
+    args = settings(params, model)
+    version = f"{model.split(':')[1]}-{content_hash(args)[:8]}"
+    tag = f"genloop:{version}"
+    bentoml = registry._store()
+    try:
+        bentoml.get(tag)
+    except bentoml.exceptions.NotFound:
+        info = registry.info(model)
+        lineage = info["metadata"].get("lineage", {})
+        labels = {
+            "model": model,
+            "source": str(lineage.get("source")),
+            "git": str((lineage.get("git") or {}).get("commit"))[:12],
+            "data": str((lineage.get("dvc") or {}).get("data/processed", ""))[:12],
+        }
+        bentoml.bentos.build(
+            "service.service:Genloop",
+            name="genloop",
+            version=version,
+            labels=labels,
+            description="genloop: generate samples from the champion model, rate them",
+            include=["service/*.py", "service/ui/*", "models/*.py"],
+            python={"packages": pinned()},
+            models=[model],
+            args=args,
+            build_ctx=".",
+        )
+    result = {"bento": tag, "model": model, "settings": args}
+    if record:
+        write_json(OUT, result)
+    return result
+
+
+def run(params: Params) -> dict:
+    """The champion's Bento; with no champion yet (the gate rejected every model so far) the stage
+    records that there is nothing to package instead of failing the pipeline."""
+    name = registry.name_of(params.require("model").family)
+    if registry.champion(name) is None:
+        result = {"bento": None, "model": None, "reason": f"{name} has no champion yet (see decision.json)"}
+        write_json(OUT, result)
+        return result
+    return build(params)
+
+
+@task(name="package")
+def package_task() -> dict:
+    """Run the DVC stage `package` and show the Bento in the Prefect UI."""
+    repro("package")
+    result = read_json(OUT)
+    publish_table("package", [{"bento": str(result["bento"]), "model": str(result["model"])}], "Built Bento")
+    return result

@@ -1,0 +1,236 @@
+"""The service over real HTTP: a Bento packaged from a real champion, run by `genloop deploy` (bentoml
+serve), called with httpx, BentoML's own client and headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, new_project
+from tests.test_evaluate import SMALL_VAE
+from tests.test_train import QUICK
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A project with a champion VAE, packaged and deployed; undeployed at the end."""
+    project = new_project(tmp_path_factory.mktemp("service") / "project")
+    project.set_params(
+        model=SMALL_VAE,
+        train=QUICK | {"max_epochs": 6, "steps_per_epoch": 40},
+        evaluate={"baseline": {"gmm_components": 1}},  # a baseline the quick model beats: it is champion
+        serve={"port": free_port(), "ready_timeout_s": 90, "max_concurrency": 2},
+    )
+    project.run("dvc", "repro", "package", check=True)
+    project.run("genloop", "deploy", check=True)
+    project.url = json.loads((project.root / ".genloop/deploy/current.json").read_text())["url"]
+    yield project
+    project.run("genloop", "undeploy")
+
+
+def feedback_rows(project) -> list[tuple]:
+    db = sqlite3.connect(project.root / ".genloop/serving/serving.db")
+    try:
+        return db.execute("SELECT sample_id, rating, comment FROM feedback").fetchall()
+    finally:
+        db.close()
+
+
+def test_routes(site):
+    import bentoml
+    from PIL import Image
+
+    assert httpx.get(site.url + "/readyz").status_code == 200
+    version = httpx.get(site.url + "/version").json()
+    assert version["model"].startswith("genloop-vae:") and version["lineage"]["source"] == "sklearn:digits"
+    assert version["lineage"]["dvc"]["data/processed"]
+
+    with bentoml.SyncHTTPClient(site.url) as client:  # BentoML's own client
+        out = client.generate(n=3, seed=5, label="7")
+    assert len(out["samples"]) == 3
+    png = Image.open(io.BytesIO(base64.b64decode(out["samples"][0]["image"])))
+    assert png.format == "PNG" and png.size[0] >= 8
+    again = httpx.post(site.url + "/generate", json={"n": 3, "seed": 5, "label": "7"}).json()
+    assert [s["image"] for s in again["samples"]] == [s["image"] for s in out["samples"]]  # seeded
+
+    sample = out["samples"][0]["id"]
+    r = httpx.post(site.url + "/feedback", json={"sample_id": sample, "rating": 4, "comment": "a fine 7"})
+    assert r.status_code == 200 and r.json()["stored"] is True
+    assert (sample, 4, "a fine 7") in feedback_rows(site)
+
+    db = sqlite3.connect(site.root / ".genloop/serving/serving.db")
+    logged = db.execute("SELECT n, seed, label, features, sample_ids FROM requests WHERE seed = 5").fetchall()
+    db.close()
+    assert len(logged) == 2 and logged[0][:3] == (3, 5, "7")  # every request, for the drift monitor
+    assert set(json.loads(logged[0][3])) == {"mean", "std", "ink"} and sample in logged[0][4] + logged[1][4]
+
+    metrics = httpx.get(site.url + "/metrics")
+    assert metrics.status_code == 200 and "bentoml_" in metrics.text
+    assert httpx.get(site.url + "/ui").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        ({"n": 0}, 400, "greater than or equal to 1"),
+        ({"n": 10_000}, 400, "less than or equal to"),
+        ({"n": "two"}, 400, "valid integer"),
+        ({"n": 1, "label": "dragon"}, 400, "unknown label 'dragon'"),
+        ({"n": 1, "prompt": "hello"}, 400, "send `label`, not `prompt`"),
+        ({"n": 1, "colour": "red"}, 400, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_generate_requests_get_400_with_the_reason(site, body, status, reason):
+    r = httpx.post(site.url + "/generate", json=body)
+    assert r.status_code == status and reason in r.text, r.text
+
+
+def test_malformed_oversize_and_unknown_feedback(site):
+    r = httpx.post(site.url + "/generate", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "Invalid JSON" in r.text
+    r = httpx.post(site.url + "/generate", json={"n": 1, "label": "x" * 200_000})
+    assert r.status_code == 413 and "request body over" in r.text
+    r = httpx.post(site.url + "/feedback", json={"sample_id": "never-made", "rating": 3})
+    assert r.status_code == 400 and "unknown sample id" in r.text
+    r = httpx.post(site.url + "/feedback", json={"sample_id": "x", "rating": 9})
+    assert r.status_code == 400 and "less than or equal to 5" in r.text
+
+
+def test_overload_gets_429_while_readyz_answers(site):
+    def ask(_):
+        return httpx.post(site.url + "/generate", json={"n": 16}, timeout=60).status_code
+
+    with ThreadPoolExecutor(24) as pool:
+        pending = pool.map(ask, range(48))
+        ready = httpx.get(site.url + "/readyz").status_code
+        codes = list(pending)
+    assert ready == 200
+    assert set(codes) <= {200, 429} and 429 in codes and 200 in codes  # never 5xx
+
+
+def test_api_key(site):
+    import bentoml
+
+    site.set_params(serve={"docs": False})  # private use: no API docs page
+    site.run("genloop", "stage", "package", check=True)
+    site.run("genloop", "deploy", check=True, env={"GENLOOP_API_KEY": "s3cret-key"})
+    try:
+        key = {"authorization": "Bearer s3cret-key"}
+        assert httpx.get(site.url + "/", headers=key).status_code == 404
+        assert httpx.get(site.url + "/readyz").status_code == 200  # health stays open
+        assert httpx.get(site.url + "/ui").status_code == 200  # the page itself, without the key
+        for path in ("/version", "/metrics"):
+            assert httpx.get(site.url + path).status_code == 401
+        r = httpx.post(site.url + "/generate", json={"n": 1})
+        assert r.status_code == 401 and "API key" in r.text
+        bad = {"authorization": "Bearer s3cret-kez"}
+        assert httpx.post(site.url + "/generate", json={"n": 1}, headers=bad).status_code == 401
+        with bentoml.SyncHTTPClient(site.url, token="s3cret-key") as client:
+            assert len(client.generate(n=2)["samples"]) == 2
+    finally:  # back to no key, docs on, for the other tests
+        site.set_params(serve={"docs": True})
+        site.run("genloop", "stage", "package", check=True)
+        site.run("genloop", "deploy", check=True)
+    assert httpx.get(site.url + "/").status_code == 200
+    assert httpx.post(site.url + "/generate", json={"n": 1}).status_code == 200
+
+
+def test_feedback_survives_a_kill_right_after_the_answer(site):
+    sample = httpx.post(site.url + "/generate", json={"n": 1}).json()["samples"][0]["id"]
+    r = httpx.post(site.url + "/feedback", json={"sample_id": sample, "rating": 2})
+    assert r.status_code == 200
+    record = json.loads((site.root / ".genloop/deploy/current.json").read_text())
+    assert record["workers"]
+    for pid in [record["pid"], *record["workers"]]:  # the server and its workers: no clean shutdown
+        os.kill(pid, signal.SIGKILL)
+    assert (sample, 2, "") in feedback_rows(site)
+    site.run("genloop", "deploy", check=True)  # serving again
+    assert (sample, 2, "") in feedback_rows(site)
+    assert httpx.get(site.url + "/readyz").status_code == 200
+
+
+def test_a_broken_bento_is_rolled_back(site):
+    bentos = site.root / ".genloop/bentoml/bentos/genloop"
+    good = json.loads((site.root / ".genloop/deploy/current.json").read_text())["bento"]
+    broken = bentos / "broken"
+    shutil.copytree(bentos / good.split(":")[1], broken)
+    spec = (broken / "bento.yaml").read_text()
+    spec = spec.replace(f"version: {good.split(':')[1]}", "version: broken").replace(
+        "max_samples: 16", "max_samples: 0"
+    )  # an invalid setting: the service cannot start
+    (broken / "bento.yaml").write_text(spec)
+    proc = site.run("genloop", "deploy", "--bento", "genloop:broken")
+    assert proc.returncode == 1 and f"kept {good} serving" in proc.stderr
+    assert httpx.post(site.url + "/generate", json={"n": 1}).status_code == 200
+    log = [json.loads(line) for line in (site.root / ".genloop/deploy/log.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in log[-2:]] == ["deploy failed", "restore"]
+    status = site.run("genloop", "status", check=True).stdout
+    assert good in status and "deploy failed" in status and site.url in status
+
+
+def test_rollback_returns_to_the_previous_champion(site):
+    first = json.loads((site.root / ".genloop/deploy/current.json").read_text())["model"]
+    site.set_params(train={"seed": 11})
+    site.run("dvc", "repro", "evaluate", check=True)
+    second = json.loads((site.root / "artifacts/evaluate/decision.json").read_text())["challenger"]
+    assert second != first
+    # make the new version champion whatever the gate said, then deploy it
+    site.run("python", "-c", f"from tasks import registry; registry.promote({second!r}, 'test')", check=True)
+    site.run("genloop", "stage", "package", check=True)
+    site.run("genloop", "deploy", check=True)
+    assert httpx.get(site.url + "/version").json()["model"] == second
+    proc = site.run("genloop", "rollback", check=True)
+    assert first in proc.stdout
+    assert httpx.get(site.url + "/version").json()["model"] == first
+    record = json.loads((site.root / ".genloop/bentoml/genloop-aliases.json").read_text())["genloop-vae"]
+    assert record["champion"] == first and record["history"][-1]["event"] == "rollback"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (make browser)")
+def test_web_page_generates_and_rates_in_a_browser(site):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            external = []
+            page.on(
+                "request", lambda req: external.append(req.url) if not req.url.startswith(site.url) else None
+            )
+            page.goto(site.url + "/ui")
+            page.wait_for_selector("#label option[value='3']", state="attached")
+            page.select_option("#label", "3")
+            page.fill("#n", "4")
+            page.click("#generate")
+            page.wait_for_selector(".sample img")
+            assert page.locator(".sample img").count() == 4
+            first = page.locator(".sample").first
+            sample_id = first.get_attribute("data-id")
+            first.locator("button[data-rating='5']").click()
+            page.wait_for_selector(".sample .thanks")
+        finally:
+            browser.close()
+    assert (sample_id, 5, "") in feedback_rows(site)
+    assert external == []  # no third-party script or font on our page
+
+
+def test_deploy_flow_packages_and_deploys(site):
+    proc = site.run("genloop", "flow", "deploy", check=True)
+    record = json.loads((site.root / ".genloop/deploy/current.json").read_text())
+    assert record["bento"] in proc.stdout
+    assert httpx.get(site.url + "/version").json()["model"] == record["model"]
