@@ -214,6 +214,7 @@ def test_web_page_generates_and_rates_in_a_browser(site):
             )
             page.goto(site.url + "/ui")
             page.wait_for_selector("#label option[value='3']", state="attached")
+            assert page.is_visible("#label") and not page.is_visible("#prompt")  # an image model's form
             page.select_option("#label", "3")
             page.fill("#n", "4")
             page.click("#generate")
