@@ -235,3 +235,35 @@ def test_deploy_flow_packages_and_deploys(site):
     record = json.loads((site.root / ".genloop/deploy/current.json").read_text())
     assert record["bento"] in proc.stdout
     assert httpx.get(site.url + "/version").json()["model"] == record["model"]
+
+
+def test_a_text_model_served_end_to_end(project):
+    """A (briefly trained) GPT: prompts in, texts out; prompt characters it does not know get a 400."""
+    from tests.test_train import TINY_GPT
+
+    project.set_params(
+        data={"source": "pydoc:topics"},
+        model={"family": "gpt", "gpt": TINY_GPT},
+        train=QUICK,
+        serve={"port": free_port(), "ready_timeout_s": 90},
+    )
+    project.run("dvc", "repro", "evaluate", check=True)
+    version = json.loads((project.root / "artifacts/evaluate/decision.json").read_text())["challenger"]
+    project.run(
+        "python", "-c", f"from tasks import registry; registry.promote({version!r}, 'test')", check=True
+    )
+    project.run("genloop", "stage", "package", check=True)
+    project.run("genloop", "deploy", check=True)
+    try:
+        url = json.loads((project.root / ".genloop/deploy/current.json").read_text())["url"]
+        body = {"n": 2, "prompt": "The ", "length": 30, "seed": 3, "temperature": 0.8}
+        out = httpx.post(url + "/generate", json=body).json()
+        texts = [s["text"] for s in out["samples"]]
+        assert len(texts) == 2 and all(t.startswith("The ") and len(t) == 34 for t in texts)
+        assert httpx.post(url + "/generate", json=body).json()["samples"][0]["text"] == texts[0]  # seeded
+        r = httpx.post(url + "/generate", json={"n": 1, "prompt": "naïve ☃"})
+        assert r.status_code == 400 and "does not know" in r.text
+        r = httpx.post(url + "/generate", json={"n": 1, "label": "3"})
+        assert r.status_code == 400 and "send `prompt`, not `label`" in r.text
+    finally:
+        project.run("genloop", "undeploy")
