@@ -84,6 +84,9 @@ def timed_fit(params, processed: Path, steps: int, warmup: int, out: Path) -> di
                 sync()
                 marks["end"] = time.perf_counter()
 
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: same params would otherwise resume a finished one
     original = T.SampleWriter
     T.SampleWriter = lambda *a, **k: Clock()  # time steps, not sample writing
     try:

@@ -134,7 +134,8 @@ class Model(GenerativeModel):
         if clip:
             self.clip_gradients(opt_g, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         opt_g.step()
-        self.log_dict({"loss_d": loss_d, "loss_g": loss_g}, prog_bar=True)
+        if self.logging_step():
+            self.log_dict({"loss_d": loss_d, "loss_g": loss_g}, prog_bar=True)
 
     def heldout_loss(self, batch) -> torch.Tensor:
         x, y = batch
