@@ -46,7 +46,7 @@ def show(console: Console | None = None) -> None:
     console.print(table)
     for v in versions:
         if v["alias"] == "champion":
-            card = Path(registry.folder(v["tag"])) / "card.md"
+            card = Path(v["path"]) / "card.md"
             console.print(f"\nChampion {v['tag']}: model card {card} (HTML beside it)\n")
             if card.is_file():
                 console.print(Markdown(card.read_text()))

@@ -33,13 +33,15 @@ class Guard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"]
+        path, headers = scope["path"], dict(scope["headers"])
         if not self.docs and (path in DOCS or path.startswith("/static_content/")):
             return await _reply(send, 404, "the API docs page is switched off (serve.docs: false)")
-        if not (path in OPEN or path == PAGE or path.startswith(PAGE + "/")) and not self._authorised(scope):
+        if not (path in OPEN or path == PAGE or path.startswith(PAGE + "/")) and not self._authorised(
+            headers
+        ):
             return await _reply(send, 401, "missing or wrong API key (Authorization: Bearer <key>)",
                                 [(b"www-authenticate", b"Bearer")])  # fmt: skip
-        length = dict(scope["headers"]).get(b"content-length")
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return await _reply(send, 413, f"request body over {self.max_body} bytes")
         receive = self._bounded(receive)
@@ -70,11 +72,11 @@ class Guard:
         finally:
             self.in_flight -= 1
 
-    def _authorised(self, scope) -> bool:
+    def _authorised(self, headers: dict) -> bool:
         key = os.environ.get("GENLOOP_API_KEY")
         if not key:
             return True
-        given = dict(scope["headers"]).get(b"authorization", b"")
+        given = headers.get(b"authorization", b"")
         return hmac.compare_digest(given, b"Bearer " + key.encode())
 
     def _bounded(self, receive):

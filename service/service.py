@@ -144,12 +144,12 @@ def _page_app():
 
 def model_info() -> dict:
     """The served version and its lineage, from the registry entry packaged into the Bento."""
-    import json
+    import models
 
     model = bentoml.models.get(SETTINGS.model)
     meta = model.info.metadata
     data = meta.get("lineage", {})
-    described = json.loads((Path(model.path) / "model.json").read_text())["data"]
+    described = models.describe(model.path)["data"]
     return {
         "model": str(model.tag),
         "family": model.info.labels.get("family"),
@@ -225,7 +225,7 @@ class Genloop:
         result = await self._sample(job)
         latency = (time.perf_counter() - start) * 1000
         request_id = uuid.uuid4().hex
-        ids = [f"{request_id}-{i}" for i in range(len(result["samples"]))]
+        ids = [f"{request_id}-{i}" for i in range(len(result["samples"]))]  # see Store.known_sample
         self.store.log_request(
             request_id, self.info["model"], req.model_dump(), latency, result["features"], ids
         )

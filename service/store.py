@@ -69,14 +69,13 @@ class Store:
         )  # fmt: skip
 
     def known_sample(self, sample_id: str) -> bool:
-        pattern = f'%"{sample_id}"%'
+        """Sample ids are `<request id>-<index>`: one primary-key lookup, however long the log."""
+        request_id, _, index = sample_id.rpartition("-")
+        if not index.isdigit():
+            return False
         with self.lock:
-            return (
-                self.db.execute(
-                    "SELECT 1 FROM requests WHERE sample_ids LIKE ? LIMIT 1", (pattern,)
-                ).fetchone()
-                is not None
-            )
+            row = self.db.execute("SELECT n FROM requests WHERE id = ?", (request_id,)).fetchone()
+        return row is not None and int(index) < row[0]
 
     def add_feedback(self, sample_id: str, rating: int, comment: str, model: str) -> None:
         self._write(

@@ -186,7 +186,7 @@ def deploy(params: Params, bento: str | None = None, reason: str = "deploy") -> 
         if bento is None:
             raise GenloopError(f"nothing to deploy: {built.get('reason')}")
     try:  # refuse an unknown Bento before touching the running deployment
-        registry._store().get(bento)
+        registry.store().get(bento)
     except Exception as err:
         raise GenloopError(f"no Bento {bento!r} in {registry.home()}: {err}") from None
     previous = current()
@@ -234,7 +234,7 @@ def deploy(params: Params, bento: str | None = None, reason: str = "deploy") -> 
 
 
 def _bento_model(bento: str) -> str | None:
-    bentoml = registry._store()
+    bentoml = registry.store()
     return bentoml.get(bento).info.labels.get("model")
 
 

@@ -12,7 +12,6 @@ same data by the same featurizer, never against figures from an older split.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,18 +62,13 @@ class Split:
 
 
 def load_split(processed: Path = paths.PROCESSED) -> Split:
-    meta_path = processed / "meta.json"
-    if not meta_path.is_file():
-        raise GenloopError(f"{meta_path} not found: run the data stages first (dvc repro augment)")
-    meta = json.loads(meta_path.read_text())
-    names = ("train", "val", "test")
+    from tasks.trainer import load_splits
+
+    meta, arrays = load_splits(processed, ("train", "val", "test"))
     if meta["kind"] == "image":
-        arrays = {s: (np.load(processed / f"{s}_x.npy"), np.load(processed / f"{s}_y.npy")) for s in names}
         return Split(meta, arrays)
-    ids = {s: np.load(processed / f"{s}.npy") for s in names}
     vocab = meta["vocab"]
-    text = {s: "".join(vocab[i] for i in a.tolist()) for s, a in ids.items()}
-    return Split(meta, {s: (a, None) for s, a in ids.items()}, text)
+    return Split(meta, arrays, {s: "".join(vocab[i] for i in a.tolist()) for s, (a, _) in arrays.items()})
 
 
 # --- measuring ---------------------------------------------------------------------------------------

@@ -63,8 +63,8 @@ def ensure(
         return Features(None), info
     stamp = fingerprint(x, y, seed)
     info_path = folder / INFO
-    if info_path.is_file() and json.loads(info_path.read_text()).get("fingerprint") == stamp:
-        info = json.loads(info_path.read_text())
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if info.get("fingerprint") == stamp:
         return Features(_load(folder, info)), info
     net, accuracy = _train(x, y, test, classes, seed)
     from safetensors.torch import save_model

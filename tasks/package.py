@@ -51,7 +51,7 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
     args = settings(params, model)
     version = f"{model.split(':')[1]}-{content_hash(args)[:8]}"
     tag = f"genloop:{version}"
-    bentoml = registry._store()
+    bentoml = registry.store()
     try:
         bentoml.get(tag)
     except bentoml.exceptions.NotFound:

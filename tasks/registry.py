@@ -32,7 +32,8 @@ def name_of(family: str) -> str:
     return f"{PREFIX}{family}"
 
 
-def _store():
+def store():
+    """bentoml, imported once BENTOML_HOME points at the registry."""
     home()
     import bentoml
 
@@ -48,7 +49,7 @@ def register(
 ) -> str:
     """Save the exported model in `folder` (and `extra` files by relative name: card, pictures) as
     version `version` of genloop-<family>; an existing version is left as it was. Returns the tag."""
-    bentoml = _store()
+    bentoml = store()
     tag = f"{name_of(family)}:{version}"
     try:
         bentoml.models.get(tag)
@@ -75,7 +76,7 @@ def _no_none(obj):
 
 def folder(tag: str) -> Path:
     """The folder holding a version's model.safetensors and model.json."""
-    bentoml = _store()
+    bentoml = store()
     try:
         return Path(bentoml.models.get(tag).path)
     except Exception as err:  # NotFound, BentoMLException on a malformed tag
@@ -83,7 +84,11 @@ def folder(tag: str) -> Path:
 
 
 def info(tag: str) -> dict:
-    model = _store().models.get(tag)
+    """A version's tag, creation time, labels and metadata."""
+    return _describe(store().models.get(tag))
+
+
+def _describe(model) -> dict:
     return {
         "tag": str(model.tag),
         "created": model.info.creation_time.isoformat(timespec="seconds"),
@@ -94,7 +99,7 @@ def info(tag: str) -> dict:
 
 def versions() -> list[dict]:
     """Every genloop version in the store, oldest first, with its alias (champion / previous)."""
-    bentoml = _store()
+    bentoml = store()
     record = aliases()
     out = []
     for model in bentoml.models.list():
@@ -105,7 +110,7 @@ def versions() -> list[dict]:
         alias = "champion" if entry.get("champion") == tag else ""
         if tag in entry.get("previous", []):
             alias = "previous champion"
-        out.append({**info(tag), "alias": alias})
+        out.append({**_describe(model), "path": model.path, "alias": alias})
     return sorted(out, key=lambda v: v["created"])
 
 

@@ -31,19 +31,16 @@ LIVE = TRAIN / "live"
 METRICS = TRAIN / "metrics.json"
 
 
-def load_splits(processed: Path) -> tuple[dict, dict]:
-    """(meta.json, {split: (x, y)}) from data/processed, memory-mapped."""
+def load_splits(processed: Path, names: tuple[str, ...] = ("train", "val")) -> tuple[dict, dict]:
+    """(meta.json, {split: (x, y)}) from data/processed; y is None for text."""
     meta_path = processed / "meta.json"
     if not meta_path.is_file():
         raise GenloopError(f"{meta_path} not found: run the data stages first (dvc repro augment)")
     meta = json.loads(meta_path.read_text())
     if meta["kind"] == "image":
-        splits = {
-            s: (np.load(processed / f"{s}_x.npy"), np.load(processed / f"{s}_y.npy"))
-            for s in ("train", "val")
-        }
+        splits = {s: (np.load(processed / f"{s}_x.npy"), np.load(processed / f"{s}_y.npy")) for s in names}
     else:
-        splits = {s: (np.load(processed / f"{s}.npy"), None) for s in ("train", "val")}
+        splits = {s: (np.load(processed / f"{s}.npy"), None) for s in names}
     return meta, splits
 
 
