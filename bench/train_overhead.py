@@ -1,8 +1,11 @@
 """Our train path against a plain PyTorch loop: same model, same data, same batches, one run.
 
 CPU (default): the params.yaml VAE on the processed digits and a small GPT on the processed text, each
-for one epoch of N steps, timed through `tasks.trainer.fit` (Lightning, callbacks, checkpoints) and
-through a bare loop; prints both and the ratio (target: ours <= 1.02x the plain loop).
+for one epoch of N steps through `tasks.trainer.fit` (Lightning, callbacks, checkpoints) and through a
+bare loop of the same recipe, for params.yaml's train.steps_per_execution and the --executions values.
+The two are paired: after every Lightning step of ours, the plain loop runs the same optimizer steps on
+its own copy of the model, so a shared machine's drifting speed hits both alike. Prints ms/step of both
+and the ratio (target: ours <= 1.02x the plain loop).
 
 GPU (--gpu): the GPT at GPT-2-small shape (12 layers, 12 heads, 768 wide, block 1024, char vocabulary,
 batch 16) in bf16: tokens/s and MFU against the card's bf16 dense peak, for the plain loop eager, the
@@ -37,54 +40,92 @@ def gpt_flops_per_token(model, T: int) -> float:
     return 6 * n + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * T
 
 
-def plain_loop(model, data, steps: int, warmup: int, compile_: bool, clip: float, precision: str) -> dict:
-    """The reference: the same batches through forward, backward, clip, fused AdamW, nothing else."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device).train()
-    data.trainer = None
-    data.setup()
-    data.dev = {k: (x.to(device), None if y is None else y.to(device)) for k, (x, y) in data.dev.items()}
-    opt = model.make_optimizer(model.net.parameters())
-    fn = torch.compile(model.training_loss) if compile_ else model.training_loss
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
-    times = []
-    for i in range(warmup + steps):
-        x, y = data.train_batch(i // data.steps_per_epoch, i % data.steps_per_epoch)
+class PlainLoop:
+    """The reference: the same batches and the same recipe (forward, backward, clip, AdamW, the
+    learning-rate schedule) on a freshly built model of params `p` (same seed as ours), nothing else."""
+
+    def __init__(self, p, folder: Path, total_steps: int, compile_: bool = False) -> None:
+        import pytorch_lightning as pl
+
+        from tasks.trainer import build_model, load_splits, make_data
+
+        meta, splits = load_splits(folder)
+        pl.seed_everything(p.train.seed, workers=True, verbose=False)  # the same initial weights as ours
+        self.model = build_model(p.model, p.train, meta)
+        self.data = make_data(meta, splits, self.model, p.train)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).train()
+        self.data.trainer = None
+        self.data.setup()
+        dev = self.device
+        for split, (x, y) in self.data.dev.items():  # setup() without a trainer puts them on the CPU
+            self.data.dev[split] = (x.to(dev), None if y is None else y.to(dev))
+        self.opt = self.model.make_optimizer(self.model.net.parameters())
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.model.lr_lambda(total_steps))
+        self.loss = torch.compile(self.model.training_loss) if compile_ else self.model.training_loss
+        self.clip = p.train.grad_clip
+        bf16 = str(p.train.precision).startswith("bf16")
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def run(self, first: int, n: int) -> float:
+        """Optimizer steps first .. first + n - 1 (batches as ours draws them); returns the seconds."""
+        per_epoch = self.data.steps_per_epoch
         sync()
-        t = time.perf_counter()
-        with autocast:
-            loss = fn((x, y))
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.net.parameters(), clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        for i in range(first, first + n):
+            x, y = self.data.train_batch(i // per_epoch, i % per_epoch)
+            with self.autocast:
+                loss = self.loss((x, y))
+            loss.backward()
+            if self.clip:
+                torch.nn.utils.clip_grad_norm_(self.model.net.parameters(), self.clip)
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
         sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return {"seconds": sum(times), "steps": len(times)}
+        return time.perf_counter() - start
 
 
-def timed_fit(params, processed: Path, steps: int, warmup: int, out: Path) -> dict:
-    """Our path: tasks.trainer.fit, with a callback timing the same steps after the warm-up."""
+def timed_fit(
+    params, processed: Path, steps: int, warmup: int, out: Path, plain: PlainLoop | None = None
+) -> dict:
+    """Our path, tasks.trainer.fit, timed over whole Lightning steps (each may run several optimizer
+    steps, train.steps_per_execution) from the first at or past the warm-up.
+
+    With `plain`, the measurement is paired: after each Lightning step the plain loop runs the same
+    optimizer steps, so both see the same machine (a shared machine's speed drifts by more than the
+    overhead measured here); ours is then the time from one plain run to the next, a full Lightning step."""
+    import shutil
+
     import pytorch_lightning as pl
 
     from tasks import trainer as T
 
-    marks: dict = {}
+    m = {"ours": 0.0, "plain": 0.0, "steps": 0, "done": 0}
 
     class Clock(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if trainer.global_step == warmup:
+            if plain is None and "start" not in m and trainer.global_step >= warmup:
                 sync()
-                marks["start"] = time.perf_counter()
+                m["start"], m["from"] = time.perf_counter(), trainer.global_step
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if trainer.global_step == warmup + steps:
-                sync()
-                marks["end"] = time.perf_counter()
-
-    import shutil
+            sync()
+            now, step = time.perf_counter(), trainer.global_step
+            if plain is None:
+                if "start" in m and "end" not in m and step >= warmup + steps:
+                    m["ours"], m["steps"], m["end"] = now - m["start"], step - m["from"], now
+                return
+            n = step - m["done"]  # the optimizer steps this Lightning step ran
+            counted = m["done"] >= warmup and m["steps"] < steps
+            if counted:
+                m["ours"] += now - m["last"]
+            seconds = plain.run(m["done"], n)
+            if counted:
+                m["plain"] += seconds
+                m["steps"] += n
+            m["done"] = step
+            m["last"] = time.perf_counter()
 
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: same params would otherwise resume a finished one
     original = T.SampleWriter
@@ -95,18 +136,7 @@ def timed_fit(params, processed: Path, steps: int, warmup: int, out: Path) -> di
         total = time.perf_counter() - start
     finally:
         T.SampleWriter = original
-    return {"seconds": marks["end"] - marks["start"], "steps": steps, "total": total}
-
-
-def run_plain(p, folder: Path, args, compile_: bool, precision: str) -> tuple[dict, object]:
-    """The plain loop on a freshly built model of params `p` (same seed as our path)."""
-    from tasks.trainer import build_model, load_splits, make_data
-
-    meta, splits = load_splits(folder)
-    torch.manual_seed(0)
-    model = build_model(p.model, p.train, meta)
-    data = make_data(meta, splits, model, p.train)
-    return plain_loop(model, data, args.steps, args.warmup, compile_, p.train.grad_clip, precision), model
+    return {"seconds": m["ours"], "plain_seconds": m["plain"], "steps": m["steps"], "total": total}
 
 
 def overrides(params, **train):
@@ -133,24 +163,41 @@ def cpu_bench(args) -> None:
         from tasks.params import Params
 
         p = Params.model_validate(raw)
+        base_k = p.train.steps_per_execution
+        ks = sorted({base_k, *args.executions})
         p = overrides(
             p,
             max_epochs=1,
-            steps_per_epoch=args.steps + args.warmup + 1,
+            steps_per_epoch=args.steps + args.warmup + max(ks),
             early_stopping_patience=0,
             sample_every_n_epochs=0,
             val_batches=1,
             accelerator="cpu",
             precision="32-true",
         )
-        plain, _ = run_plain(p, Path(folder), args, compile_=False, precision="32-true")
-        ours = timed_fit(p, Path(folder), args.steps, args.warmup, Path(args.out) / family)
-        print(
-            f"{label}: {args.steps} steps  plain loop {plain['seconds']:.3f} s  "
-            f"ours {ours['seconds']:.3f} s  "
-            f"ratio {ours['seconds'] / plain['seconds']:.3f}x  (ours incl. setup, validation, checkpoints: "
-            f"{ours['total']:.2f} s)"
-        )
+        # Paired rounds (see timed_fit): ours and the plain loop alternate every Lightning step.
+        ours_s, plain_s, total = dict.fromkeys(ks, 0.0), dict.fromkeys(ks, 0.0), 0.0
+        rounds: dict[int, list[float]] = {k: [] for k in ks}
+        for _ in range(args.repeat):
+            for k in ks:
+                q = overrides(p, steps_per_execution=k)
+                plain = PlainLoop(q, Path(folder), q.train.steps_per_epoch)
+                out = Path(args.out) / family
+                r = timed_fit(q, Path(folder), args.steps, max(1, args.warmup), out, plain)
+                ours_s[k] += r["seconds"] / r["steps"] / args.repeat
+                plain_s[k] += r["plain_seconds"] / r["steps"] / args.repeat
+                rounds[k].append(r["seconds"] / r["plain_seconds"])
+                total = r["total"]
+        print(f"{label}: {args.repeat} paired rounds of {args.steps} steps after {args.warmup} warm-up steps")
+        for k in ks:
+            mark = "  <- params" if k == base_k else ""
+            spread = ", ".join(f"{x:.3f}" for x in rounds[k])
+            print(
+                f"  steps_per_execution {k:3d}: plain loop {plain_s[k] * 1e3:8.3f} ms/step  "
+                f"ours {ours_s[k] * 1e3:8.3f} ms/step  ratio {ours_s[k] / plain_s[k]:.3f}x "
+                f"(rounds: {spread}){mark}"
+            )
+        print(f"  (one run of ours incl. setup, validation, checkpoints: {total:.2f} s)")
 
 
 def report(label: str, per_step: float, tokens: int, flops_per_token: float, peak: float | None) -> None:
@@ -181,18 +228,19 @@ def gpu_bench(args) -> None:
         early_stopping_patience=0,
         sample_every_n_epochs=0,
         val_batches=1,
-        steps_per_epoch=args.steps + args.warmup + 1,
+        steps_per_epoch=args.steps + args.warmup + p.train.steps_per_execution,
         precision="bf16-mixed",
         compile=True,
     )
     tokens = 16 * 1024
     rows = []
     for label, compile_ in (("plain loop, eager", False), ("plain loop, torch.compile", True)):
-        r, model = run_plain(p, Path(args.text), args, compile_=compile_, precision="bf16-mixed")
-        rows.append((label, r["seconds"] / r["steps"]))
-        fpt = gpt_flops_per_token(model, 1024)
+        plain = PlainLoop(p, Path(args.text), p.train.steps_per_epoch, compile_=compile_)
+        plain.run(0, args.warmup)
+        rows.append((label, plain.run(args.warmup, args.steps) / args.steps))
+        fpt = gpt_flops_per_token(plain.model, 1024)
         report(label, rows[-1][1], tokens, fpt, peak)
-        del model
+        del plain
         torch.cuda.empty_cache()
     ours = timed_fit(p, Path(args.text), args.steps, args.warmup, Path(args.out) / "gpu")
     rows.append(("our train path (compile, bf16)", ours["seconds"] / ours["steps"]))
@@ -245,6 +293,13 @@ def main() -> None:
     ap.add_argument("--text", default="bench/.data/text", help="processed text data (meta.json)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=2, help="rounds per variant (CPU); the fastest counts")
+    ap.add_argument(
+        "--executions",
+        type=lambda v: [int(k) for k in v.split(",")],
+        default=[1, 8],
+        help="train.steps_per_execution values to time besides params.yaml's (CPU), e.g. 1,8",
+    )
     ap.add_argument("--out", default="bench/.out")
     ap.add_argument("--gpu", action="store_true", help="GPT-2-small shape tokens/s and MFU (needs CUDA)")
     ap.add_argument("--quality", action="store_true", help="train the GPU preset, report test bits/char")

@@ -101,7 +101,6 @@ class Model(GenerativeModel):
         super().__init__(config, data)
         self.shape = tuple(data["shape"])
         self.net = GANNet(self.cfg, self.shape, len(data.get("classes") or []))
-        self.automatic_optimization = False  # two players, two optimizers
 
     def configure_optimizers(self):
         self.optim.betas = (0.5, 0.999)
@@ -114,28 +113,21 @@ class Model(GenerativeModel):
             return torch.zeros(n, dtype=torch.long, device=self.device)
         return y
 
-    def training_step(self, position, batch_idx: int) -> None:
-        x, y = self.train_batch(position)
+    def optimisation_step(self, step: int) -> dict[str, torch.Tensor]:
+        """d_steps discriminator updates (hinge loss), then one generator update, on batch `step`."""
+        x, y = self.train_batch(step)
         y = self.labels(y, len(x))
         opt_d, opt_g = self.optimizers()
-        clip = self.optim.grad_clip or None
-        for _ in range(self.cfg.d_steps):  # hinge loss for D
+        for _ in range(self.cfg.d_steps):
             fake = self.net.G(torch.randn(len(x), self.cfg.latent_dim, device=self.device), y).detach()
             loss_d = F.relu(1 - self.net.D(x, y)).mean() + F.relu(1 + self.net.D(fake, y)).mean()
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            if clip:
-                self.clip_gradients(opt_d, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)  # also drops what the generator's step left in D
+            self.backward_and_step(loss_d, opt_d)
         fake = self.net.G(torch.randn(len(x), self.cfg.latent_dim, device=self.device), y)
         loss_g = -self.net.D(fake, y).mean()
         opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        if clip:
-            self.clip_gradients(opt_g, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-        opt_g.step()
-        if self.logging_step():
-            self.log_dict({"loss_d": loss_d, "loss_g": loss_g}, prog_bar=True)
+        self.backward_and_step(loss_g, opt_g)
+        return {"loss_d": loss_d, "loss_g": loss_g}
 
     def heldout_loss(self, batch) -> torch.Tensor:
         x, y = batch

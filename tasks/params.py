@@ -122,6 +122,7 @@ class TrainParams(Section):
     seed: int
     max_epochs: int = Field(ge=1)
     steps_per_epoch: int | None = Field(ge=1)  # None: one pass over the training images (text: 100)
+    steps_per_execution: int = Field(ge=1)  # optimizer steps per Lightning step
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)

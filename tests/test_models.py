@@ -153,3 +153,48 @@ def test_a_batch_of_requests_gives_what_each_request_alone_gives(family):
             )
         else:
             assert torch.allclose(got, alone, atol=1e-6) and len(got) == job["n"]
+
+
+def fit_quickly(family: str, steps_per_execution: int):
+    """Two short epochs through Lightning, clipping on; returns the model and its optimizer-step count."""
+    import pytorch_lightning as pl
+
+    pl.seed_everything(0, verbose=False)
+    model = make(family)
+    model.optim.grad_clip, model.optim.warmup_steps = 0.5, 3
+    block = SMALL["gpt"]["block_size"]
+    data = DeviceData(model.data["kind"], splits(family), batch_size=16, seed=0, steps_per_epoch=10,
+                      block_size=block, steps_per_execution=steps_per_execution)  # fmt: skip
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                         num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    return model, trainer.global_step
+
+
+@pytest.mark.parametrize("family", ["vae", "gan", "gpt"])
+def test_steps_per_execution_changes_speed_not_results(family):
+    """Grouping optimizer steps into Lightning steps (3 does not divide an epoch's 10) must not change a
+    single update: batches, noise and the learning-rate schedule follow the optimizer step."""
+    one, steps_one = fit_quickly(family, 1)
+    grouped, steps_grouped = fit_quickly(family, 3)
+    updates_per_step = SMALL["gan"]["d_steps"] + 1 if family == "gan" else 1
+    assert steps_one == steps_grouped == 2 * 10 * updates_per_step
+    a, b = one.net.state_dict(), grouped.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], make(family).net.state_dict()[k]) for k in a)  # it did train
+
+
+def test_ddp_replicas_that_drift_apart_fail_the_run():
+    from types import SimpleNamespace
+
+    from tasks.errors import GenloopError
+    from tasks.trainer import ReplicaCheck
+
+    model = make("vae")
+    same = lambda t: torch.stack([t, t])  # noqa: E731  what all_gather returns on 2 ranks
+    model.all_gather = same
+    ReplicaCheck().on_train_end(SimpleNamespace(world_size=2), model)  # in step: fine
+    model.all_gather = lambda t: torch.stack([t, t + 1e-3])
+    with pytest.raises(GenloopError, match="replicas ended with different weights"):
+        ReplicaCheck().on_train_end(SimpleNamespace(world_size=2), model)
