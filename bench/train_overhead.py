@@ -139,6 +139,25 @@ def timed_fit(
     return {"seconds": m["ours"], "plain_seconds": m["plain"], "steps": m["steps"], "total": total}
 
 
+def load_gpu_params(args):
+    """The GPU preset with --set overrides (dotted keys, YAML values): one run tries a variant."""
+    import yaml
+
+    from tasks.params import Params, load
+
+    raw = load(args.gpu_params).model_dump(by_alias=True)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *path, last = key.split(".")
+        node = raw
+        for part in path:
+            node = node[part]
+        if last not in node:
+            raise SystemExit(f"--set {item}: {key} is not a parameter")
+        node[last] = yaml.safe_load(value)
+    return Params.model_validate(raw)
+
+
 def overrides(params, **train):
     from tasks.params import Params
 
@@ -209,12 +228,10 @@ def report(label: str, per_step: float, tokens: int, flops_per_token: float, pea
 
 
 def gpu_bench(args) -> None:
-    from tasks.params import load
-
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     print(f"device: {name}, bf16 dense peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
-    p = load(args.gpu_params)
+    p = load_gpu_params(args)
     shape = {"block_size": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768, "dropout": 0.0}
     raw = p.model_dump(by_alias=True)
     raw["model"]["family"] = "gpt"
@@ -255,9 +272,8 @@ def quality(args) -> None:
     """Train the GPU preset and score the test split (the corpus's held-out tail) in bits/char."""
     import models
     from tasks import trainer as T
-    from tasks.params import load
 
-    p = load(args.gpu_params)
+    p = load_gpu_params(args)
     start = time.perf_counter()
     metrics = T.fit(
         p.model,
@@ -276,6 +292,7 @@ def quality(args) -> None:
         json.dumps(
             {
                 "preset": args.gpu_params,
+                "set": args.set,
                 "train_seconds": round(time.perf_counter() - start, 1),
                 "epochs": metrics["epochs"],
                 "best_val_bpc": metrics["val_loss"],
@@ -304,6 +321,13 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="GPT-2-small shape tokens/s and MFU (needs CUDA)")
     ap.add_argument("--quality", action="store_true", help="train the GPU preset, report test bits/char")
     ap.add_argument("--gpu-params", default="presets/gpt-gpu.yaml")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a GPU-preset parameter for --gpu/--quality, e.g. --set model.gpt.dropout=0.2",
+    )
     args = ap.parse_args()
     if args.gpu:
         gpu_bench(args)
