@@ -151,6 +151,23 @@ class SampleWriter(pl.Callback):
             write_samples(module, self.folder, "final", self.live)
 
 
+class StepProgressBar(pl.callbacks.TQDMProgressBar):
+    """Lightning's bar, counting optimizer steps: a Lightning step runs train.steps_per_execution of them."""
+
+    @property
+    def total_train_batches(self) -> int:
+        return self.trainer.datamodule.steps_per_epoch
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        done = trainer.datamodule.steps_of(batch_idx).stop  # optimizer steps of this epoch so far
+        super().on_train_batch_end(trainer, module, outputs, batch, done - 1)
+
+    def get_metrics(self, trainer, module) -> dict:
+        metrics = super().get_metrics(trainer, module)
+        metrics.pop("v_num", None)  # the logger's run name, not a figure
+        return metrics
+
+
 class ReplicaCheck(pl.Callback):
     """Under DDP every process must end with the same weights; if gradient averaging ever missed a step,
     the replicas drift apart silently and rank 0 would export only its own. Fail loudly instead."""
@@ -236,6 +253,8 @@ def fit(
     ]
     if train.early_stopping_patience:
         callbacks.append(EarlyStopping("val_loss", patience=train.early_stopping_patience, mode="min"))
+    if progress:
+        callbacks.append(StepProgressBar())
     trainer = pl.Trainer(
         max_epochs=train.max_epochs,
         accelerator=train.accelerator,
