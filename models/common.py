@@ -103,13 +103,9 @@ class GenerativeModel(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def total_steps(self) -> int:
-        """Optimizer steps the whole run will take (the length of the learning-rate schedule)."""
-        if not self._trainer:
-            return 1
-        data = self.trainer.datamodule
-        if isinstance(data, DeviceData) and self.trainer.max_epochs and self.trainer.max_epochs > 0:
-            return self.trainer.max_epochs * data.steps_per_epoch
-        return int(self.trainer.estimated_stepping_batches)
+        """Optimizer steps the whole run will take (the length of the learning-rate schedule); not
+        Lightning's estimate, which counts Lightning steps (train.steps_per_execution updates each)."""
+        return self.trainer.max_epochs * self.trainer.datamodule.steps_per_epoch
 
     def training_loss(self, batch) -> torch.Tensor:
         """The scalar minimised by one optimizer step (the families with one optimizer)."""
