@@ -44,7 +44,7 @@ class PlainLoop:
     """The reference: the same batches and the same recipe (forward, backward, clip, AdamW, the
     learning-rate schedule) on a freshly built model of params `p` (same seed as ours), nothing else."""
 
-    def __init__(self, p, folder: Path, total_steps: int, compile_: bool = False) -> None:
+    def __init__(self, p, folder: Path, total_steps: int, compile_: bool | str = False) -> None:
         import pytorch_lightning as pl
 
         from tasks.trainer import build_model, load_splits, make_data
@@ -62,7 +62,9 @@ class PlainLoop:
             self.data.dev[split] = (x.to(dev), None if y is None else y.to(dev))
         self.opt = self.model.make_optimizer(self.model.net.parameters())
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.model.lr_lambda(total_steps))
-        self.loss = torch.compile(self.model.training_loss) if compile_ else self.model.training_loss
+        self.loss = self.model.training_loss
+        if compile_:  # True: torch.compile's default mode
+            self.loss = torch.compile(self.loss, mode=None if compile_ is True else compile_)
         self.clip = p.train.grad_clip
         bf16 = str(p.train.precision).startswith("bf16")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -110,12 +112,15 @@ def timed_fit(
                 m["start"], m["from"] = time.perf_counter(), trainer.global_step
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            sync()
-            now, step = time.perf_counter(), trainer.global_step
-            if plain is None:
+            step = trainer.global_step
+            if plain is None:  # synchronise only at the ends: a sync per step would stall the host
                 if "start" in m and "end" not in m and step >= warmup + steps:
+                    sync()
+                    now = time.perf_counter()
                     m["ours"], m["steps"], m["end"] = now - m["start"], step - m["from"], now
                 return
+            sync()
+            now = time.perf_counter()
             n = step - m["done"]  # the optimizer steps this Lightning step ran
             counted = m["done"] >= warmup and m["steps"] < steps
             if counted:
@@ -227,7 +232,25 @@ def report(label: str, per_step: float, tokens: int, flops_per_token: float, pea
     )
 
 
+def attention_backends(order: str):
+    """A context preferring the given SDPA backends in order (e.g. cudnn,flash), or none for torch's own."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not order:
+        return contextlib.nullcontext()
+    names = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
+    backends = [getattr(SDPBackend, names[n]) for n in order.split(",")] + [SDPBackend.MATH]
+    return sdpa_kernel(backends, set_priority=True)
+
+
 def gpu_bench(args) -> None:
+    with attention_backends(args.attention):
+        _gpu_bench(args)
+
+
+def _gpu_bench(args) -> None:
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     print(f"device: {name}, bf16 dense peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
@@ -247,11 +270,14 @@ def gpu_bench(args) -> None:
         val_batches=1,
         steps_per_epoch=args.steps + args.warmup + p.train.steps_per_execution,
         precision="bf16-mixed",
-        compile=True,
+        compile=p.train.compile or True,  # the preset's mode (--set train.compile=max-autotune), else default
     )
     tokens = 16 * 1024
     rows = []
-    for label, compile_ in (("plain loop, eager", False), ("plain loop, torch.compile", True)):
+    mode = p.train.compile
+    name = mode if isinstance(mode, str) else "default"
+    loops = (("plain loop, eager", False), (f"plain loop, torch.compile ({name})", mode))
+    for label, compile_ in loops[args.skip_eager :]:
         plain = PlainLoop(p, Path(args.text), p.train.steps_per_epoch, compile_=compile_)
         plain.run(0, args.warmup)
         rows.append((label, plain.run(args.warmup, args.steps) / args.steps))
@@ -260,12 +286,9 @@ def gpu_bench(args) -> None:
         del plain
         torch.cuda.empty_cache()
     ours = timed_fit(p, Path(args.text), args.steps, args.warmup, Path(args.out) / "gpu")
-    rows.append(("our train path (compile, bf16)", ours["seconds"] / ours["steps"]))
+    rows.append((f"our train path (compile {name}, bf16)", ours["seconds"] / ours["steps"]))
     report(rows[-1][0], rows[-1][1], tokens, fpt, peak)
-    print(
-        f"ratio our path / plain eager: {rows[2][1] / rows[0][1]:.3f}x;  "
-        f"/ plain compiled: {rows[2][1] / rows[1][1]:.3f}x"
-    )
+    print("ratio our path / " + ";  / ".join(f"{label}: {rows[-1][1] / t:.3f}x" for label, t in rows[:-1]))
 
 
 def quality(args) -> None:
@@ -321,6 +344,10 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="GPT-2-small shape tokens/s and MFU (needs CUDA)")
     ap.add_argument("--quality", action="store_true", help="train the GPU preset, report test bits/char")
     ap.add_argument("--gpu-params", default="presets/gpt-gpu.yaml")
+    ap.add_argument(
+        "--attention", default="", help="--gpu: preferred SDPA backends in order, e.g. cudnn,flash"
+    )
+    ap.add_argument("--skip-eager", action="store_true", help="--gpu: leave out the plain eager loop")
     ap.add_argument(
         "--set",
         action="append",

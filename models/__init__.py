@@ -47,9 +47,10 @@ def describe(folder: str | Path) -> dict[str, Any]:
 
 
 def load(folder: str | Path, map_location: str = "cpu"):  # -> GenerativeModel
-    """Rebuild an exported model: JSON for the shape, safetensors for the weights (no pickle)."""
+    """Rebuild an exported model on the device `map_location`: JSON for the shape, safetensors for the
+    weights (no pickle)."""
     d = describe(folder)
-    model = build(d["family"], d["config"], d["data"])
+    model = build(d["family"], d["config"], d["data"]).to(map_location)  # load_model copies into place
     load_weights(model.net, Path(folder) / WEIGHTS, map_location)
     return model.eval()
 

@@ -284,19 +284,20 @@ class DeviceData(pl.LightningDataModule):
         return self._images(split, key) if self.kind == "image" else self._windows(split, key)
 
     def _draw_train(self, epoch: int) -> list[torch.Tensor]:
+        """The epoch's batch keys, drawn on the CPU (the same on every device) and copied to the device in
+        one go: a per-step copy from pageable memory would wait for the GPU to finish the previous step,
+        so the host could never run ahead and queue the next one."""
         g = generator(self.seed * 1_000_003 + epoch)
         n, b, world = len(self.cpu["train"][0]), self.batch_size, self.world
         if self.kind == "image":
             perm = torch.cat(
                 [torch.randperm(n, generator=g) for _ in range(-(-self.steps_per_epoch * b * world // n))]
             )
-            return [
-                perm[(s * world + self.rank) * b : (s * world + self.rank + 1) * b]
-                for s in range(self.steps_per_epoch)
-            ]
-        high = n - self.block_size - 1
-        offsets = torch.randint(0, high, (self.steps_per_epoch, world, b), generator=g)
-        return list(offsets[:, self.rank])
+            keys = perm[: self.steps_per_epoch * world * b].view(self.steps_per_epoch, world, b)
+        else:
+            high = n - self.block_size - 1
+            keys = torch.randint(0, high, (self.steps_per_epoch, world, b), generator=g)
+        return list(keys[:, self.rank].to(self.dev["train"][0].device))
 
     def train_dataloader(self) -> DataLoader:
         # Positions only: Lightning step `position` runs optimizer steps steps_of(position), each asking

@@ -134,11 +134,13 @@ class TrainParams(Section):
     devices: int | Literal["auto"]
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"]
     num_nodes: int = Field(ge=1)
-    compile: bool
+    # torch.compile: true (its default mode) or a mode by name; false = eager
+    compile: Literal[False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
     early_stopping_patience: int = Field(ge=0)  # epochs without improvement; 0 = off
     sample_every_n_epochs: int = Field(ge=0)  # 0 = only at the end
     val_batches: int | None = Field(ge=1)  # None = the whole validation split
     init_from: str | None  # an exported model folder, or a registered version (genloop-gpt:champion)
+    ema_decay: float | None = Field(gt=0, lt=1)  # EMA of the weights per optimizer step; None = off
 
 
 class EvaluateText(Section):

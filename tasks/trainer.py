@@ -236,7 +236,8 @@ def fit(
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
     if train.compile and type(model).training_loss is not models.common.GenerativeModel.training_loss:
-        model.training_loss = torch.compile(model.training_loss)  # forward + loss in one graph (not GAN)
+        mode = None if train.compile is True else train.compile
+        model.training_loss = torch.compile(model.training_loss, mode=mode)  # forward + loss (not GAN)
     data = make_data(meta, splits, model, train)
 
     logger: Any = False
@@ -253,6 +254,11 @@ def fit(
     ]
     if train.early_stopping_patience:
         callbacks.append(EarlyStopping("val_loss", patience=train.early_stopping_patience, mode="min"))
+    if train.ema_decay:  # validation, checkpoints and the export then see the averaged weights
+        from tasks.averaging import WeightEMA
+
+        # before SampleWriter: at the end of training the average is in place when the last samples are drawn
+        callbacks.insert(1, WeightEMA(train.ema_decay, train.steps_per_execution))
     if progress:
         callbacks.append(StepProgressBar())
     trainer = pl.Trainer(

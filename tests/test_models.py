@@ -155,7 +155,7 @@ def test_a_batch_of_requests_gives_what_each_request_alone_gives(family):
             assert torch.allclose(got, alone, atol=1e-6) and len(got) == job["n"]
 
 
-def fit_quickly(family: str, steps_per_execution: int):
+def fit_quickly(family: str, steps_per_execution: int, callbacks: tuple = ()):
     """Two short epochs through Lightning, clipping on; returns the model and its optimizer-step count."""
     import pytorch_lightning as pl
 
@@ -167,7 +167,7 @@ def fit_quickly(family: str, steps_per_execution: int):
                       block_size=block, steps_per_execution=steps_per_execution)  # fmt: skip
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                         num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=list(callbacks))  # fmt: skip
     trainer.fit(model, datamodule=data)
     return model, trainer.global_step
 
@@ -198,3 +198,43 @@ def test_ddp_replicas_that_drift_apart_fail_the_run():
     model.all_gather = lambda t: torch.stack([t, t + 1e-3])
     with pytest.raises(GenloopError, match="replicas ended with different weights"):
         ReplicaCheck().on_train_end(SimpleNamespace(world_size=2), model)
+
+
+def test_ema_decay_warms_up_then_holds():
+    from tasks.averaging import ema_with_warmup
+
+    update = ema_with_warmup(0.99)
+    for n, decay in ((1, 2 / 11), (50, 51 / 60), (1000, 0.99)):  # min(0.99, (1 + n) / (10 + n))
+        averaged, current = [torch.zeros(3)], [torch.ones(3)]
+        update(averaged, current, torch.tensor(n))
+        assert torch.allclose(averaged[0], torch.full((3,), 1 - decay))
+    counters = [torch.tensor([3])]
+    update(counters, [torch.tensor([7])], torch.tensor(5))  # integer buffers are copied, not averaged
+    assert counters[0].item() == 7
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_weight_ema_exports_the_average_of_every_update(steps_per_execution):
+    """train.ema_decay through Lightning: the final weights are the EMA of the weights after each update
+    (one per Lightning step), with the decay per update raised to the optimizer steps it spans."""
+    import pytorch_lightning as pl
+
+    from tasks.averaging import WeightEMA
+
+    seen: list[dict] = []
+
+    class Record(pl.Callback):  # runs before the average's own update (callbacks keep their order)
+        def on_train_batch_end(self, trainer, module, *args) -> None:
+            seen.append({k: v.detach().clone() for k, v in module.net.state_dict().items()})
+
+    decay = 0.1  # below the warm-up's (1 + n) / (10 + n) from the first update: the power is what counts
+    model, _ = fit_quickly("gpt", steps_per_execution, (Record(), WeightEMA(decay, steps_per_execution)))
+    assert len(seen) == -(-10 // steps_per_execution) * 2
+    expected = dict(seen[0])
+    for weights in seen[1:]:
+        d = decay**steps_per_execution
+        expected = {k: d * expected[k] + (1 - d) * weights[k] for k in expected}
+    final = model.net.state_dict()
+    assert all(torch.allclose(final[k], expected[k], rtol=0, atol=1e-6) for k in final)  # float32 lerp
+    if steps_per_execution == 1:
+        assert not all(torch.allclose(final[k], seen[-1][k], rtol=0, atol=1e-5) for k in final)

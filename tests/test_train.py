@@ -63,7 +63,9 @@ def test_dvc_repro_trains_exports_and_then_does_nothing(project):
 
 
 def test_killed_run_resumes_to_the_same_weights(project, tmp_path):
-    prepare(project, "pydoc:topics", "gpt", max_epochs=5, steps_per_epoch=30, sample_every_n_epochs=0)
+    # With the weight average on, whose state (the average and its update count) must resume too.
+    prepare(project, "pydoc:topics", "gpt", max_epochs=5, steps_per_epoch=30, sample_every_n_epochs=0,
+            ema_decay=0.9)  # fmt: skip
     twin = tmp_path / "twin"
     shutil.copytree(project.root, twin)
 
@@ -129,6 +131,7 @@ def test_init_from_fine_tunes_an_exported_model(project, tmp_path):
     [
         ({"model": {"family": "diffusion"}}, "model.family"),
         ({"train": {"lr": -0.1}}, "train.lr"),
+        ({"train": {"compile": "fastest"}}, "train.compile"),
         ({"model": {"family": "gpt"}}, "models text data, but data/processed holds image"),
         ({"train": {"init_from": "nowhere"}}, "train.init_from: nowhere/model.json not found"),
     ],
