@@ -148,27 +148,30 @@ def load_gpu_params(args):
     """The GPU preset with --set overrides (dotted keys, YAML values): one run tries a variant."""
     import yaml
 
-    from tasks.params import Params, load
+    from tasks.params import load
 
-    raw = load(args.gpu_params).model_dump(by_alias=True)
-    for item in args.set:
-        key, _, value = item.partition("=")
+    changes = dict(item.partition("=")[::2] for item in args.set)
+    return revised(load(args.gpu_params), {key: yaml.safe_load(value) for key, value in changes.items()})
+
+
+def revised(params, changes: dict):
+    """`params` with dotted keys replaced (model.gpt.dropout: 0.2), validated again as params.yaml is."""
+    from tasks.params import Params
+
+    raw = params.model_dump(by_alias=True)
+    for key, value in changes.items():
         *path, last = key.split(".")
         node = raw
         for part in path:
-            node = node[part]
+            node = node.get(part, {})
         if last not in node:
-            raise SystemExit(f"--set {item}: {key} is not a parameter")
-        node[last] = yaml.safe_load(value)
+            raise SystemExit(f"{key} is not a parameter")
+        node[last] = value
     return Params.model_validate(raw)
 
 
 def overrides(params, **train):
-    from tasks.params import Params
-
-    raw = params.model_dump(by_alias=True)
-    raw["train"].update(train)
-    return Params.model_validate(raw)
+    return revised(params, {f"train.{key}": value for key, value in train.items()})
 
 
 def cpu_bench(args) -> None:
@@ -182,11 +185,7 @@ def cpu_bench(args) -> None:
         if not (Path(folder) / "meta.json").is_file():
             print(f"{label}: skipped, no {folder}/meta.json (run the data stages with that source)")
             continue
-        raw = base.model_dump(by_alias=True)
-        raw["model"]["family"] = family
-        from tasks.params import Params
-
-        p = Params.model_validate(raw)
+        p = revised(base, {"model.family": family})
         base_k = p.train.steps_per_execution
         ks = sorted({base_k, *args.executions})
         p = overrides(
@@ -246,23 +245,13 @@ def attention_backends(order: str):
 
 
 def gpu_bench(args) -> None:
-    with attention_backends(args.attention):
-        _gpu_bench(args)
-
-
-def _gpu_bench(args) -> None:
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     print(f"device: {name}, bf16 dense peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
     p = load_gpu_params(args)
     shape = {"block_size": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768, "dropout": 0.0}
-    raw = p.model_dump(by_alias=True)
-    raw["model"]["family"] = "gpt"
-    raw["model"]["gpt"].update(shape)
-    from tasks.params import Params
-
     p = overrides(
-        Params.model_validate(raw),
+        revised(p, {"model.family": "gpt"} | {f"model.gpt.{k}": v for k, v in shape.items()}),
         batch_size=16,
         max_epochs=1,
         early_stopping_patience=0,
@@ -357,7 +346,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.gpu:
-        gpu_bench(args)
+        with attention_backends(args.attention):
+            gpu_bench(args)
     if args.quality:
         quality(args)
     if not args.gpu and not args.quality:

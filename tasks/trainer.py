@@ -247,18 +247,18 @@ def fit(
 
         logger = DVCLiveLogger(dir=str(out / "live"), save_dvc_exp=False, resume=resume, report=None)
         live = logger.experiment
-    callbacks: list = [
-        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_loss", mode="min", save_last=True),
-        SampleWriter(train.sample_every_n_epochs, out / "samples", live),
-        ReplicaCheck(),
-    ]
-    if train.early_stopping_patience:
-        callbacks.append(EarlyStopping("val_loss", patience=train.early_stopping_patience, mode="min"))
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoints, filename="best", monitor="val_loss", mode="min", save_last=True
+    )
+    callbacks: list = [checkpoint]
     if train.ema_decay:  # validation, checkpoints and the export then see the averaged weights
         from tasks.averaging import WeightEMA
 
         # before SampleWriter: at the end of training the average is in place when the last samples are drawn
-        callbacks.insert(1, WeightEMA(train.ema_decay, train.steps_per_execution))
+        callbacks.append(WeightEMA(train.ema_decay, train.steps_per_execution))
+    callbacks += [SampleWriter(train.sample_every_n_epochs, out / "samples", live), ReplicaCheck()]
+    if train.early_stopping_patience:
+        callbacks.append(EarlyStopping("val_loss", patience=train.early_stopping_patience, mode="min"))
     if progress:
         callbacks.append(StepProgressBar())
     trainer = pl.Trainer(
@@ -283,7 +283,7 @@ def fit(
     if not trainer.is_global_zero:
         return {}
 
-    best = callbacks[0].best_model_path
+    best = checkpoint.best_model_path
     if best:  # export the best epoch, not the last one
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict(state)
@@ -291,9 +291,7 @@ def fit(
     models.save(model, out / "model")
     metrics = {
         "family": model.family,
-        "val_loss": float(callbacks[0].best_model_score)
-        if callbacks[0].best_model_score is not None
-        else None,
+        "val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "val_loss_unit": {"vae": "bits/dim (-ELBO bound)", "gan": "MMD^2 (pixels)", "gpt": "bits/char"}[
             model.family
         ],
