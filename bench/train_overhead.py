@@ -11,6 +11,8 @@ GPU (--gpu): the GPT at GPT-2-small shape (12 layers, 12 heads, 768 wide, block 
 batch 16) in bf16: tokens/s and MFU against the card's bf16 dense peak, for the plain loop eager, the
 plain loop compiled, and our train path (compiled); steps after a warm-up only.
 --quality also trains the GPU preset (presets/gpt-gpu.yaml) and prints bits/char on the test split.
+--profile N adds where the plain loop's time goes over N steps, by kind of kernel (bench/kernel_time.py):
+on a GPU for the compiled GPT-2-small loop (the same kernels as our path), on a CPU for each family.
 
 Data: data/processed of the current project (image and text kinds via --images/--text folders).
 """
@@ -36,7 +38,8 @@ def sync() -> None:
 def gpt_flops_per_token(model, T: int) -> float:
     """6N + 12 L H Q T (PaLM appendix B; nanoGPT's estimate_mfu), N without position embeddings."""
     cfg = model.cfg
-    n = sum(p.numel() for p in model.net.parameters()) - model.net.wpe.weight.numel()
+    wpe = getattr(model.net, "wpe", None)  # learned positions (rope has none)
+    n = sum(p.numel() for p in model.net.parameters()) - (wpe.weight.numel() if wpe is not None else 0)
     return 6 * n + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * T
 
 
@@ -221,6 +224,17 @@ def cpu_bench(args) -> None:
                 f"(rounds: {spread}){mark}"
             )
         print(f"  (one run of ours incl. setup, validation, checkpoints: {total:.2f} s)")
+        if args.profile:
+            print(profile_plain(q, Path(folder), args.profile))
+
+
+def profile_plain(p, folder: Path, steps: int) -> str:
+    """kernel_time's table for the plain loop of params `p` (warmed up first)."""
+    from kernel_time import breakdown
+
+    plain = PlainLoop(p, folder, p.train.steps_per_epoch)
+    plain.run(0, 3)
+    return breakdown(lambda n: plain.run(3, n), steps)
 
 
 def report(label: str, per_step: float, tokens: int, flops_per_token: float, peak: float | None) -> None:
@@ -272,6 +286,10 @@ def gpu_bench(args) -> None:
         rows.append((label, plain.run(args.warmup, args.steps) / args.steps))
         fpt = gpt_flops_per_token(plain.model, 1024)
         report(label, rows[-1][1], tokens, fpt, peak)
+        if args.profile and compile_:  # the kernels our path runs too (it compiles the same way)
+            from kernel_time import breakdown
+
+            print(breakdown(lambda n, plain=plain: plain.run(args.warmup + args.steps, n), args.profile))
         del plain
         torch.cuda.empty_cache()
     ours = timed_fit(p, Path(args.text), args.steps, args.warmup, Path(args.out) / "gpu")
@@ -335,6 +353,9 @@ def main() -> None:
     ap.add_argument("--gpu-params", default="presets/gpt-gpu.yaml")
     ap.add_argument(
         "--attention", default="", help="--gpu: preferred SDPA backends in order, e.g. cudnn,flash"
+    )
+    ap.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="where N steps of the plain loop spend their time"
     )
     ap.add_argument("--skip-eager", action="store_true", help="--gpu: leave out the plain eager loop")
     ap.add_argument(

@@ -1,7 +1,7 @@
 """Character-level GPT: a causal transformer in the style of nanoGPT (Radford et al. 2019; Karpathy).
 
 Pre-norm blocks, flash attention through F.scaled_dot_product_attention, tied input/output
-embeddings. The held-out figure is bits per character.
+embeddings, learned or rotary positions (Su et al. 2021). The held-out figure is bits per character.
 """
 
 from __future__ import annotations
@@ -24,8 +24,25 @@ class Config:
     n_embd: int = 128  # C
     dropout: float = 0.1
     bias: bool = False
+    position: str = "learned"  # learned: an embedding per position (GPT-2) | rope: rotary, in attention
     temperature: float = 0.8  # sampling defaults
     top_k: int = 0  # 0 = no top-k filter
+
+
+def rotary_tables(T: int, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, head_size / 2) of each position's rotation angles, base 10000 (RoFormer)."""
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_size, 2).float() / head_size)
+    angles = torch.outer(torch.arange(T).float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[i], x[i + hs/2]) of q or k (B, nh, T, hs) by its position's angle (GPT-NeoX
+    layout): q.k then depends on positions only through their difference."""
+    T = x.shape[2]
+    cos, sin = cos[:T].to(x.dtype), sin[:T].to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -37,12 +54,14 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (
             t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
         )  # (B, nh, T, hs)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
@@ -63,8 +82,8 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rope)
         return x + self.mlp(self.ln2(x))
 
 
@@ -73,7 +92,15 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        if cfg.position not in ("learned", "rope"):
+            raise ValueError(f"position must be learned or rope, not {cfg.position!r}")
+        if cfg.position == "learned":
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        else:  # tables, not weights: rebuilt from the config, so not exported (persistent=False)
+            assert (cfg.n_embd // cfg.n_head) % 2 == 0, "rope needs an even head size (n_embd / n_head)"
+            cos, sin = rotary_tables(cfg.block_size, cfg.n_embd // cfg.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -92,11 +119,15 @@ class GPT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        T = idx.shape[1]
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.cfg.position == "learned":
+            x = x + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        else:
+            rope = (self.rope_cos, self.rope_sin)
+        x = self.drop(x)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, rope)
         return self.head(self.ln_f(x))  # logits (B, T, vocab)
 
 

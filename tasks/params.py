@@ -99,6 +99,7 @@ class GPTParams(Section):
     n_embd: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
     bias: bool
+    position: Literal["learned", "rope"]
     temperature: float = Field(ge=0)
     top_k: int = Field(ge=0)
 

@@ -35,9 +35,9 @@ def images(n: int = 96) -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int64)
 
 
-def make(family: str):
+def make(family: str, **config):
     data = TEXT_DATA if family == "gpt" else IMAGE_DATA
-    model = models.build(family, SMALL[family], data)
+    model = models.build(family, SMALL[family] | config, data)
     model.optim.lr = 3e-3
     return model
 
@@ -62,12 +62,15 @@ def heldout(model, family: str) -> float:
     return float(torch.stack(losses).mean())
 
 
-@pytest.mark.parametrize("family", ["vae", "gpt", "gan"])
-def test_a_few_steps_lower_the_heldout_loss(family):
+ROPE = pytest.param("gpt", {"position": "rope"}, id="gpt-rope")
+
+
+@pytest.mark.parametrize(("family", "config"), [("vae", {}), ("gpt", {}), ROPE, ("gan", {})])
+def test_a_few_steps_lower_the_heldout_loss(family, config):
     import pytorch_lightning as pl
 
     torch.manual_seed(0)
-    model = make(family)
+    model = make(family, **config)
     before = heldout(model, family)
     data = DeviceData(model.data["kind"], splits(family), batch_size=32, seed=0, steps_per_epoch=25,
                       block_size=SMALL["gpt"]["block_size"])  # fmt: skip
@@ -238,3 +241,31 @@ def test_weight_ema_exports_the_average_of_every_update(steps_per_execution):
     assert all(torch.allclose(final[k], expected[k], rtol=0, atol=1e-6) for k in final)  # float32 lerp
     if steps_per_execution == 1:
         assert not all(torch.allclose(final[k], seen[-1][k], rtol=0, atol=1e-5) for k in final)
+
+
+def test_rotary_attention_scores_depend_only_on_relative_position():
+    from models.gpt import rotary_tables, rotate
+
+    T, hs = 12, 8
+    cos, sin = rotary_tables(T, hs)
+    q, k = torch.randn(hs), torch.randn(hs)
+    qs = rotate(q.expand(1, 1, T, hs), cos, sin)[0, 0]  # the same query and key at every position
+    ks = rotate(k.expand(1, 1, T, hs), cos, sin)[0, 0]
+    scores = qs @ ks.T  # scores[m, n]: query at position m, key at position n
+    assert torch.allclose(scores[1:, 1:], scores[:-1, :-1], atol=1e-5)  # a shift of both changes nothing
+    assert not torch.allclose(scores[0, 0], scores[5, 0], atol=1e-3)  # but the distance does matter
+    assert torch.allclose(qs.norm(dim=-1), q.norm().expand(T), atol=1e-5)  # a rotation: lengths kept
+
+
+def test_rope_gpt_round_trips_without_exporting_its_tables(tmp_path):
+    from safetensors.torch import load_file
+
+    model = make("gpt", position="rope").eval()
+    models.save(model, tmp_path)
+    exported = load_file(tmp_path / "model.safetensors")
+    assert not any("rope" in key or "wpe" in key for key in exported)  # rebuilt from the config
+    loaded = models.load(tmp_path)
+    assert loaded.cfg.position == "rope"
+    assert model.sample(2, seed=3, length=10) == loaded.sample(2, seed=3, length=10)
+    with pytest.raises(ValueError, match="position must be learned or rope"):
+        make("gpt", position="alibi")
