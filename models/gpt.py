@@ -25,6 +25,7 @@ class Config:
     dropout: float = 0.1
     bias: bool = False
     position: str = "learned"  # learned: an embedding per position (GPT-2) | rope: rotary, in attention
+    fp32_residual: bool = True  # False: under autocast the residual stream is bf16 too (as in Megatron)
     temperature: float = 0.8  # sampling defaults
     top_k: int = 0  # 0 = no top-k filter
 
@@ -126,6 +127,9 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos, self.rope_sin)
         x = self.drop(x)
+        if not self.cfg.fp32_residual and torch.is_autocast_enabled(x.device.type):
+            # The adds and norms along the residual stream are memory-bound: bf16 halves their traffic.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         for block in self.blocks:
             x = block(x, rope)
         return self.head(self.ln_f(x))  # logits (B, T, vocab)

@@ -100,6 +100,7 @@ class GPTParams(Section):
     dropout: float = Field(ge=0, lt=1)
     bias: bool
     position: Literal["learned", "rope"]
+    fp32_residual: bool
     temperature: float = Field(ge=0)
     top_k: int = Field(ge=0)
 

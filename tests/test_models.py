@@ -269,3 +269,22 @@ def test_rope_gpt_round_trips_without_exporting_its_tables(tmp_path):
     assert model.sample(2, seed=3, length=10) == loaded.sample(2, seed=3, length=10)
     with pytest.raises(ValueError, match="position must be learned or rope"):
         make("gpt", position="alibi")
+
+
+def test_bf16_residual_stream_only_under_autocast():
+    """fp32_residual: false keeps the stream between blocks in autocast's dtype; without autocast (CPU
+    training, serving) the model computes exactly what it computes with the flag on."""
+    seen: list[torch.dtype] = []
+    ids = torch.tensor([[TEXT_DATA["vocab"].index(c) for c in TEXT[:16]]])
+    logits = {}
+    for fp32 in (True, False):
+        torch.manual_seed(0)
+        model = make("gpt", fp32_residual=fp32).eval()
+        hook = model.net.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+        with torch.no_grad():
+            logits[fp32] = model.net(ids)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model.net(ids)
+        hook.remove()
+    assert seen == [torch.float32, torch.float32, torch.float32, torch.bfloat16]
+    assert torch.equal(logits[True], logits[False])
