@@ -39,11 +39,12 @@ def rotary_tables(T: int, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (x[i], x[i + hs/2]) of q or k (B, nh, T, hs) by its position's angle (GPT-NeoX
-    layout): q.k then depends on positions only through their difference."""
+    layout): q.k then depends on positions only through their difference. In float32 (Llama does too):
+    bf16 would round the rotation of the far positions."""
     T = x.shape[2]
-    cos, sin = cos[:T].to(x.dtype), sin[:T].to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    cos, sin = cos[:T], sin[:T]
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):

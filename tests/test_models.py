@@ -267,6 +267,8 @@ def test_rope_gpt_round_trips_without_exporting_its_tables(tmp_path):
     loaded = models.load(tmp_path)
     assert loaded.cfg.position == "rope"
     assert model.sample(2, seed=3, length=10) == loaded.sample(2, seed=3, length=10)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # q, k rotated in fp32, then back
+        assert model.net(torch.zeros(2, 16, dtype=torch.long)).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="position must be learned or rope"):
         make("gpt", position="alibi")
 
