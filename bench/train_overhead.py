@@ -10,11 +10,13 @@ and the ratio (target: ours <= 1.02x the plain loop).
 GPU (--gpu): the GPT at GPT-2-small shape (12 layers, 12 heads, 768 wide, block 1024, char vocabulary,
 batch 16) in bf16: tokens/s and MFU against the card's bf16 dense peak, for the plain loop eager, the
 plain loop compiled, and our train path (compiled); steps after a warm-up only.
---quality also trains the GPU preset (presets/gpt-gpu.yaml) and prints bits/char on the test split.
+--quality also trains the GPU preset (presets/gpt-gpu.yaml; --preset another params file, --set a change)
+and prints bits/char on the test split: on a CPU, e.g. params.yaml's GPT with either kind of positions.
 --profile N adds where the plain loop's time goes over N steps, by kind of kernel (bench/kernel_time.py):
 on a GPU for the compiled GPT-2-small loop (the same kernels as our path), on a CPU for each family.
 
-Data: data/processed of the current project (image and text kinds via --images/--text folders).
+Data: data/processed of the current project for images (--images), and for text (--text) Python's help
+topics split as the augment stage splits them (params.yaml's augment section), made on first use.
 """
 
 from __future__ import annotations
@@ -147,14 +149,32 @@ def timed_fit(
     return {"seconds": m["ours"], "plain_seconds": m["plain"], "steps": m["steps"], "total": total}
 
 
-def load_gpu_params(args):
-    """The GPU preset with --set overrides (dotted keys, YAML values): one run tries a variant."""
+def ensure_text(folder: Path, params_file: str) -> None:
+    """The processed text of `pydoc:topics` in `folder`, made as the data stages make data/processed."""
+    if (folder / "meta.json").is_file():
+        return
+    from tasks.augment import process_text
+    from tasks.params import load
+    from tasks.sources import pydoc_topics
+
+    augment = load(params_file).augment
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [e.as_dict() for e in sorted(pydoc_topics(folder / "raw"), key=lambda e: e.path)]
+    meta = process_text(files, augment, folder, raw=folder / "raw")
+    meta |= {"source": "pydoc:topics", "seed": augment.seed}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    print(f"made {folder} from pydoc:topics ({meta['counts']})")
+
+
+def load_preset(args):
+    """The --preset params (default: the GPU preset) with --set overrides (dotted keys, YAML values):
+    one run tries a variant."""
     import yaml
 
     from tasks.params import load
 
     changes = dict(item.partition("=")[::2] for item in args.set)
-    return revised(load(args.gpu_params), {key: yaml.safe_load(value) for key, value in changes.items()})
+    return revised(load(args.preset), {key: yaml.safe_load(value) for key, value in changes.items()})
 
 
 def revised(params, changes: dict):
@@ -262,7 +282,7 @@ def gpu_bench(args) -> None:
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     print(f"device: {name}, bf16 dense peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
-    p = load_gpu_params(args)
+    p = load_preset(args)
     shape = {"block_size": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768, "dropout": 0.0}
     p = overrides(
         revised(p, {"model.family": "gpt"} | {f"model.gpt.{k}": v for k, v in shape.items()}),
@@ -299,11 +319,11 @@ def gpu_bench(args) -> None:
 
 
 def quality(args) -> None:
-    """Train the GPU preset and score the test split (the corpus's held-out tail) in bits/char."""
+    """Train the preset and score the test split (the corpus's held-out tail) in bits/char."""
     import models
     from tasks import trainer as T
 
-    p = load_gpu_params(args)
+    p = load_preset(args)
     start = time.perf_counter()
     metrics = T.fit(
         p.model,
@@ -321,7 +341,7 @@ def quality(args) -> None:
     print(
         json.dumps(
             {
-                "preset": args.gpu_params,
+                "preset": args.preset,
                 "set": args.set,
                 "train_seconds": round(time.perf_counter() - start, 1),
                 "epochs": metrics["epochs"],
@@ -349,8 +369,10 @@ def main() -> None:
     )
     ap.add_argument("--out", default="bench/.out")
     ap.add_argument("--gpu", action="store_true", help="GPT-2-small shape tokens/s and MFU (needs CUDA)")
-    ap.add_argument("--quality", action="store_true", help="train the GPU preset, report test bits/char")
-    ap.add_argument("--gpu-params", default="presets/gpt-gpu.yaml")
+    ap.add_argument("--quality", action="store_true", help="train the preset, report test bits/char")
+    ap.add_argument(
+        "--preset", default="presets/gpt-gpu.yaml", help="--gpu/--quality: the params file (--set edits it)"
+    )
     ap.add_argument(
         "--attention", default="", help="--gpu: preferred SDPA backends in order, e.g. cudnn,flash"
     )
@@ -363,9 +385,11 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a GPU-preset parameter for --gpu/--quality, e.g. --set model.gpt.dropout=0.2",
+        help="override a preset parameter for --gpu/--quality, e.g. --set model.gpt.dropout=0.2",
     )
     args = ap.parse_args()
+    if args.text == ap.get_default("text"):
+        ensure_text(Path(args.text), args.params)
     if args.gpu:
         with attention_backends(args.attention):
             gpu_bench(args)

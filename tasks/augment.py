@@ -113,11 +113,11 @@ def process_images(files: list[dict], p: AugmentParams, out: Path) -> dict:
     }
 
 
-def process_text(files: list[dict], p: AugmentParams, out: Path) -> dict:
+def process_text(files: list[dict], p: AugmentParams, out: Path, raw: Path = paths.RAW) -> dict:
     import numpy as np
 
     text = "\n".join(
-        (paths.RAW / f["path"]).read_text("utf-8")
+        (raw / f["path"]).read_text("utf-8")
         for f in files  # manifest order: by path
     )
     vocab = sorted(set(text))
