@@ -93,9 +93,23 @@ def init_from(model, source: str) -> None:
         models.load_weights(model.net, folder / models.WEIGHTS)
     except RuntimeError as err:
         raise GenloopError(
-            f"train.init_from: {folder} does not fit this model's shape (config or data differ): "
+            f"train.init_from: {folder} does not fit this model's shape ({config_changes(model, d)}): "
             f"{str(err).splitlines()[0]}"
         ) from None
+
+
+def config_changes(model, described: dict) -> str:
+    """What differs between an exported model's config and this run's model.<family> section."""
+    import dataclasses
+
+    try:  # through the dataclass: an older export lacks the keys added since, which take their defaults
+        theirs = dataclasses.asdict(model.Config(**described["config"]))
+    except TypeError:
+        return "config or data differ"
+    changes = [f"{k}: {theirs[k]} there, {v} here" for k, v in model.config.items() if theirs.get(k) != v]
+    if not changes:
+        return "same config, different data: vocabulary or image shape"
+    return f"model.{model.family} differs, " + "; ".join(changes)
 
 
 def fingerprint(model_params: ModelParams, train: TrainParams, meta: dict) -> str:

@@ -124,6 +124,9 @@ def test_init_from_fine_tunes_an_exported_model(project, tmp_path):
     project.run("genloop", "stage", "train", check=True)
     before, after = weights(base), weights(project.root / "artifacts/train/model")
     assert all((before[k] - after[k]).abs().max() < 1e-6 for k in before)  # started from it
+    project.set_params(model={"gpt": {"position": "learned"}})  # its weights have no position table
+    proc = project.run("genloop", "stage", "train")
+    assert proc.returncode == 1 and "model.gpt differs, position: rope there, learned here" in proc.stderr
 
 
 @pytest.mark.parametrize(
