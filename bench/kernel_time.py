@@ -43,15 +43,16 @@ def breakdown(run: Callable[[int], None], steps: int, top: int = 12) -> str:
         if cuda:
             torch.cuda.synchronize()
         wall_us = (time.perf_counter() - start) * 1e6
-    if cuda:
-        events = [(e.key, e.self_device_time_total) for e in prof.key_averages() if _on_device(e)]
-        return table(events, wall_us, steps, top, "GPU kernel", kind_of)
-    events = [(e.name, e.self_cpu_time_total, phase_of(e)) for e in prof.events()]
-    phases = {(name, phase): 0.0 for name, _, phase in events}
-    for name, t, phase in events:
-        phases[name, phase] += t
-    rows = [(f"{name} ({phase})", t) for (name, phase), t in phases.items()]
-    return table(rows, wall_us, steps, top, "CPU operator", lambda row: row.rpartition(" (")[2][:-1])
+    if cuda:  # (name, kind, microseconds): kernels are named by what they compute
+        kernels = [e for e in prof.key_averages() if _on_device(e)]
+        rows = [(e.key, kind_of(e.key), e.self_device_time_total) for e in kernels]
+        return table(rows, wall_us, steps, top, "GPU kernel", "kind", idle=True)
+    phases: dict[tuple[str, str], float] = {}  # CPU operators are not: an operator's phase is its caller's
+    for e in prof.events():
+        key = (e.name, phase_of(e))
+        phases[key] = phases.get(key, 0.0) + e.self_cpu_time_total
+    rows = [(name, phase, t) for (name, phase), t in phases.items()]
+    return table(rows, wall_us, steps, top, "CPU operator", "phase", idle=False)
 
 
 def _on_device(event) -> bool:
@@ -70,23 +71,23 @@ def phase_of(event) -> str:
     return "forward, clipping"
 
 
-def table(events: list[tuple[str, float]], wall_us: float, steps: int, top: int, unit: str, kind) -> str:
-    """Per-kind and top-`top` rows in ms per step and share of the busy time; then idle time."""
-    busy = sum(t for _, t in events) or 1.0
-    kinds: dict[str, float] = {}
-    for name, t in events:
-        kinds[kind(name)] = kinds.get(kind(name), 0.0) + t
-    lines = [f"{unit} time per step, by {'kind' if unit == 'GPU kernel' else 'phase'} ({steps} steps):"]
-    for kind, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {kind:32s} {t / steps / 1e3:8.2f} ms  {100 * t / busy:5.1f}%")
+def table(
+    rows: list[tuple[str, str, float]], wall_us: float, steps: int, top: int, unit: str, by: str, idle: bool
+) -> str:
+    """Per-group and top-`top` rows in ms per step and share of the busy time; then idle time."""
+    busy = sum(t for *_, t in rows) or 1.0
+    groups: dict[str, float] = {}
+    for _, group, t in rows:
+        groups[group] = groups.get(group, 0.0) + t
+    lines = [f"{unit} time per step, by {by} ({steps} steps):"]
+    for group, t in sorted(groups.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {group:32s} {t / steps / 1e3:8.2f} ms  {100 * t / busy:5.1f}%")
     lines.append(f"  {'busy':32s} {busy / steps / 1e3:8.2f} ms of {wall_us / steps / 1e3:.2f} ms a step")
-    if unit == "GPU kernel":
-        idle = max(0.0, 1 - busy / wall_us)
-        idle_line = f"{100 * idle:5.1f}% of the step (profiler overhead included)"
-        lines.append(f"  {'idle (waiting for the host)':32s} {idle_line}")
+    if idle:
+        share = f"{100 * max(0.0, 1 - busy / wall_us):5.1f}% of the step (profiler overhead included)"
+        lines.append(f"  {'idle (waiting for the host)':32s} {share}")
     lines.append(f"top {top} {unit}s:")
-    for name, t in sorted(events, key=lambda kv: -kv[1])[:top]:
+    for name, group, t in sorted(rows, key=lambda row: -row[2])[:top]:
         short = name if len(name) <= 90 else name[:87] + "..."
-        label = f"[{kind(name)}] {short}" if unit == "GPU kernel" else short
-        lines.append(f"  {t / steps / 1e3:8.3f} ms  {100 * t / busy:5.1f}%  {label}")
+        lines.append(f"  {t / steps / 1e3:8.3f} ms  {100 * t / busy:5.1f}%  [{group}] {short}")
     return "\n".join(lines)

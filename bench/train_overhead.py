@@ -284,8 +284,7 @@ def gpu_bench(args) -> None:
     print(f"device: {name}, bf16 dense peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
     p = load_preset(args)
     # GPT-2 small's shape and positions; the rest (fp32_residual, compile mode) from the preset and --set
-    shape = {"block_size": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768, "dropout": 0.0}
-    shape["position"] = "learned"
+    shape = dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, position="learned")
     p = overrides(
         revised(p, {"model.family": "gpt"} | {f"model.gpt.{k}": v for k, v in shape.items()}),
         batch_size=16,
