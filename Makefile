@@ -45,8 +45,10 @@ demo: setup  ## run the lifecycle on the defaults (digits, VAE), serve the champ
 	@echo "  genloop undeploy                           stop the service"
 	@echo "  dvc.lock                                   what DVC recorded; run 'dvc repro' again: nothing to do"
 
-test: setup lint browser  ## lint, then the whole test suite (unit and end-to-end)
-	$(BIN)/pytest
+# Test files run in parallel, each whole on one worker (its module-scoped servers started once).
+TEST_WORKERS ?= 2
+test: setup lint browser  ## lint, then the whole test suite (unit and end-to-end; TEST_WORKERS=2 in parallel)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 browser:  ## Debian's chromium for the web page test (apt-get, when run as root; else say how)
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
