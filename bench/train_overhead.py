@@ -153,16 +153,14 @@ def ensure_text(folder: Path, params_file: str) -> None:
     """The processed text of `pydoc:topics` in `folder`, made as the data stages make data/processed."""
     if (folder / "meta.json").is_file():
         return
-    from tasks.augment import process_text
+    from tasks.augment import process
     from tasks.params import load
     from tasks.sources import pydoc_topics
 
-    augment = load(params_file).augment
     folder.mkdir(parents=True, exist_ok=True)
     files = [e.as_dict() for e in sorted(pydoc_topics(folder / "raw"), key=lambda e: e.path)]
-    meta = process_text(files, augment, folder, raw=folder / "raw")
-    meta |= {"source": "pydoc:topics", "seed": augment.seed}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    manifest = {"kind": "text", "source": "pydoc:topics", "files": files}
+    meta = process(manifest, load(params_file).augment, folder, raw=folder / "raw")
     print(f"made {folder} from pydoc:topics ({meta['counts']})")
 
 

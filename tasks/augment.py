@@ -80,7 +80,7 @@ def preview(original, augmented, n: int, path: Path) -> None:
     ).save(path)
 
 
-def process_images(files: list[dict], p: AugmentParams, out: Path) -> dict:
+def process_images(files: list[dict], p: AugmentParams, out: Path, raw: Path = paths.RAW) -> dict:
     import numpy as np
     from PIL import Image
 
@@ -88,7 +88,7 @@ def process_images(files: list[dict], p: AugmentParams, out: Path) -> dict:
     class_id = {c: i for i, c in enumerate(classes)}
     arrays = []
     for f in files:
-        with Image.open(paths.RAW / f["path"]) as img:
+        with Image.open(raw / f["path"]) as img:
             px = np.asarray(img)
         arrays.append(px[None] if px.ndim == 2 else px.transpose(2, 0, 1))  # (C, H, W)
     x = np.stack(arrays).astype(np.uint8)
@@ -130,16 +130,20 @@ def process_text(files: list[dict], p: AugmentParams, out: Path, raw: Path = pat
     return {"kind": "text", "vocab": vocab, "counts": {s: len(a) for s, a in parts.items()}}
 
 
+def process(manifest: dict, p: AugmentParams, out: Path, raw: Path = paths.RAW) -> dict:
+    """The splits of a collected manifest's files (under `raw`) and their meta.json, written into `out`."""
+    make = process_images if manifest["kind"] == "image" else process_text
+    meta = make(manifest["files"], p, out, raw) | {"source": manifest["source"], "seed": p.seed}
+    (out / "meta.json").write_text(dumps(meta))
+    return meta
+
+
 def run(params: Params) -> dict:
     """Refuse unvalidated data, then write data/processed/ whole (or leave the old one untouched)."""
     require_passed()
     manifest = read_json(paths.MANIFEST)
     with staged_dir(paths.PROCESSED) as stage:
-        process = process_images if manifest["kind"] == "image" else process_text
-        meta = process(manifest["files"], params.augment, stage)
-        meta |= {"source": manifest["source"], "seed": params.augment.seed}
-        (stage / "meta.json").write_text(dumps(meta))
-    return meta
+        return process(manifest, params.augment, stage)
 
 
 @task(name="augment")
