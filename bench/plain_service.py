@@ -13,9 +13,9 @@ class Plain:
     ref = bentoml.models.BentoModel(ARGS.model)
 
     def __init__(self) -> None:
-        import models
+        from models import export
 
-        self.model = models.load(self.ref.path)
+        self.model = export.load(self.ref.path)
 
     @bentoml.api
     def generate(self, n: int = 1, seed: int | None = None, label: str | None = None,

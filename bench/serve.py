@@ -107,10 +107,10 @@ async def load(url: str, body, concurrency: int, seconds: float) -> dict:
 
 def ceiling(tag: str, body, batch: int = 64, seconds: float = 3.0) -> dict:
     """The raw model's batched sampling: `batch` one-sample jobs per call, no HTTP."""
-    import models
-    from tasks import registry
+    from models import export
+    from tasks.registry import store
 
-    model = models.load(registry.folder(tag))
+    model = export.load(store.folder(tag))
     jobs = [{k: v for k, v in _job(body(i)).items()} for i in range(batch)]
     model.sample_batch(jobs)  # warm-up
     n, chars, start = 0, 0, time.perf_counter()
@@ -137,10 +137,10 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,64")
     a = parser.parse_args()
     os.chdir(ROOT)
-    from tasks import registry
-    from tasks.params import load as load_params
+    from tasks.core.params import load as load_params
+    from tasks.registry import champions, store
 
-    tag = a.model or registry.champion(registry.name_of(load_params().require("model").family))
+    tag = a.model or champions.champion(store.name_of(load_params().require("model").family))
     if tag is None:
         raise SystemExit("no champion: run `dvc repro evaluate` first, or pass --model")
     gpt = tag.split(":")[0].endswith("gpt")
@@ -155,7 +155,7 @@ def main() -> None:
 
     levels = [int(x) for x in a.levels.split(",")]
     limit = max(levels)  # the configured concurrency limit: no level goes above it
-    env = {**os.environ, "BENTOML_HOME": str(registry.home()), "BENTOML_DO_NOT_TRACK": "true",
+    env = {**os.environ, "BENTOML_HOME": str(store.home()), "BENTOML_DO_NOT_TRACK": "true",
            "GENLOOP_SERVING_DIR": tempfile.mkdtemp(prefix="bench-serving-")}  # fmt: skip
     ours = {"model": tag, "max_concurrency": limit}
     setups = [

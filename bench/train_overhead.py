@@ -1,7 +1,7 @@
 """Our train path against a plain PyTorch loop: same model, same data, same batches, one run.
 
 CPU (default): the params.yaml VAE on the processed digits and a small GPT on the processed text, each
-for one epoch of N steps through `tasks.trainer.fit` (Lightning, callbacks, checkpoints) and through a
+for one epoch of N steps through `tasks.training.fit.fit` (Lightning, callbacks, checkpoints) and through a
 bare loop of the same recipe, for params.yaml's train.steps_per_execution and the --executions values.
 The two are paired: after every Lightning step of ours, the plain loop runs the same optimizer steps on
 its own copy of the model, so a shared machine's drifting speed hits both alike. Prints ms/step of both
@@ -50,13 +50,14 @@ class PlainLoop:
     learning-rate schedule) on a freshly built model of params `p` (same seed as ours), nothing else."""
 
     def __init__(self, p, folder: Path, total_steps: int, compile_: bool | str = False) -> None:
-        import pytorch_lightning as pl
-
-        from tasks.trainer import build_model, load_splits, make_data
+        from tasks.core.datasets import load_splits
+        from tasks.training.fit import build, make_data
+        from tasks.training.module import lr_factor
 
         meta, splits = load_splits(folder)
-        pl.seed_everything(p.train.seed, workers=True, verbose=False)  # the same initial weights as ours
-        self.model = build_model(p.model, p.train, meta)
+        torch.manual_seed(p.train.seed)  # the same initial weights as ours
+        trainee = build(p.model, p.train, meta)
+        self.model = trainee.model
         self.data = make_data(meta, splits, self.model, p.train)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).train()
@@ -65,8 +66,14 @@ class PlainLoop:
         dev = self.device
         for split, (x, y) in self.data.dev.items():  # setup() without a trainer puts them on the CPU
             self.data.dev[split] = (x.to(dev), None if y is None else y.to(dev))
-        self.opt = self.model.make_optimizer(self.model.net.parameters())
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.model.lr_lambda(total_steps))
+        (group,) = self.model.optimizer_groups()
+        t = p.train
+        self.opt = torch.optim.AdamW(
+            trainee.decay_groups(group), lr=t.lr * group.lr_scale, betas=group.betas, fused=dev.type == "cuda"
+        )
+        factor = lambda step: lr_factor(step, t.warmup_steps, total_steps, t.schedule)  # noqa: E731
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
+        self.seed, self.noise = t.seed, torch.Generator(device=dev)  # seeded per step, as ours is
         self.loss = self.model.training_loss
         if compile_:  # True: torch.compile's default mode
             self.loss = torch.compile(self.loss, mode=None if compile_ is True else compile_)
@@ -81,8 +88,9 @@ class PlainLoop:
         start = time.perf_counter()
         for i in range(first, first + n):
             x, y = self.data.train_batch(i // per_epoch, i % per_epoch)
+            self.noise.manual_seed(self.seed * 1_000_003 + i * 7919)
             with self.autocast:
-                loss = self.loss((x, y))
+                loss = self.loss((x, y), self.noise)
             loss.backward()
             if self.clip:
                 torch.nn.utils.clip_grad_norm_(self.model.net.parameters(), self.clip)
@@ -96,7 +104,7 @@ class PlainLoop:
 def timed_fit(
     params, processed: Path, steps: int, warmup: int, out: Path, plain: PlainLoop | None = None
 ) -> dict:
-    """Our path, tasks.trainer.fit, timed over whole Lightning steps (each may run several optimizer
+    """Our path, tasks.training.fit.fit, timed over whole Lightning steps (each may run several optimizer
     steps, train.steps_per_execution) from the first at or past the warm-up.
 
     With `plain`, the measurement is paired: after each Lightning step the plain loop runs the same
@@ -106,7 +114,8 @@ def timed_fit(
 
     import pytorch_lightning as pl
 
-    from tasks import trainer as T
+    from tasks.training import callbacks
+    from tasks.training.fit import fit
 
     m = {"ours": 0.0, "plain": 0.0, "steps": 0, "done": 0}
 
@@ -138,14 +147,14 @@ def timed_fit(
             m["last"] = time.perf_counter()
 
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: same params would otherwise resume a finished one
-    original = T.SampleWriter
-    T.SampleWriter = lambda *a, **k: Clock()  # time steps, not sample writing
+    original = callbacks.SampleWriter
+    callbacks.SampleWriter = lambda *a, **k: Clock()  # time steps, not sample writing
     try:
         start = time.perf_counter()
-        T.fit(params.model, params.train, processed=processed, out=out, live_metrics=False, progress=False)
+        fit(params.model, params.train, processed=processed, out=out, live_metrics=False, progress=False)
         total = time.perf_counter() - start
     finally:
-        T.SampleWriter = original
+        callbacks.SampleWriter = original
     return {"seconds": m["ours"], "plain_seconds": m["plain"], "steps": m["steps"], "total": total}
 
 
@@ -154,8 +163,8 @@ def ensure_text(folder: Path, params_file: str) -> None:
     if (folder / "meta.json").is_file():
         return
     from tasks.augment import process
-    from tasks.params import load
-    from tasks.sources import pydoc_topics
+    from tasks.core.params import load
+    from tasks.ingest.sources import pydoc_topics
 
     folder.mkdir(parents=True, exist_ok=True)
     files = [e.as_dict() for e in sorted(pydoc_topics(folder / "raw"), key=lambda e: e.path)]
@@ -169,7 +178,7 @@ def load_preset(args):
     one run tries a variant."""
     import yaml
 
-    from tasks.params import load
+    from tasks.core.params import load
 
     changes = dict(item.partition("=")[::2] for item in args.set)
     return revised(load(args.preset), {key: yaml.safe_load(value) for key, value in changes.items()})
@@ -177,7 +186,7 @@ def load_preset(args):
 
 def revised(params, changes: dict):
     """`params` with dotted keys replaced (model.gpt.dropout: 0.2), validated again as params.yaml is."""
-    from tasks.params import Params
+    from tasks.core.params import Params
 
     raw = params.model_dump(by_alias=True)
     for key, value in changes.items():
@@ -196,7 +205,7 @@ def overrides(params, **train):
 
 
 def cpu_bench(args) -> None:
-    from tasks.params import load
+    from tasks.core.params import load
 
     base = load(args.params)
     for label, folder, family in (
@@ -319,12 +328,12 @@ def gpu_bench(args) -> None:
 
 def quality(args) -> None:
     """Train the preset and score the test split (the corpus's held-out tail) in bits/char."""
-    import models
-    from tasks import trainer as T
+    from models import export
+    from tasks.training.fit import fit
 
     p = load_preset(args)
     start = time.perf_counter()
-    metrics = T.fit(
+    metrics = fit(
         p.model,
         p.train,
         processed=Path(args.text),
@@ -332,7 +341,7 @@ def quality(args) -> None:
         live_metrics=False,
         progress=False,
     )
-    model = models.load(
+    model = export.load(
         Path(args.out) / "quality" / "model", map_location="cuda" if torch.cuda.is_available() else "cpu"
     )
     test = torch.from_numpy(np.load(Path(args.text) / "test.npy").astype(np.int64))

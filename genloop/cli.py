@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from enum import StrEnum
 from typing import Annotated
@@ -11,7 +12,7 @@ from typing import Annotated
 import typer
 
 import tasks  # noqa: F401  (sets the no-telemetry defaults before anything else starts)
-from tasks.errors import GenloopError
+from tasks.core.errors import GenloopError
 
 app = typer.Typer(
     help="genloop: collect, validate, augment, train, ... a generative model, with DVC and Prefect.",
@@ -19,6 +20,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version(show: bool) -> None:
+    if show:
+        from genloop import __version__
+
+        typer.echo(f"genloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """genloop: collect, validate, augment, train, evaluate, package and deploy a generative model, with
+    DVC (what changed reruns) and Prefect (schedules, retries, a UI)."""
 
 
 class Stage(StrEnum):
@@ -45,11 +64,19 @@ def stage(
 
     This runs the stage unconditionally; `dvc repro <name>` runs it only when its inputs changed.
     """
-    from tasks.params import load
+    from tasks.core.params import Recording, load
 
     params = load(params_file)
     module = importlib.import_module(f"tasks.{name.value}")
-    result = module.run(params)
+    log = os.environ.get("GENLOOP_PARAMS_LOG")  # note which params the stage reads (tests/test_pipeline.py)
+    if log:
+        params = Recording(params)
+    try:
+        result = module.run(params)
+    finally:
+        if log:
+            with open(log, "a") as f:
+                f.write(json.dumps({"stage": name.value, "read": params.read()}) + "\n")
     typer.echo(json.dumps(_brief(result), indent=2, default=str))
 
 
@@ -78,14 +105,13 @@ def serve(
 
     `genloop deploy` runs the packaged Bento in the background instead.
     """
-    import os
-
-    from tasks import package, registry
-    from tasks.deploy import SERVING
-    from tasks.params import load
+    from tasks import package
+    from tasks.core.params import load
+    from tasks.registry import champions, store
+    from tasks.serving.process import SERVING
 
     params = load()
-    model = model or registry.champion(registry.name_of(params.require("model").family))
+    model = model or champions.champion(store.name_of(params.require("model").family))
     if model is None:
         raise GenloopError("no champion yet: run evaluate first, or pass --model")
     serve_params = params.require("serve")
@@ -101,8 +127,8 @@ def deploy(
     bento: Annotated[str | None, typer.Option(help="Bento tag (default: what `package` built).")] = None,
 ) -> None:
     """Serve the packaged Bento in the background: health-checked, smoke-tested, rolled back on failure."""
+    from tasks.core.params import load
     from tasks.deploy import deploy as run_deploy
-    from tasks.params import load
 
     record = run_deploy(load(), bento)
     typer.echo(f"serving {record['bento']} ({record['model']}) at {record['url']}  (pid {record['pid']})")
@@ -112,8 +138,8 @@ def deploy(
 @app.command()
 def rollback() -> None:
     """Return to the previous champion: relabel it, package it, deploy it."""
+    from tasks.core.params import load
     from tasks.deploy import rollback as run_rollback
-    from tasks.params import load
 
     record = run_rollback(load())
     typer.echo(f"rolled back: serving {record['bento']} ({record['model']}) at {record['url']}")

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tasks.errors import GenloopError
+from tasks.core.errors import GenloopError
 
 STATE = Path(".genloop")
 POOL = "genloop"

@@ -14,24 +14,25 @@ def _fmt(v: object) -> str:
 
 
 def show(console: Console | None = None) -> None:
-    from tasks import registry
-    from tasks.evaluate import HEADLINE
+    import models
+    from tasks.registry import store
 
     console = console or Console()
     if not console.is_terminal:
         console.width = 160  # a log or a pipe: no need to squeeze the table into 80 columns
     deployment(console)
-    versions = registry.versions()
+    versions = store.versions()
     if not versions:
-        console.print(f"No model versions in the registry ({registry.home()}): run `dvc repro evaluate`.")
+        console.print(f"No model versions in the registry ({store.home()}): run `dvc repro evaluate`.")
         return
-    table = Table(title=f"Model versions ({registry.home()})")
+    table = Table(title=f"Model versions ({store.home()})")
     for col in ("version", "label", "created", "headline", "memorised", "decision", "git", "data (dvc md5)"):
         table.add_column(col)
     for v in versions:
         meta = v["metadata"]
         metrics, trail = meta.get("metrics", {}), meta.get("lineage", {})
-        headline = HEADLINE.get(v["labels"].get("family", ""), "")
+        family = models.FAMILIES.get(v["labels"].get("family", ""))
+        headline = family.headline if family else ""
         data = trail.get("dvc", {}).get("data/processed", "")
         table.add_row(
             v["tag"],

@@ -1,62 +1,10 @@
-"""Model families behind one small interface (see models/common.py: GenerativeModel).
+"""Model families behind one small interface (models/common.py: GenerativeModel).
 
-Each family is one file (vae, gan, gpt) importing only torch, lightning and numpy, so it runs on a
-bare GPU box. `build` makes a family from its config; `save` / `load` move weights as safetensors
-plus a JSON description, so nothing on the load path unpickles.
+Each family is one file (vae, gan, gpt) importing only torch and numpy, so it runs on a bare GPU box,
+and one entry in models/families.py, which holds what the rest of genloop must know about it and is
+read without torch. models/export.py builds a family and saves or loads a model (safetensors + JSON).
 """
 
-from __future__ import annotations
+from models.families import FAMILIES, Family, family, for_kind
 
-import importlib
-import json
-from pathlib import Path
-from typing import Any
-
-FAMILIES = ("vae", "gan", "gpt")
-KIND = {"vae": "image", "gan": "image", "gpt": "text"}
-WEIGHTS, DESCRIPTION = "model.safetensors", "model.json"
-
-
-def family_module(family: str):
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r} (choose from {', '.join(FAMILIES)})")
-    return importlib.import_module(f"models.{family}")
-
-
-def build(family: str, config: dict[str, Any], data: dict[str, Any]):  # -> GenerativeModel
-    """A fresh model of `family`; `data` describes the dataset (shape and classes, or vocabulary)."""
-    return family_module(family).Model(config, data)
-
-
-def save(model, folder: str | Path) -> None:
-    """Weights as safetensors and the description (family, config, data) as JSON."""
-    from safetensors.torch import save_model
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_model(model.net, str(folder / WEIGHTS), metadata={"family": model.family})  # handles tied weights
-    description = {"family": model.family, "config": model.config, "data": model.data}
-    (folder / DESCRIPTION).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
-
-
-def describe(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / DESCRIPTION
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not an exported model folder")
-    return json.loads(path.read_text())
-
-
-def load(folder: str | Path, map_location: str = "cpu"):  # -> GenerativeModel
-    """Rebuild an exported model on the device `map_location`: JSON for the shape, safetensors for the
-    weights (no pickle)."""
-    d = describe(folder)
-    model = build(d["family"], d["config"], d["data"]).to(map_location)  # load_model copies into place
-    load_weights(model.net, Path(folder) / WEIGHTS, map_location)
-    return model.eval()
-
-
-def load_weights(net, path: str | Path, device: str = "cpu") -> None:
-    """safetensors into an nn.Module, strict: every tensor must match by name and shape."""
-    from safetensors.torch import load_model
-
-    load_model(net, str(path), strict=True, device=device)  # raises on any mismatch
+__all__ = ["FAMILIES", "Family", "family", "for_kind"]

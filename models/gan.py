@@ -10,23 +10,14 @@ validation images, lower is better.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from models.common import GenerativeModel, class_ids, generator
-
-
-@dataclass
-class Config:
-    latent_dim: int = 64
-    width: int = 64  # channels of the widest conv layer
-    d_steps: int = 2  # discriminator updates per generator update
-    lr_d_factor: float = 2.0  # discriminator learning rate = train.lr * this
-    dropout: float = 0.0  # in the discriminator
+from models.common import GenerativeModel, OptimizerGroup, Update, class_ids, generator
+from models.families import GANConfig as Config  # latent_dim, width, d_steps, lr_d_factor, dropout
 
 
 class Generator(nn.Module):
@@ -95,39 +86,41 @@ def mmd2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class Model(GenerativeModel):
     family = "gan"
-    Config = Config
 
     def __init__(self, config: dict, data: dict) -> None:
         super().__init__(config, data)
         self.shape = tuple(data["shape"])
         self.net = GANNet(self.cfg, self.shape, len(data.get("classes") or []))
 
-    def configure_optimizers(self):
-        self.optim.betas = (0.5, 0.999)
-        g = self.make_optimizer(self.net.G.parameters())
-        d = self.make_optimizer(self.net.D.parameters(), lr=self.optim.lr * self.cfg.lr_d_factor)
-        return [d, g]
+    def optimizer_groups(self) -> list[OptimizerGroup]:
+        """Discriminator first, then generator: Adam with beta1 = 0.5 at constant rates (DCGAN)."""
+        betas = (0.5, 0.999)
+        return [
+            OptimizerGroup(list(self.net.D.parameters()), self.cfg.lr_d_factor, betas, scheduled=False),
+            OptimizerGroup(list(self.net.G.parameters()), 1.0, betas, scheduled=False),
+        ]
 
     def labels(self, y: torch.Tensor | None, n: int) -> torch.Tensor:
         if self.net.n_classes == 0 or y is None:
             return torch.zeros(n, dtype=torch.long, device=self.device)
         return y
 
-    def optimisation_step(self, step: int) -> dict[str, torch.Tensor]:
-        """d_steps discriminator updates (hinge loss), then one generator update, on batch `step`."""
-        x, y = self.train_batch(step)
+    def latents(self, n: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.cfg.latent_dim, generator=g, device=self.device)
+
+    def train_step(self, batch, update: Update, noise: torch.Generator) -> dict[str, torch.Tensor]:
+        """d_steps discriminator updates (hinge loss), then one generator update, on one batch.
+        Each update zeroes its own optimizer's gradients first, which also drops what the generator's
+        backward left in the discriminator."""
+        x, y = batch
         y = self.labels(y, len(x))
-        opt_d, opt_g = self.optimizers()
         for _ in range(self.cfg.d_steps):
-            fake = self.net.G(torch.randn(len(x), self.cfg.latent_dim, device=self.device), y).detach()
+            fake = self.net.G(self.latents(len(x), noise), y).detach()
             loss_d = F.relu(1 - self.net.D(x, y)).mean() + F.relu(1 + self.net.D(fake, y)).mean()
-            opt_d.zero_grad(set_to_none=True)  # also drops what the generator's step left in D
-            self.backward_and_step(loss_d, opt_d)
-        fake = self.net.G(torch.randn(len(x), self.cfg.latent_dim, device=self.device), y)
-        loss_g = -self.net.D(fake, y).mean()
-        opt_g.zero_grad(set_to_none=True)
-        self.backward_and_step(loss_g, opt_g)
-        return {"loss_d": loss_d, "loss_g": loss_g}
+            update(0, loss_d)
+        loss_g = -self.net.D(self.net.G(self.latents(len(x), noise), y), y).mean()
+        update(1, loss_g)
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
 
     def heldout_loss(self, batch) -> torch.Tensor:
         x, y = batch

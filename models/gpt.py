@@ -7,7 +7,6 @@ embeddings, learned or rotary positions (Su et al. 2021). The held-out figure is
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,19 +14,9 @@ from torch import nn
 
 from models.common import GenerativeModel, generator
 
-
-@dataclass
-class Config:
-    block_size: int = 128  # context length T
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128  # C
-    dropout: float = 0.1
-    bias: bool = False
-    position: str = "learned"  # learned: an embedding per position (GPT-2) | rope: rotary, in attention
-    fp32_residual: bool = True  # False: under autocast the residual stream is bf16 too (as in Megatron)
-    temperature: float = 0.8  # sampling defaults
-    top_k: int = 0  # 0 = no top-k filter
+# block_size (T), n_layer, n_head, n_embd (C), dropout, bias, position (learned | rope), fp32_residual,
+# temperature and top_k (sampling defaults): types and bounds in models/families.py, values in params.yaml
+from models.families import GPTConfig as Config
 
 
 def rotary_tables(T: int, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +127,6 @@ class GPT(nn.Module):
 
 class Model(GenerativeModel):
     family = "gpt"
-    Config = Config
 
     def __init__(self, config: dict, data: dict) -> None:
         super().__init__(config, data)
@@ -150,8 +138,13 @@ class Model(GenerativeModel):
         logits = self.net(x)
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())  # nats per character
 
-    def training_loss(self, batch) -> torch.Tensor:
+    def training_loss(self, batch, noise: torch.Generator) -> torch.Tensor:
+        # Dropout draws from torch's global generator (neither nn.Dropout nor the attention kernel takes
+        # one): the training loop seeds it once per run and keeps its state in the checkpoints.
         return self.loss(*batch)
+
+    def training_figures(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"train_bits_per_char": loss.detach() / math.log(2)}
 
     def heldout_loss(self, batch) -> torch.Tensor:
         return self.loss(*batch) / math.log(2)  # bits per character

@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.common import GenerativeModel, class_ids, generator
+from models.families import VAEConfig as Config  # latent_dim, hidden, dropout, beta
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-@dataclass
-class Config:
-    latent_dim: int = 16
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    dropout: float = 0.0
-    beta: float = 1.0  # weight of the KL term (1 = the true ELBO)
 
 
 def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -71,7 +63,6 @@ class VAENet(nn.Module):
 
 class Model(GenerativeModel):
     family = "vae"
-    Config = Config
 
     def __init__(self, config: dict, data: dict) -> None:
         super().__init__(config, data)
@@ -85,11 +76,14 @@ class Model(GenerativeModel):
         u = torch.rand(k.shape, generator=g, device=k.device)
         return (k + u) / 256
 
-    def elbo_terms(self, v: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def elbo_terms(
+        self, v: torch.Tensor, y: torch.Tensor | None, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example reconstruction term -log p(v | z) and KL(q(z | v) || p(z)), in nats."""
         c = self.net.onehot(y, len(v), v.device)
         mu, log_var = self.net.encode(v, c)
-        z = mu + torch.randn_like(mu) * (0.5 * log_var).exp()  # reparameterisation
+        eps = torch.randn(mu.shape, generator=g, device=mu.device, dtype=mu.dtype)
+        z = mu + eps * (0.5 * log_var).exp()  # reparameterisation
         rec = -self.net.log_px(v, self.net.decode(z, c))
         kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).float().sum(1)
         return rec, kl
@@ -98,14 +92,19 @@ class Model(GenerativeModel):
         """-log p(v) in nats per image -> an upper bound on the 8-bit image's NLL in bits per dimension."""
         return (nll_nats + self.n_pixels * math.log(256)) / (self.n_pixels * math.log(2))
 
-    def training_loss(self, batch) -> torch.Tensor:
+    def training_loss(self, batch, noise: torch.Generator) -> torch.Tensor:
         x, y = batch
-        rec, kl = self.elbo_terms(self.dequantise(x), y)
+        rec, kl = self.elbo_terms(self.dequantise(x, noise), y, noise)
         return (rec + self.cfg.beta * kl).mean()
+
+    def training_figures(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        # on the 8-bit scale (positive, comparable with val_loss), not the density's nats, which go negative
+        return {"train_bits_per_dim": self.bits_per_dim(loss.detach())}
 
     def heldout_loss(self, batch) -> torch.Tensor:
         x, y = batch
-        rec, kl = self.elbo_terms(self.dequantise(x), y)
+        g = generator(0, x.device)  # the same noise every epoch: epochs compare on equal terms
+        rec, kl = self.elbo_terms(self.dequantise(x, g), y, g)
         return self.bits_per_dim(rec + kl).mean()  # negative ELBO, bits per dimension
 
     @torch.no_grad()

@@ -89,10 +89,11 @@ class Generator:
         import torch
 
         import models
+        from models import export
 
         self.device = "cuda" if torch.cuda.is_available() and SETTINGS.gpu else "cpu"
-        self.model = models.load(self.model_ref.path, map_location=self.device).to(self.device)
-        self.kind = models.KIND[self.model.family]
+        self.model = export.load(self.model_ref.path, map_location=self.device).to(self.device)
+        self.kind = models.family(self.model.family).kind
 
     def _run(self, jobs: list[dict]) -> list[dict]:
         import torch
@@ -144,12 +145,12 @@ def _page_app():
 
 def model_info() -> dict:
     """The served version and its lineage, from the registry entry packaged into the Bento."""
-    import models
+    from models import export
 
     model = bentoml.models.get(SETTINGS.model)
     meta = model.info.metadata
     data = meta.get("lineage", {})
-    described = models.describe(model.path)["data"]
+    described = export.describe(model.path)["data"]
     return {
         "model": str(model.tag),
         "family": model.info.labels.get("family"),

@@ -1,4 +1,11 @@
-"""Lifecycle stages: one module per stage, each with a plain `run(params)` and its Prefect task."""
+"""Lifecycle stages, one module each, with a plain `run(params)` and its Prefect task.
+
+DVC stages (dvc.yaml): collect, validate, augment, train, evaluate, package (tune joins them).
+Acting on the world (Prefect tasks and CLI commands, not DVC stages): deploy (monitor and retrain join it).
+The pieces they share live in the subpackages: core (params, paths, storage, errors, the Prefect-DVC
+bridge), ingest (sources, raw batches), training, quality (metrics, baselines, the gate), registry,
+serving.
+"""
 
 import os
 

@@ -17,13 +17,12 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks import paths
-from tasks.dvc_stage import publish_table, repro
-from tasks.params import AugmentParams, ImageAugment, Params
-from tasks.storage import dumps, read_json, staged_dir
-from tasks.validate import require_passed
-
-SPLITS = ("train", "val", "test")
+from tasks.core import paths
+from tasks.core.datasets import SPLITS
+from tasks.core.orchestration import publish_table, repro
+from tasks.core.params import AugmentParams, ImageAugment, Params
+from tasks.core.storage import dumps, read_json, staged_dir
+from tasks.ingest.batches import require_passed
 
 
 def split_indices(labels: list, val: float, test: float, seed: int) -> dict[str, list[int]]:
@@ -120,8 +119,10 @@ def process_text(files: list[dict], p: AugmentParams, out: Path, raw: Path = pat
         (raw / f["path"]).read_text("utf-8")
         for f in files  # manifest order: by path
     )
-    vocab = sorted(set(text))
-    ids = np.array([{ch: i for i, ch in enumerate(vocab)}[ch] for ch in text], dtype=np.uint16)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point per character
+    points, ids = np.unique(codes, return_inverse=True)  # the vocabulary, sorted, and each one's id
+    vocab = [chr(c) for c in points.tolist()]
+    ids = ids.astype(np.uint16)
     n_test, n_val = round(len(ids) * p.test_fraction), round(len(ids) * p.val_fraction)
     n_train = len(ids) - n_val - n_test
     parts = {"train": ids[:n_train], "val": ids[n_train : n_train + n_val], "test": ids[n_train + n_val :]}

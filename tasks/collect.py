@@ -6,11 +6,13 @@ from collections import Counter
 
 from prefect import task
 
-from tasks import paths, raw_batches
-from tasks.dvc_stage import publish_table, repro
-from tasks.params import Params
-from tasks.sources import fetch, kind_of
-from tasks.storage import content_hash, dumps, read_json, staged_dir
+from tasks.core import paths
+from tasks.core.datasets import require_family_fits
+from tasks.core.orchestration import publish_table, repro
+from tasks.core.params import Params
+from tasks.core.storage import content_hash, dumps, read_json, staged_dir
+from tasks.ingest import batches
+from tasks.ingest.sources import fetch, kind_of, peek_kind
 
 
 def run(params: Params) -> dict:
@@ -21,12 +23,14 @@ def run(params: Params) -> dict:
     an unvalidated batch is never kept as "previous".
     """
     source = params.data.source
-    with staged_dir(paths.RAW, keep_previous=raw_batches.keep_aside()) as stage:
+    if params.model is not None:  # a family that cannot model this data stops here, before any fetch
+        require_family_fits(params.model.family, peek_kind(source, params.collect), f"data.source {source}")
+    with staged_dir(paths.RAW, keep_previous=batches.keep_aside()) as stage:
         entries = sorted(fetch(source, stage, params.collect), key=lambda e: e.path)
-        kind = kind_of(entries, source)
+        kind = kind_of([e.path for e in entries], source)
         manifest = {"source": source, "kind": kind, "files": [e.as_dict() for e in entries]}
         (stage / "manifest.json").write_text(dumps(manifest))
-    raw_batches.mark_pending(source)
+    batches.mark_pending(source)
     return summary(manifest)
 
 

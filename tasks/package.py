@@ -13,11 +13,13 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks import paths, registry
-from tasks.dvc_stage import publish_table, repro
-from tasks.errors import GenloopError
-from tasks.params import Params
-from tasks.storage import content_hash, read_json, write_json
+from service.settings import Limits
+from tasks.core import paths
+from tasks.core.errors import GenloopError
+from tasks.core.orchestration import publish_table, repro
+from tasks.core.params import Params
+from tasks.core.storage import content_hash, read_json, write_json
+from tasks.registry import champions, store
 
 OUT = paths.ARTIFACTS / "package" / "bento.json"
 SERVE_DEPS = ("bentoml", "torch", "numpy", "safetensors", "pillow", "pytorch-lightning", "pydantic")
@@ -35,27 +37,26 @@ def pinned(lock: Path = Path("requirements.lock")) -> list[str]:
 
 
 def settings(params: Params, model: str) -> dict:
-    serve = params.require("serve").model_dump()
-    for key in ("host", "port", "ready_timeout_s"):  # how deploy runs it, not what the service does
-        serve.pop(key)
-    return {"model": model, "gpu": params.require("package").gpu, **serve}
+    """The Bento's arguments (service/settings.py): what the service does, not where deploy runs it."""
+    limits = params.require("serve").model_dump(include=set(Limits.model_fields))
+    return {"model": model, "gpu": params.require("package").gpu, **limits}
 
 
 def build(params: Params, model: str | None = None, record: bool = True) -> dict:
     """Build (or find) the Bento for `model` (default: the champion of model.family); `record` writes
     artifacts/package/bento.json (the DVC stage's output)."""
-    name = registry.name_of(params.require("model").family)
-    model = model or registry.champion(name)
+    name = store.name_of(params.require("model").family)
+    model = model or champions.champion(name)
     if model is None:
         raise GenloopError(f"{name} has no champion yet: run evaluate (dvc repro evaluate) first")
     args = settings(params, model)
     version = f"{model.split(':')[1]}-{content_hash(args)[:8]}"
     tag = f"genloop:{version}"
-    bentoml = registry.store()
+    bentoml = store.bentoml()
     try:
         bentoml.get(tag)
     except bentoml.exceptions.NotFound:
-        info = registry.info(model)
+        info = store.info(model)
         lineage = info["metadata"].get("lineage", {})
         labels = {
             "model": model,
@@ -84,8 +85,8 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
 def run(params: Params) -> dict:
     """The champion's Bento; with no champion yet (the gate rejected every model so far) the stage
     records that there is nothing to package instead of failing the pipeline."""
-    name = registry.name_of(params.require("model").family)
-    if registry.champion(name) is None:
+    name = store.name_of(params.require("model").family)
+    if champions.champion(name) is None:
         result = {"bento": None, "model": None, "reason": f"{name} has no champion yet (see decision.json)"}
         write_json(OUT, result)
         return result

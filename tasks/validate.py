@@ -14,11 +14,13 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks import paths, raw_batches
-from tasks.dvc_stage import publish_markdown, repro
-from tasks.errors import GenloopError
-from tasks.params import ImageExpectations, Params, TextExpectations
-from tasks.storage import read_json, sha256_bytes, write_json
+from tasks.core import paths
+from tasks.core.errors import GenloopError
+from tasks.core.orchestration import publish_markdown, repro
+from tasks.core.params import ImageExpectations, Params, TextExpectations
+from tasks.core.storage import read_json, sha256_bytes, write_json
+from tasks.ingest import batches
+from tasks.ingest.batches import describe_failures
 
 # E-mail addresses and API-key-like tokens (AWS, GitHub, Slack, OpenAI-style, generic key=value).
 PII_PATTERNS = [
@@ -30,7 +32,6 @@ PII_PATTERNS = [
     re.compile(r"(?i)\b(?:api[_-]?key|secret|access[_-]?token)\b\s*[:=]\s*['\"]?[A-Za-z0-9/+_\-]{16,}"),
 ]
 PRINTABLE_ASCII = frozenset(chr(c) for c in range(32, 127)) | {"\n", "\t", "\r"}
-MAX_FILES_LISTED = 20
 
 
 def image_features(root: Path, files: list[dict]):  # -> pandas.DataFrame
@@ -226,51 +227,17 @@ def run(params: Params) -> dict:
         "success": not failures,
         "kind": kind,
         "files": len(files),
-        "manifest_sha256": raw_batches.manifest_hash(),
+        "manifest_sha256": batches.manifest_hash(),
         "failures": failures,
         "data_docs": str(paths.DATA_DOCS / "index.html"),
     }
     if failures:
-        summary["rejected"] = raw_batches.reject()
+        summary["rejected"] = batches.reject()
     else:
-        raw_batches.accept()
+        batches.accept()
     write_json(paths.VALIDATION_SUMMARY, summary)
     if failures:
         raise GenloopError(describe_failures(summary))
-    return summary
-
-
-def describe_failures(summary: dict) -> str:
-    lines = [
-        f"validation failed: {len(summary['failures'])} expectation(s) not met on {summary['files']} files"
-    ]
-    for f in summary["failures"]:
-        what = f"{f['expectation']}({f['column']})"
-        detail = (
-            f"observed {f['observed']}"
-            if f["observed"] is not None
-            else f"{f['unexpected_count']} unexpected"
-        )
-        shown = f["files"][:MAX_FILES_LISTED]
-        more = f" (+{len(f['files']) - len(shown)} more)" if len(f["files"]) > len(shown) else ""
-        lines.append(f"  - {what}: {detail}" + (f"; files: {', '.join(shown)}{more}" if shown else ""))
-    if summary.get("rejected"):
-        lines.append(
-            f"the rejected batch is in {summary['rejected']}; data/raw holds the last validated batch again"
-        )
-    lines.append(f"data docs: {summary['data_docs']}  (nothing downstream was written)")
-    return "\n".join(lines)
-
-
-def require_passed() -> dict:
-    """The gate for every later stage: data/raw must be exactly what validate passed."""
-    summary = read_json(paths.VALIDATION_SUMMARY)
-    if not summary.get("success"):
-        raise GenloopError(
-            "data/raw failed validation: fix the data and run validate again\n" + describe_failures(summary)
-        )
-    if not raw_batches.is_validated():
-        raise GenloopError("data/raw changed since it was validated: run validate first")
     return summary
 
 

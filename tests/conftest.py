@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.storage import sha256_file
+from tasks.core.storage import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -55,7 +55,7 @@ class Project:
         path.write_text(yaml.safe_dump(_merge(params, sections), sort_keys=False))
 
     def params(self):
-        from tasks.params import load
+        from tasks.core.params import load
 
         return load(self.root / "params.yaml")
 
@@ -100,6 +100,22 @@ def new_project(root: Path) -> Project:
     subprocess.run([*git, "commit", "-qm", "project"], cwd=root, check=True)
     # its own registry (BentoML model store), as it would have by default in its folder
     return Project(root, {"BENTOML_HOME": str(root / ".genloop" / "bentoml")})
+
+
+def undeclared_params(log: Path) -> dict[str, list[str]]:
+    """Params each stage read (GENLOOP_PARAMS_LOG, written by `genloop stage`) that its `params:` list in
+    dvc.yaml does not cover: {stage: keys}. A listed section covers every key under it."""
+    import json
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    missing: dict[str, list[str]] = {}
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        listed = stages[record["stage"]].get("params", [])
+        keys = [k for k in record["read"] if not any(k == p or k.startswith(p + ".") for p in listed)]
+        if keys:
+            missing[record["stage"]] = keys
+    return missing
 
 
 def free_port() -> int:

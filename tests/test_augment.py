@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from tasks import augment, collect, paths, validate
+from tasks import augment, collect, validate
 from tasks.augment import split_indices
+from tasks.core import paths
 
 
 def prepare(project, **augment_params):
@@ -64,7 +65,7 @@ def test_factor_zero_means_no_copies(project):
 
 
 def test_text_split_is_contiguous(project):
-    project.set_params(data={"source": "pydoc:topics"})
+    project.set_params(data={"source": "pydoc:topics"}, model={"family": "gpt"})
     meta = prepare(project)
     vocab = meta["vocab"]
     parts = [np.load(paths.PROCESSED / f"{s}.npy") for s in ("train", "val", "test")]

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from tasks import collect, paths
-from tasks.errors import GenloopError
+from tasks import collect
+from tasks.core import paths
+from tasks.core.errors import GenloopError
 
 
 def test_sklearn_digits(project):
@@ -28,7 +29,7 @@ def test_collecting_twice_is_byte_identical(project):
 
 
 def test_pydoc_topics(project):
-    project.set_params(data={"source": "pydoc:topics"})
+    project.set_params(data={"source": "pydoc:topics"}, model={"family": "gpt"})
     result = collect.run(project.params())
     assert result["kind"] == "text" and result["files"] > 50 and result["labels"] == {}
     assert result["bytes"] > 300_000
@@ -45,7 +46,7 @@ def test_local_folder_with_labels(project, digit_folder):
 
 
 def test_local_text_folder(project, text_folder):
-    project.set_params(data={"source": str(text_folder)})
+    project.set_params(data={"source": str(text_folder)}, model={"family": "gpt"})
     assert collect.run(project.params())["kind"] == "text"
 
 

@@ -38,7 +38,7 @@ def test_flow_stops_at_the_gate(harness, project, text_folder):
     from flows.data import data
 
     (text_folder / "bad.txt").write_bytes(b"\xc3\x28 not utf-8")
-    project.set_params(data={"source": str(text_folder)})
+    project.set_params(data={"source": str(text_folder)}, model={"family": "gpt"})
     state = data(return_state=True)
     assert state.is_failed()
     assert not (project.root / "data/processed").exists()

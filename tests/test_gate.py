@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks import evaluate
-from tasks.params import Gate, load
+from tasks.core.params import Gate, load
+from tasks.quality import measure as measuring
+from tasks.quality.gate import decide
 
 GATE = Gate(max_memorised=0.2, min_improvement=0.0, max_regression=0.1)
 FLOOR = {"memorised": 0.1}
@@ -14,13 +15,13 @@ FLOOR = {"memorised": 0.1}
 
 def test_first_model_is_promoted_when_it_beats_the_baseline() -> None:
     model = {"nll_bits_per_dim": 5.0, "fd": 20.0, "memorised": 0.05}
-    d = evaluate.decide("vae", model, {"nll_bits_per_dim": 6.0}, FLOOR, None, GATE)
+    d = decide("vae", model, {"nll_bits_per_dim": 6.0}, FLOOR, None, GATE)
     assert d["decision"] == "promote" and d["reasons"] == ["every check passed"]
 
 
 def test_worse_than_baseline_is_rejected_with_the_reason() -> None:
     model = {"bits_per_char": 2.5, "memorised": 0.0}
-    d = evaluate.decide("gpt", model, {"bits_per_char": 2.1}, {"memorised": 0.0}, None, GATE)
+    d = decide("gpt", model, {"bits_per_char": 2.1}, {"memorised": 0.0}, None, GATE)
     assert d["decision"] == "reject"
     assert d["reasons"] == ["beats baseline: bits_per_char 2.5 vs baseline 2.1"]
 
@@ -29,17 +30,17 @@ def test_challenger_against_champion() -> None:
     champion = {"nll_bits_per_dim": 5.0, "fd": 20.0, "precision": 0.8, "memorised": 0.05}
     base = {"nll_bits_per_dim": 6.0}
     better = dict(champion, nll_bits_per_dim=4.9)
-    assert evaluate.decide("vae", better, base, FLOOR, champion, GATE)["decision"] == "promote"
+    assert decide("vae", better, base, FLOOR, champion, GATE)["decision"] == "promote"
     worse = dict(champion, nll_bits_per_dim=5.1)
-    d = evaluate.decide("vae", worse, base, FLOOR, champion, GATE)
+    d = decide("vae", worse, base, FLOOR, champion, GATE)
     assert d["decision"] == "reject" and d["reasons"][0].startswith("beats champion")
     # better headline, but a guarded metric regresses past its tolerance (fd 20 -> 23 is +15%)
     regress = dict(champion, nll_bits_per_dim=4.9, fd=23.0)
-    d = evaluate.decide("vae", regress, base, FLOOR, champion, GATE)
+    d = decide("vae", regress, base, FLOOR, champion, GATE)
     assert d["decision"] == "reject" and d["reasons"][0].startswith("no regression: fd")
     higher_is_better = dict(champion, nll_bits_per_dim=4.9, precision=0.7)  # -12.5%
-    assert evaluate.decide("vae", higher_is_better, base, FLOOR, champion, GATE)["decision"] == "reject"
-    assert evaluate.decide("vae", champion, base, FLOOR, champion, GATE, True)["decision"] == "keep"
+    assert decide("vae", higher_is_better, base, FLOOR, champion, GATE)["decision"] == "reject"
+    assert decide("vae", champion, base, FLOOR, champion, GATE, True)["decision"] == "keep"
 
 
 class CopyingModel:
@@ -81,15 +82,15 @@ def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_a_memorising_image_model_is_rejected(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     arrays = {"train": _images(150, 0), "val": _images(45, 1), "test": _images(45, 2)}
-    split = evaluate.Split({"kind": "image", "classes": ["a", "b", "c"]}, arrays)
+    split = measuring.Split({"kind": "image", "classes": ["a", "b", "c"]}, arrays)
     ev = load(evaluate_params()).require("evaluate")
-    measure = evaluate.Measure(split, ev)
+    measure = measuring.Measure(split, ev, tmp_path / "featurizer")
     copier = CopyingModel(arrays["train"][0], ["a", "b", "c"])
     figures, _ = measure.model(copier)
     assert figures["memorised"] == 1.0
     floor = measure.floor()
     assert floor["memorised"] < 0.5
-    d = evaluate.decide("gan", figures, {"fd": 1e9}, floor, None, ev.gate)
+    d = decide("gan", figures, {"fd": 1e9}, floor, None, ev.gate)
     assert d["decision"] == "reject" and d["reasons"][0].startswith("memorisation: 1.000")
 
 
@@ -100,12 +101,12 @@ def test_a_memorising_text_model_is_rejected(tmp_path, monkeypatch) -> None:
     corpus = "\n".join(topics[k] for k in sorted(topics))[:200_000]
     vocab = sorted(set(corpus))
     text = {"train": corpus[:160_000], "val": corpus[160_000:180_000], "test": corpus[180_000:]}
-    split = evaluate.Split({"kind": "text", "vocab": vocab}, {s: (np.zeros(1), None) for s in text}, text)
+    split = measuring.Split({"kind": "text", "vocab": vocab}, {s: (np.zeros(1), None) for s in text}, text)
     ev = load(evaluate_params()).require("evaluate")
-    measure = evaluate.Measure(split, ev)
+    measure = measuring.Measure(split, ev, tmp_path / "featurizer")
     figures, _ = measure.model(CopyingTextModel(text["train"]))
     assert figures["memorised"] == 1.0
-    d = evaluate.decide("gpt", figures, {"bits_per_char": 2.0}, measure.floor(), None, ev.gate)
+    d = decide("gpt", figures, {"bits_per_char": 2.0}, measure.floor(), None, ev.gate)
     assert d["decision"] == "reject" and d["reasons"][0].startswith("memorisation")
 
 
@@ -119,8 +120,8 @@ def evaluate_params():
 def test_bad_evaluate_params_are_named(tmp_path, bad) -> None:
     import yaml
 
-    from tasks.errors import GenloopError
-    from tasks.params import parse
+    from tasks.core.errors import GenloopError
+    from tasks.core.params import parse
 
     raw = yaml.safe_load(evaluate_params().read_text())
     for key, value in bad.items():

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks import baselines, metrics
+from tasks.quality import baselines, metrics
 
 RNG = np.random.default_rng(0)
 

@@ -1,7 +1,7 @@
 import pytest
 
-from tasks.errors import GenloopError
-from tasks.params import load, parse
+from tasks.core.errors import GenloopError
+from tasks.core.params import load, parse
 
 
 def test_default_params_file_loads(project):

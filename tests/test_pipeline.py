@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from tests.conftest import undeclared_params
+
 pytestmark = pytest.mark.slow
 
 
@@ -20,10 +22,13 @@ def ran(proc) -> set[str]:
     }
 
 
-def test_repro_from_scratch_then_noop_then_only_what_changed(project):
+def test_repro_from_scratch_then_noop_then_only_what_changed(project, tmp_path):
     project.set_params(train=QUICK_TRAIN)
-    first = project.run("dvc", "repro", check=True)
+    log = tmp_path / "params-read.jsonl"
+    first = project.run("dvc", "repro", check=True, env={"GENLOOP_PARAMS_LOG": str(log)})
     assert ran(first) == {"collect", "validate", "augment", "train", "evaluate"}
+    # every stage lists in dvc.yaml each param it read (what it records in lineage included)
+    assert len(log.read_text().splitlines()) == 6 and undeclared_params(log) == {}
     assert (project.root / "dvc.lock").is_file()
     lock = (project.root / "dvc.lock").read_text()
     # a model this brief loses to the baseline: rejected, so there is no champion to package or deploy

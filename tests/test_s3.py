@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from tasks import collect, paths
-from tasks.errors import GenloopError
-from tasks.params import CollectParams
-from tasks.s3 import _get_verified, client
+from tasks import collect
+from tasks.core import paths
+from tasks.core.errors import GenloopError
+from tasks.core.params import CollectParams
+from tasks.ingest.s3 import _get_verified, client
 from tests.s3_server import seaweedfs
 
 pytestmark = pytest.mark.slow
@@ -68,7 +69,7 @@ def test_collect_from_s3_matches_the_uploaded_objects(project, s3, tmp_path):
 
 def test_collect_from_s3_via_the_cli(project, s3, s3_env, text_folder):
     upload_tree(s3, "texts", "corpus", text_folder)
-    project.set_params(data={"source": "s3://texts/corpus/"})
+    project.set_params(data={"source": "s3://texts/corpus/"}, model={"family": "gpt"})
     proc = project.run("genloop", "stage", "collect", env=s3_env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["files"] == 20
@@ -81,8 +82,50 @@ def test_corrupt_object_is_caught_by_its_etag(s3):
     listed = s3.list_objects_v2(Bucket="corrupt", Prefix="x/")["Contents"][0]
     tampered = {**listed, "ETag": '"' + "0" * 32 + '"'}  # what a corrupted transfer would look like
     assert _get_verified(s3, "corrupt", listed, retries=1) == b"hello world"
-    with pytest.raises(GenloopError, match="integrity check 2 times"):
+    with pytest.raises(GenloopError, match="failed 2 times: Corrupt: MD5 does not match the ETag"):
         _get_verified(s3, "corrupt", tampered, retries=2)
+
+
+def test_only_transient_errors_are_retried():
+    """Connection trouble, throttling, 5xx and damaged transfers are tried again; a bug is not."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+    from tasks.ingest.s3 import Corrupt, transient
+
+    def answer(code: str, status: int) -> ClientError:
+        response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return ClientError(response, "GetObject")
+
+    retried = [
+        answer("SlowDown", 503),
+        answer("InternalError", 500),
+        answer("Throttling", 400),
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        ConnectionResetError(),
+        Corrupt("MD5 does not match the ETag"),
+    ]
+    refused = [answer("AccessDenied", 403), answer("NoSuchKey", 404), ValueError("a bug"), KeyError("Body")]
+    assert all(transient(e) for e in retried)
+    assert not any(transient(e) for e in refused)
+
+
+def test_a_bug_is_not_retried(s3, monkeypatch):
+    """An error that is no transfer problem fails at once instead of sleeping through the retries."""
+    import tasks.ingest.s3
+
+    naps: list[float] = []
+    monkeypatch.setattr(tasks.ingest.s3.time, "sleep", naps.append)
+    s3.create_bucket(Bucket="buggy")
+    s3.put_object(Bucket="buggy", Key="x/a.txt", Body=b"hello")
+    listed = s3.list_objects_v2(Bucket="buggy", Prefix="x/")["Contents"][0]
+    with pytest.raises(KeyError):  # a listing entry without its size: our bug, not the network's
+        _get_verified(s3, "buggy", {k: v for k, v in listed.items() if k != "Size"}, retries=5)
+    assert naps == []
+    tampered = {**listed, "ETag": '"' + "0" * 32 + '"'}
+    with pytest.raises(GenloopError):
+        _get_verified(s3, "buggy", tampered, retries=3)
+    assert naps == [0.5, 1.0, 2.0]  # a damaged transfer is tried again, with backoff
 
 
 @pytest.mark.parametrize("case", ["unreachable", "no-bucket", "empty-prefix", "bad-key"])

@@ -189,7 +189,12 @@ def test_rollback_returns_to_the_previous_champion(site):
     second = json.loads((site.root / "artifacts/evaluate/decision.json").read_text())["challenger"]
     assert second != first
     # make the new version champion whatever the gate said, then deploy it
-    site.run("python", "-c", f"from tasks import registry; registry.promote({second!r}, 'test')", check=True)
+    site.run(
+        "python",
+        "-c",
+        f"from tasks.registry import champions; champions.promote({second!r}, 'test')",
+        check=True,
+    )
     site.run("genloop", "stage", "package", check=True)
     site.run("genloop", "deploy", check=True)
     assert httpx.get(site.url + "/version").json()["model"] == second
@@ -250,7 +255,10 @@ def test_a_text_model_served_end_to_end(project):
     project.run("dvc", "repro", "evaluate", check=True)
     version = json.loads((project.root / "artifacts/evaluate/decision.json").read_text())["challenger"]
     project.run(
-        "python", "-c", f"from tasks import registry; registry.promote({version!r}, 'test')", check=True
+        "python",
+        "-c",
+        f"from tasks.registry import champions; champions.promote({version!r}, 'test')",
+        check=True,
     )
     project.run("genloop", "stage", "package", check=True)
     project.run("genloop", "deploy", check=True)

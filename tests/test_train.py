@@ -107,7 +107,7 @@ def test_changed_params_do_not_resume_stale_checkpoints(project):
 
 def test_ddp_on_two_cpu_processes(project):
     # two optimizer steps per Lightning step: each backward must still average gradients over ranks
-    # (tasks.trainer.ReplicaCheck fails the run if the replicas end apart)
+    # (tasks.training.fit.ReplicaCheck fails the run if the replicas end apart)
     prepare(project, strategy="ddp", devices=2, accelerator="cpu", steps_per_execution=2)
     proc = project.run("genloop", "stage", "train", check=True)
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout
@@ -135,7 +135,7 @@ def test_init_from_fine_tunes_an_exported_model(project, tmp_path):
         ({"model": {"family": "diffusion"}}, "model.family"),
         ({"train": {"lr": -0.1}}, "train.lr"),
         ({"train": {"compile": "fastest"}}, "train.compile"),
-        ({"model": {"family": "gpt"}}, "models text data, but data/processed holds image"),
+        ({"model": {"family": "gpt"}}, "models text data, but data/processed (from sklearn:digits) holds"),
         ({"train": {"init_from": "nowhere"}}, "train.init_from: nowhere/model.json not found"),
     ],
 )

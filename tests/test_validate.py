@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from tasks import augment, collect, paths, validate
-from tasks.errors import GenloopError
+from tasks import augment, collect, validate
+from tasks.core import paths
+from tasks.core.errors import GenloopError
 from tests.conftest import write_png
 
 
@@ -25,7 +26,7 @@ def test_digits_pass(project):
 
 
 def test_text_passes(project, text_folder):
-    project.set_params(data={"source": str(text_folder)})
+    project.set_params(data={"source": str(text_folder)}, model={"family": "gpt"})
     assert collect_and_validate(project)["success"]
 
 
@@ -81,7 +82,7 @@ def test_duplicate_rate(project, digit_folder):
 def test_invalid_utf8_and_pii(project, text_folder):
     (text_folder / "broken.txt").write_bytes(b"valid start \xff\xfe then junk")
     (text_folder / "leak.txt").write_text("contact me at jane.doe@example.com, key AKIAABCDEFGHIJKLMNOP")
-    project.set_params(data={"source": str(text_folder)})
+    project.set_params(data={"source": str(text_folder)}, model={"family": "gpt"})
     message, summary = failing(project)
     got = failed(summary)
     assert got["expect_column_values_to_be_in_set:utf8_valid"] == ["files/broken.txt"]
@@ -93,7 +94,7 @@ def test_small_corpus_and_charset(project, tmp_path):
     folder = tmp_path / "tiny"
     folder.mkdir()
     (folder / "a.txt").write_text("ünïcödé " * 20)
-    project.set_params(data={"source": str(folder)})
+    project.set_params(data={"source": str(folder)}, model={"family": "gpt"})
     _, summary = failing(project)
     got = failed(summary)
     assert "expect_column_sum_to_be_between:n_chars" in got
@@ -102,7 +103,11 @@ def test_small_corpus_and_charset(project, tmp_path):
 
 def test_pii_threshold_allows_some_files(project, text_folder):
     (text_folder / "leak.txt").write_text("write to jane.doe@example.com " * 500)
-    project.set_params(data={"source": str(text_folder)}, validate={"text": {"max_pii_file_rate": 0.1}})
+    project.set_params(
+        data={"source": str(text_folder)},
+        model={"family": "gpt"},
+        validate={"text": {"max_pii_file_rate": 0.1}},
+    )
     assert collect_and_validate(project)["success"]
 
 
@@ -122,11 +127,11 @@ def test_failed_batch_is_rejected_and_previous_restored(project, digit_folder):
     assert project.snapshot() == before
 
 
-def test_augment_refuses_data_changed_after_validation(project):
+def test_augment_refuses_data_changed_after_validation(project, digit_folder):
     collect_and_validate(project)
     collect.run(
         project.params().model_copy(
-            update={"data": project.params().data.model_copy(update={"source": "pydoc:topics"})}
+            update={"data": project.params().data.model_copy(update={"source": str(digit_folder)})}
         )
     )
     with pytest.raises(GenloopError, match="changed since it was validated"):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections import deque
 
-from tasks.errors import GenloopError
+from tasks.core.errors import GenloopError
 
 
 def _logger():

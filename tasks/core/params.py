@@ -1,17 +1,29 @@
-"""Typed view of `params.yaml`: one model per section, unknown or ill-typed keys rejected by name."""
+"""Typed view of `params.yaml`: one model per section, unknown or ill-typed keys rejected by name.
+
+The model sections come from the registered families (models/families.py: each family's Config) and
+the service's part of `serve` from service/settings.py, so each key is declared once. The values, and
+so every default, live in params.yaml; only the data-side sections (data, collect, validate, augment)
+have defaults here, so that a project can start from a partial file.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from tasks.errors import GenloopError
+from models.families import FAMILIES, Family
+from service.settings import Limits
+from tasks.core.errors import GenloopError
 
 PARAMS_FILE = "params.yaml"
-BUILTIN_SOURCES = ("sklearn:digits", "pydoc:topics")
+BUILTIN_SOURCES = {"sklearn:digits": "image", "pydoc:topics": "text"}
+Auto = Literal["auto"]
 
 
 class Section(BaseModel):
@@ -42,10 +54,11 @@ class CollectParams(Section):
 
 
 class ImageExpectations(Section):
-    height: int = Field(8, ge=1)
-    width: int = Field(8, ge=1)
-    channels: Literal[1, 3] = 1
-    labels: list[int] | list[str] | None = None
+    # auto: taken from the dataset's reference, recorded from its first batch that passed
+    height: int | Auto = Field("auto", ge=1)
+    width: int | Auto = Field("auto", ge=1)
+    channels: Literal[1, 3, "auto"] = "auto"
+    labels: list[int] | list[str] | Auto | None = "auto"  # None: any label
     min_per_class: int = Field(20, ge=0)
     max_duplicate_rate: float = Field(0.05, ge=0, le=1)
 
@@ -53,7 +66,8 @@ class ImageExpectations(Section):
 class TextExpectations(Section):
     min_chars: int = Field(10_000, ge=1)
     min_charset_coverage: float = Field(0.99, ge=0, le=1)
-    charset: Literal["printable-ascii", "any"] = "printable-ascii"
+    # auto: the characters of the dataset's first batch that passed | printable-ascii | any
+    charset: Literal["auto", "printable-ascii", "any"] = "auto"
     max_pii_file_rate: float = Field(0.0, ge=0, le=1)
 
 
@@ -76,40 +90,26 @@ class AugmentParams(Section):
     image: ImageAugment = ImageAugment()
 
 
-# Model sections: types only. The values live in params.yaml (defaults for library use in models/).
-class VAEParams(Section):
-    latent_dim: int = Field(ge=1)
-    hidden: list[int] = Field(min_length=1)
-    dropout: float = Field(ge=0, lt=1)
-    beta: float = Field(gt=0)
+def family_section(family: Family) -> type[Section]:
+    """The params model of model.<family>: the family's Config fields, with their bounds."""
+    hints = typing.get_type_hints(family.config)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(family.config):
+        bounds = dict(f.metadata)
+        choices = bounds.pop("choices", None)
+        fields[f.name] = (Literal[choices] if choices else hints[f.name], Field(**bounds))
+    return create_model(f"{family.name.upper()}Params", __base__=Section, **fields)
 
 
-class GANParams(Section):
-    latent_dim: int = Field(ge=1)
-    width: int = Field(ge=4)
-    d_steps: int = Field(ge=1)
-    lr_d_factor: float = Field(gt=0)
-    dropout: float = Field(ge=0, lt=1)
+class _ModelBase(Section):
+    family: str
 
-
-class GPTParams(Section):
-    block_size: int = Field(ge=2)
-    n_layer: int = Field(ge=1)
-    n_head: int = Field(ge=1)
-    n_embd: int = Field(ge=1)
-    dropout: float = Field(ge=0, lt=1)
-    bias: bool
-    position: Literal["learned", "rope"]
-    fp32_residual: bool
-    temperature: float = Field(ge=0)
-    top_k: int = Field(ge=0)
-
-
-class ModelParams(Section):
-    family: Literal["vae", "gan", "gpt"]
-    vae: VAEParams | None = None
-    gan: GANParams | None = None
-    gpt: GPTParams | None = None
+    @field_validator("family")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in FAMILIES:
+            raise ValueError(f"unknown model family {v!r} (choose from {', '.join(FAMILIES)})")
+        return v
 
     def family_config(self) -> dict:
         section = getattr(self, self.family)
@@ -118,6 +118,14 @@ class ModelParams(Section):
                 f"params.yaml: model.family is {self.family} but there is no model.{self.family} section"
             )
         return section.model_dump()
+
+
+# family: one of FAMILIES; one optional section per family (only the chosen one must be there)
+ModelParams = create_model(
+    "ModelParams",
+    __base__=_ModelBase,
+    **{name: (family_section(f) | None, None) for name, f in FAMILIES.items()},
+)
 
 
 class TrainParams(Section):
@@ -177,20 +185,14 @@ class PackageParams(Section):
     gpu: bool  # the model service asks for one GPU (and uses it when present)
 
 
-class ServeParams(Section):
+class ServeParams(Section, Limits):
+    """The service's limits (service/settings.py) and where `genloop deploy` runs it."""
+
     host: str
     port: int = Field(ge=1, le=65535)
-    batching: bool
-    max_batch_size: int = Field(ge=1)
-    max_latency_ms: int = Field(ge=1)
-    max_samples: int = Field(ge=1, le=1024)
-    max_length: int = Field(ge=1, le=100_000)
-    max_prompt: int = Field(ge=0)
-    max_concurrency: int = Field(ge=1)
-    timeout_s: float = Field(gt=0)
-    max_body_bytes: int = Field(ge=256)
     ready_timeout_s: float = Field(gt=0)  # deploy waits this long for /readyz
-    docs: bool  # BentoML's API docs page at /
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class Params(Section):
@@ -213,16 +215,51 @@ class Params(Section):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 
 
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The params model of the section at `loc` (('train',), ('model', 'gpt'), ...)."""
+    model: Any = Params
+    for part in loc:
+        fields = model.model_fields
+        name = "validate_" if model is Params and part == "validate" else part
+        if name not in fields:
+            return None
+        annotation = fields[name].annotation
+        candidates = [a for a in typing.get_args(annotation) or (annotation,) if isinstance(a, type)]
+        model = next((a for a in candidates if issubclass(a, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
 def _describe(err: ValidationError) -> str:
+    """One line per mistake: a misspelt key is named with the key it probably meant, and the 'missing'
+    error of that meant key is not repeated (nor the whole section dumped)."""
+    errors = err.errors()
+    meant: set[tuple] = set()
     lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
+    for e in errors:
+        if e["type"] != "extra_forbidden":
+            continue
+        *section, key = (str(p) for p in e["loc"])
+        model = _model_at(tuple(section))
+        valid = [k if k != "validate_" else "validate" for k in (model.model_fields if model else [])]
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else f" (valid: {', '.join(valid)})" if valid else ""
+        lines.append(f"  {'.'.join([*section, key])}: unknown key{hint}")
+        if close:
+            meant.add((*section, close[0]))
+    for e in errors:
+        loc = tuple(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden" or loc in meant:
+            continue
+        if e["type"] == "missing":
+            lines.append(f"  {'.'.join(loc)}: missing")
+        elif e["type"] in ("model_type", "dict_type"):
+            lines.append(f"  {'.'.join(loc)}: must be a section of keys (got {e.get('input')!r})")
         else:
-            got = e.get("input")
-            lines.append(f"  {key}: {e['msg']} (got {got!r})")
-    return "\n".join(lines)
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {'.'.join(loc)}: {msg} (got {e.get('input')!r})")
+    return "\n".join(dict.fromkeys(lines))
 
 
 def parse(raw: dict, origin: str = PARAMS_FILE) -> Params:
@@ -245,3 +282,49 @@ def load(path: str | Path = PARAMS_FILE) -> Params:
     if not isinstance(raw, dict):
         raise GenloopError(f"{path} must be a mapping of sections")
     return parse(raw, str(path))
+
+
+class Recording:
+    """A read-only view of params that notes every key read through it (`dotted.key`; a whole section
+    when it is dumped). `genloop stage` uses it when GENLOOP_PARAMS_LOG names a file, so a test can check
+    each stage's `params:` list in dvc.yaml against what the stage really read."""
+
+    def __init__(self, target: BaseModel, seen: set[str] | None = None, prefix: str = "") -> None:
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_seen", set() if seen is None else seen)
+        object.__setattr__(self, "_prefix", prefix)
+
+    def _key(self, name: str) -> str:
+        name = "validate" if name == "validate_" else name
+        return f"{self._prefix}.{name}" if self._prefix else name
+
+    def _wrap(self, key: str, value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            return Recording(value, self._seen, key)
+        self._seen.add(key)
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if name.startswith("model_") or callable(value):
+            return value if name not in ("model_dump", "family_config") else self._dumping(name, value)
+        return self._wrap(self._key(name), value)
+
+    def _dumping(self, name: str, method):
+        def read_all(*args, **kwargs):
+            key = self._prefix or "*"
+            if name == "family_config":
+                key = f"{self._prefix}.{self._target.family}"
+            self._seen.add(key)
+            return method(*args, **kwargs)
+
+        return read_all
+
+    def require(self, section: str) -> Any:
+        return self._wrap(self._key(section), self._target.require(section))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("params are read-only")
+
+    def read(self) -> list[str]:
+        return sorted(self._seen)

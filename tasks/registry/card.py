@@ -8,25 +8,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-USES = {
-    "vae": (
-        "Generating small class-conditional images like the training data, smooth latent interpolation, "
-        "and likelihood scoring of new images of the same kind (e.g. flagging unusual inputs).",
-        "Decoder means are smooth averages: samples look blurrier than real images. Likelihoods are "
-        "only comparable on images of the same size and preprocessing.",
-    ),
-    "gan": (
-        "Generating small class-conditional images like the training data.",
-        "A GAN has no likelihood: it can drop modes without any held-out loss showing it; watch recall "
-        "and diversity. Not for scoring or detecting unusual inputs.",
-    ),
-    "gpt": (
-        "Generating text in the style of its training corpus from a prompt; scoring text by bits per "
-        "character.",
-        "A small character model: fluent-looking but not factual, it can repeat its training text "
-        "(see memorisation) and only knows the characters of its vocabulary.",
-    ),
-}
+import models
 
 
 def _num(v: object) -> str:
@@ -36,7 +18,7 @@ def _num(v: object) -> str:
 
 
 def markdown(figures: dict, decision: dict, lineage: dict, pictures: list[Path]) -> str:
-    family, tag = figures["family"], figures["version"]
+    family, tag = models.family(figures["family"]), figures["version"]
     model, baseline, champion, floor = (figures[k] for k in ("model", "baseline", "champion", "floor"))
     champion = champion or {}
     lines = [
@@ -75,7 +57,7 @@ def markdown(figures: dict, decision: dict, lineage: dict, pictures: list[Path])
         + (
             f"(closer to a training image than the closest {figures.get('copy_quantile', 0.1):.0%} of real "
             "test images are)."
-            if family != "gpt"
+            if family.kind == "image"
             else "(they repeat a verbatim span of the training text)."
         ),
         "",
@@ -108,8 +90,17 @@ def markdown(figures: dict, decision: dict, lineage: dict, pictures: list[Path])
         lines.append(f"![{p.stem}]({rel})" if p.suffix == ".png" else f"`{rel}`:")
         if p.suffix == ".txt":
             lines += ["", "```text", p.read_text()[:1500].rstrip(), "```"]
-    use, limits = USES[family]
-    lines += ["", "## Intended use", "", use, "", "## Limitations", "", limits, ""]
+    lines += [
+        "",
+        "## Intended use",
+        "",
+        family.intended_use,
+        "",
+        "## Limitations",
+        "",
+        family.limitations,
+        "",
+    ]
     return "\n".join(lines)
 
 

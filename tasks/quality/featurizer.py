@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.storage import content_hash, sha256_bytes, write_json
+from tasks.core.storage import content_hash, sha256_bytes, write_json
 
 WEIGHTS, INFO = "featurizer.safetensors", "featurizer.json"
 
 
 def fingerprint(train_x: np.ndarray, train_y: np.ndarray, seed: int) -> str:
-    import models.featurizer
+    import models.classifier
 
-    code = Path(models.featurizer.__file__).read_bytes()
+    code = Path(models.classifier.__file__).read_bytes()
     return content_hash(
         {
             "x": sha256_bytes(train_x.tobytes()),
@@ -82,10 +82,10 @@ def ensure(
 
 
 def _load(folder: Path, info: dict):
-    from models import load_weights
-    from models.featurizer import Config, Featurizer
+    from models.classifier import Classifier, Config
+    from models.export import load_weights
 
-    net = Featurizer(Config(**info["config"]))
+    net = Classifier(Config(**info["config"]))
     load_weights(net, folder / WEIGHTS)
     return net.eval()
 
@@ -95,10 +95,10 @@ def _train(x: np.ndarray, y: np.ndarray, test: tuple, classes: int, seed: int, e
     import torch
     import torch.nn.functional as F
 
-    from models.featurizer import Config, Featurizer
+    from models.classifier import Classifier, Config
 
     torch.manual_seed(seed)
-    net = Featurizer(Config(channels=x.shape[1], n_classes=classes))
+    net = Classifier(Config(channels=x.shape[1], n_classes=classes))
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     xs = torch.as_tensor(x, dtype=torch.float32) / 255
     ys = torch.as_tensor(y, dtype=torch.long)

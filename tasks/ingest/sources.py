@@ -10,9 +10,9 @@ import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks.errors import GenloopError
-from tasks.params import CollectParams
-from tasks.storage import inside, sha256_bytes
+from tasks.core.errors import GenloopError
+from tasks.core.params import BUILTIN_SOURCES, CollectParams
+from tasks.core.storage import inside, sha256_bytes
 
 SUFFIXES = {".png": "image", ".txt": "text"}
 
@@ -69,12 +69,12 @@ def pydoc_topics(dest: Path) -> list[Entry]:
     ]
 
 
-def local_folder(source: str, dest: Path) -> list[Entry]:
-    """Every .png / .txt under a local folder (hidden files skipped); labels from sub-folder names."""
+def folder_files(source: str) -> list[tuple[Path, str]]:
+    """(path, relative name) of every .png / .txt under a local folder, hidden files skipped."""
     root = Path(source.removeprefix("file://")).expanduser()
     if not root.is_dir():
         raise GenloopError(f"source folder {root} does not exist")
-    entries = []
+    found = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if (
@@ -82,8 +82,15 @@ def local_folder(source: str, dest: Path) -> list[Entry]:
             and path.suffix.lower() in SUFFIXES
             and not any(p.startswith(".") for p in rel.split("/"))
         ):
-            entries.append(put(dest, rel, path.read_bytes(), f"{source.rstrip('/')}/{rel}"))
-    return entries
+            found.append((path, rel))
+    return found
+
+
+def local_folder(source: str, dest: Path) -> list[Entry]:
+    """Every .png / .txt under a local folder (hidden files skipped); labels from sub-folder names."""
+    return [
+        put(dest, rel, path.read_bytes(), f"{source.rstrip('/')}/{rel}") for path, rel in folder_files(source)
+    ]
 
 
 def fetch(source: str, dest: Path, params: CollectParams) -> list[Entry]:
@@ -93,15 +100,26 @@ def fetch(source: str, dest: Path, params: CollectParams) -> list[Entry]:
     if source == "pydoc:topics":
         return pydoc_topics(dest)
     if source.startswith("s3://"):
-        from tasks.s3 import download_prefix
+        from tasks.ingest.s3 import download_prefix
 
         return download_prefix(source, dest, params)
     return local_folder(source, dest)
 
 
-def kind_of(entries: list[Entry], source: str) -> str:
-    """'image' or 'text'; a source mixing both, or holding neither, is refused."""
-    kinds = {SUFFIXES[Path(e.path).suffix.lower()] for e in entries}
+def peek_kind(source: str, params: CollectParams) -> str:
+    """The kind of data at `source`, 'image' or 'text', from its file names alone (nothing fetched)."""
+    if source in BUILTIN_SOURCES:
+        return BUILTIN_SOURCES[source]
+    if source.startswith("s3://"):
+        from tasks.ingest.s3 import list_names
+
+        return kind_of(list_names(source, params), source)
+    return kind_of([rel for _, rel in folder_files(source)], source)
+
+
+def kind_of(names: list[str], source: str) -> str:
+    """'image' or 'text' from file names; a source mixing both, or holding neither, is refused."""
+    kinds = {SUFFIXES[Path(name).suffix.lower()] for name in names}
     if not kinds:
         raise GenloopError(f"source {source} holds no .png or .txt files: nothing to collect")
     if len(kinds) > 1:

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tasks.errors import GenloopError
+from tasks.core.errors import GenloopError
 
 
 def sha256_bytes(data: bytes) -> str:

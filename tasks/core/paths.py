@@ -5,7 +5,7 @@ from pathlib import Path
 DATA = Path("data")
 RAW = DATA / "raw"
 MANIFEST = RAW / "manifest.json"
-# Project-local state outside data/ (see tasks/raw_batches.py).
+# Project-local state outside data/ (see tasks/ingest/batches.py).
 STATE = Path(".genloop")
 RAW_PENDING = STATE / "raw.pending"
 RAW_PREVIOUS = STATE / "raw.previous"
@@ -17,3 +17,7 @@ VALIDATION_SUMMARY = VALIDATE / "summary.json"
 DATA_DOCS = VALIDATE / "data_docs"
 REJECTED = VALIDATE / "rejected"
 AUGMENT = ARTIFACTS / "augment"
+
+# An exported model (artifacts/train/model, a registered version): weights, description, and the training
+# run's own record of what it was trained with (params, commit, data, result)
+TRAINING_RECORD = "training.json"

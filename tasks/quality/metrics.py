@@ -1,6 +1,6 @@
 """Sample-quality metrics for generative models, each a plain function with a known answer on easy cases.
 
-Images are compared in the feature space of the dataset's own small classifier (tasks/featurizer.py):
+Images are compared in the feature space of the dataset's own small classifier (featurizer.py):
 the Fréchet distance (the digits analogue of FID, computed by torchmetrics), k-NN precision and recall
 (Kynkäänniemi et al. 2019) and diversity. Memorisation is measured in pixel space, where a copy is a
 copy. Text is compared by character n-gram distributions, the rate of known words and verbatim copies.
@@ -15,6 +15,20 @@ from collections import Counter
 import numpy as np
 
 WORD = re.compile(r"[A-Za-z]{2,}")
+
+# What each figure in metrics.json, decision.json and the model card measures.
+UNITS = {
+    "nll_bits_per_dim": "bits/dim (8-bit pixels, importance-weighted bound on the NLL)",
+    "bits_per_char": "bits/char",
+    "fd": "Fréchet distance (featurizer space)",
+    "precision": "k-NN precision",
+    "recall": "k-NN recall",
+    "diversity": "mean pairwise feature distance",
+    "memorised": "share of samples counted as copies",
+    "ngram_divergence": "Jensen-Shannon divergence of char n-grams (bits)",
+    "valid_word_rate": "share of words seen in training",
+}
+HIGHER_IS_BETTER = {"precision", "recall", "valid_word_rate"}
 
 
 # --- images (features: float arrays (N, D)) ----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A small image classifier whose penultimate layer is the feature space of evaluation metrics.
+"""A small image classifier whose penultimate layer is the feature space of image metrics.
 
 FID uses an ImageNet Inception network; for 8x8 digits (or a user's own small images) that network is
 the wrong eye and cannot be downloaded here anyway. A small CNN trained once on the dataset's own
@@ -21,7 +21,7 @@ class Config:
     features: int = 64
 
 
-class Featurizer(nn.Module):
+class Classifier(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         w = cfg.width

@@ -1,4 +1,5 @@
-"""Where a model came from: git commit, DVC hashes of its data and model, source, validation, params."""
+"""Where a model came from: the git commit and params it was trained with (its training run's own
+record), the DVC hashes of its data and model, its source, manifest and validation."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks import paths
+from tasks.core import paths
 
 TRACKED = ("data/raw", "data/processed", "artifacts/train/model")
 
@@ -35,17 +36,20 @@ def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
     return found
 
 
-def collect(params: dict) -> dict:
-    """The lineage recorded with every registered model version and printed on its card."""
-    from tasks.storage import read_json, sha256_file
+def record(training: dict) -> dict:
+    """The lineage recorded with every registered model version and printed on its card; `training`
+    is the training run's own record (tasks/training/fit.py: write_record), so the params and commit
+    are those the model was trained with, whatever params.yaml holds now."""
+    from tasks.core.storage import read_json, sha256_file
 
     summary = read_json(paths.VALIDATION_SUMMARY) if paths.VALIDATION_SUMMARY.is_file() else {}
     manifest = read_json(paths.MANIFEST) if paths.MANIFEST.is_file() else {}
     return {
-        "git": git(),
+        "git": training["git"],
         "dvc": dvc_hashes(),
         "source": manifest.get("source"),
         "manifest_sha256": sha256_file(paths.MANIFEST) if paths.MANIFEST.is_file() else None,
         "validation": {"success": summary.get("success"), "files": summary.get("files")},
-        "params": params,
+        "params": training["params"],
+        "trained": training.get("finished"),
     }

@@ -12,8 +12,11 @@ import os
 import shutil
 from pathlib import Path
 
-from tasks import paths
-from tasks.storage import content_hash, read_json
+from tasks.core import paths
+from tasks.core.errors import GenloopError
+from tasks.core.storage import content_hash, read_json
+
+MAX_FILES_LISTED = 20
 
 
 def manifest_hash() -> str | None:
@@ -56,3 +59,37 @@ def reject() -> str | None:
         os.replace(paths.RAW_PREVIOUS, paths.RAW)
     paths.RAW_PENDING.unlink()
     return str(paths.REJECTED)
+
+
+def describe_failures(summary: dict) -> str:
+    lines = [
+        f"validation failed: {len(summary['failures'])} expectation(s) not met on {summary['files']} files"
+    ]
+    for f in summary["failures"]:
+        what = f"{f['expectation']}({f['column']})"
+        detail = (
+            f"observed {f['observed']}"
+            if f["observed"] is not None
+            else f"{f['unexpected_count']} unexpected"
+        )
+        shown = f["files"][:MAX_FILES_LISTED]
+        more = f" (+{len(f['files']) - len(shown)} more)" if len(f["files"]) > len(shown) else ""
+        lines.append(f"  - {what}: {detail}" + (f"; files: {', '.join(shown)}{more}" if shown else ""))
+    if summary.get("rejected"):
+        lines.append(
+            f"the rejected batch is in {summary['rejected']}; data/raw holds the last validated batch again"
+        )
+    lines.append(f"data docs: {summary['data_docs']}  (nothing downstream was written)")
+    return "\n".join(lines)
+
+
+def require_passed() -> dict:
+    """The gate for every later stage: data/raw must be exactly what validate passed."""
+    summary = read_json(paths.VALIDATION_SUMMARY)
+    if not summary.get("success"):
+        raise GenloopError(
+            "data/raw failed validation: fix the data and run validate again\n" + describe_failures(summary)
+        )
+    if not is_validated():
+        raise GenloopError("data/raw changed since it was validated: run validate first")
+    return summary

@@ -11,9 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from tasks.errors import GenloopError
-from tasks.params import CollectParams
-from tasks.sources import SUFFIXES, Entry, put
+from tasks.core.errors import GenloopError
+from tasks.core.params import CollectParams
+from tasks.ingest.sources import SUFFIXES, Entry, put
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -58,31 +58,61 @@ def list_objects(s3, bucket: str, prefix: str) -> list[dict]:
     return sorted(objects, key=lambda o: o["Key"])
 
 
+def list_names(uri: str, params: CollectParams) -> list[str]:
+    """The keys of the .png/.txt objects under s3://bucket/prefix (a listing, nothing downloaded)."""
+    bucket, prefix = split_uri(uri)
+    try:
+        return [o["Key"] for o in list_objects(client(params), bucket, prefix)]
+    except Exception as err:
+        raise _explain(err, uri) from None
+
+
+class Corrupt(OSError):
+    """An object whose bytes do not match its listing (size) or its ETag (MD5): a damaged transfer."""
+
+
+# error codes S3 (and compatible stores) answer when asked to slow down
+THROTTLING = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+
+
+def transient(err: Exception) -> bool:
+    """Worth another attempt: a dropped, reset or timed-out connection, a damaged transfer, throttling,
+    or a server error (5xx). Anything else (access denied, no such key, a bug here) fails at once."""
+    from botocore.exceptions import (
+        ChecksumError,
+        ClientError,
+        FlexibleChecksumError,
+        HTTPClientError,
+        IncompleteReadError,
+    )
+    from botocore.exceptions import ConnectionError as S3ConnectionError
+
+    if isinstance(err, ClientError):
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return err.response.get("Error", {}).get("Code") in THROTTLING or status >= 500
+    network = (S3ConnectionError, HTTPClientError, IncompleteReadError, ConnectionError, TimeoutError)
+    return isinstance(err, (Corrupt, ChecksumError, FlexibleChecksumError, *network))
+
+
 def _get_verified(s3, bucket: str, obj: dict, retries: int) -> bytes:
-    """Download one object, retrying with backoff until its size and checksums agree."""
+    """Download one object, retrying transient failures with backoff until its size and checksums agree."""
     etag = obj["ETag"].strip('"')
     last: Exception | None = None
     for attempt in range(retries):
         try:
             body = s3.get_object(Bucket=bucket, Key=obj["Key"], ChecksumMode="ENABLED")["Body"].read()
             if len(body) != obj["Size"]:
-                raise OSError(f"size {len(body)} != listed {obj['Size']}")
+                raise Corrupt(f"size {len(body)} != listed {obj['Size']}")
             # A multipart ETag ("...-N") is not an MD5 of the body; botocore's checksum check covers those.
             if "-" not in etag and hashlib.md5(body, usedforsecurity=False).hexdigest() != etag:
-                raise OSError("MD5 does not match the ETag")
+                raise Corrupt("MD5 does not match the ETag")
             return body
         except Exception as err:
-            from botocore.exceptions import ClientError
-
-            if isinstance(err, ClientError) and err.response.get("Error", {}).get("Code") in {
-                "AccessDenied",
-                "NoSuchKey",
-                "NoSuchBucket",
-            }:
+            if not transient(err):
                 raise
             last = err
             time.sleep(min(0.5 * 2**attempt, 8.0))
-    raise GenloopError(f"s3://{bucket}/{obj['Key']} failed its integrity check {retries} times: {last}")
+    raise GenloopError(f"s3://{bucket}/{obj['Key']} failed {retries} times: {type(last).__name__}: {last}")
 
 
 def download_prefix(uri: str, dest: Path, params: CollectParams) -> list[Entry]:

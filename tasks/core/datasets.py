@@ -1,0 +1,70 @@
+"""The processed-data format that augment writes and train, evaluate and the benches read, and the
+name a dataset goes by.
+
+data/processed/meta.json describes the dataset: kind, shape and classes (images) or vocabulary (text),
+split sizes, source and seed. Images are {split}_x.npy (uint8, N x C x H x W) and {split}_y.npy (int64
+class ids); text is {split}.npy (uint16 character ids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tasks.core import paths
+from tasks.core.errors import GenloopError
+
+SPLITS = ("train", "val", "test")
+
+
+def load_splits(
+    processed: Path = paths.PROCESSED, names: tuple[str, ...] = ("train", "val")
+) -> tuple[dict, dict]:
+    """(meta.json, {split: (x, y)}) from data/processed; y is None for text."""
+    import numpy as np
+
+    meta_path = processed / "meta.json"
+    if not meta_path.is_file():
+        raise GenloopError(f"{meta_path} not found: run the data stages first (dvc repro augment)")
+    meta = json.loads(meta_path.read_text())
+    if meta["kind"] == "image":
+        splits = {s: (np.load(processed / f"{s}_x.npy"), np.load(processed / f"{s}_y.npy")) for s in names}
+    else:
+        splits = {s: (np.load(processed / f"{s}.npy"), None) for s in names}
+    return meta, splits
+
+
+def describe(meta: dict) -> dict[str, Any]:
+    """What a model must know of its data, and what a model trained on other data differs in."""
+    if meta["kind"] == "image":
+        return {"kind": "image", "shape": meta["shape"], "classes": meta["classes"]}
+    return {"kind": "text", "vocab": meta["vocab"]}
+
+
+def name(source: str) -> str:
+    """A short, stable, file-safe name for the dataset at `source`: `sklearn-digits`, `pydoc-topics`,
+    or the folder's (or S3 prefix's) last part and a hash of the whole address, e.g. `shapes-1a2b3c`."""
+    if source.startswith(("sklearn:", "pydoc:")):
+        return source.replace(":", "-")
+    if source.startswith("s3://"):
+        address = source.rstrip("/")
+    else:
+        address = str(Path(source.removeprefix("file://")).expanduser().resolve())
+    last = re.sub(r"[^A-Za-z0-9_.-]+", "-", address.rstrip("/").rsplit("/", 1)[-1]).strip("-.") or "data"
+    return f"{last[:40]}-{hashlib.sha256(address.encode()).hexdigest()[:6]}"
+
+
+def require_family_fits(family: str, kind: str, where: str) -> None:
+    """A GenloopError naming the families that fit, when model family `family` cannot model `kind`
+    data (found at `where`)."""
+    import models
+
+    if models.family(family).kind != kind:
+        fit = " or ".join(models.for_kind(kind))
+        raise GenloopError(
+            f"model.family {family} models {models.family(family).kind} data, but {where} holds {kind}: "
+            f"use model.family {fit} (or another data.source)"
+        )

@@ -1,0 +1,1 @@
+"""Running a Bento on this machine: the managed `bentoml serve` process behind deploy and rollback."""

@@ -1,0 +1,85 @@
+"""What a training run shows and checks besides learning: sample pictures as it goes, a progress bar in
+optimizer steps, and equal replicas under DDP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+import models
+from tasks.core.errors import GenloopError
+
+
+class SampleWriter(pl.Callback):
+    """Every N epochs (and at the end): a sample grid (PNG) or sample text, for a look while it trains."""
+
+    def __init__(self, every: int, folder: Path, live: Any = None) -> None:
+        self.every, self.folder, self.live = every, folder, live
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        epoch = trainer.current_epoch + 1
+        if self.every and epoch % self.every == 0 and trainer.is_global_zero:
+            write_samples(module.model, self.folder, f"epoch_{epoch:04d}", self.live)
+
+    def on_train_end(self, trainer, module) -> None:
+        if trainer.is_global_zero:
+            write_samples(module.model, self.folder, "final", self.live)
+
+
+def write_samples(model, folder: Path, name: str, live: Any = None) -> Path:
+    """Fixed seed, so successive pictures show the model changing, not the noise."""
+    from tasks.core.pictures import save_grid
+
+    was = model.training
+    model.eval()
+    try:
+        if "text" in models.family(model.family).pictures:
+            texts = model.sample(4, seed=0, length=300)
+            path = folder / f"{name}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n\n----\n\n".join(texts) + "\n")
+        else:
+            n_classes = len(model.data.get("classes") or []) or 8
+            images = model.sample(n_classes * 8, seed=0).cpu().numpy()
+            path = save_grid(images, folder / f"{name}.png", cols=n_classes)
+            if live is not None:
+                live.log_image("samples.png", str(path))
+    finally:
+        model.train(was)
+    return path
+
+
+class StepProgressBar(pl.callbacks.TQDMProgressBar):
+    """Lightning's bar, counting optimizer steps: a Lightning step runs train.steps_per_execution of them."""
+
+    @property
+    def total_train_batches(self) -> int:
+        return self.trainer.datamodule.steps_per_epoch
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        done = trainer.datamodule.steps_of(batch_idx).stop  # optimizer steps of this epoch so far
+        super().on_train_batch_end(trainer, module, outputs, batch, done - 1)
+
+    def get_metrics(self, trainer, module) -> dict:
+        metrics = super().get_metrics(trainer, module)
+        metrics.pop("v_num", None)  # the logger's run name, not a figure
+        return metrics
+
+
+class ReplicaCheck(pl.Callback):
+    """Under DDP every process must end with the same weights; if gradient averaging ever missed a step,
+    the replicas drift apart silently and rank 0 would export only its own. Fail loudly instead."""
+
+    def on_train_end(self, trainer, module) -> None:
+        import torch
+
+        if trainer.world_size < 2:
+            return
+        sums = torch.stack([p.detach().double().sum() for p in module.model.net.parameters()])
+        gathered = module.all_gather(sums)  # (world, parameters)
+        if not torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=1e-6, atol=1e-9):
+            raise GenloopError(
+                "train: the DDP replicas ended with different weights (gradients not averaged)"
+            )

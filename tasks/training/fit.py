@@ -1,0 +1,300 @@
+"""Training a model family: the Lightning Trainer around it, resume, export and the run's own record.
+
+`fit(model_params, train)` trains (or resumes) on data/processed and writes artifacts/train/:
+checkpoints/ (last + best, each carrying a fingerprint of what it was trained on), model/ (weights,
+description and training.json, the run's record of what it was trained with), samples/, live/ (dvclive)
+and metrics.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+import models
+from models import export
+from models.common import GenerativeModel
+from tasks.core import paths
+from tasks.core.datasets import describe, load_splits, require_family_fits
+from tasks.core.errors import GenloopError
+from tasks.core.params import ModelParams, TrainParams
+from tasks.training.module import Optim, Trainee
+
+TRAIN = paths.ARTIFACTS / "train"
+EXPORT = TRAIN / "model"
+METRICS = TRAIN / "metrics.json"
+RECORD = paths.TRAINING_RECORD
+# Training figures are logged about every this many optimizer steps: a self.log costs ~0.5 ms.
+LOG_EVERY = 50
+
+
+def build(model_params: ModelParams, train: TrainParams, meta: dict) -> Trainee:
+    """The family of model.family on this data, ready for Lightning (and started from train.init_from)."""
+    family = models.family(model_params.family)
+    require_family_fits(family.name, meta["kind"], f"data/processed (from {meta.get('source')})")
+    try:
+        model = export.build(family.name, model_params.family_config(), describe(meta))
+    except (ValueError, AssertionError) as err:
+        raise GenloopError(f"model.{family.name}: {err}") from None
+    if train.init_from:
+        init_from(model, train.init_from)
+    optim = Optim(
+        train.lr, train.weight_decay, train.warmup_steps, train.schedule, train.grad_clip, train.seed
+    )
+    return Trainee(model, optim)
+
+
+def init_from(model, source: str) -> None:
+    """Fine-tune from an exported model folder or a registered version (`genloop-gpt:champion`,
+    `genloop-gpt:<version>`): same family, same data layout (shape or vocabulary)."""
+    folder = Path(source)
+    if not folder.exists() and ":" in source:
+        from tasks.registry import store
+
+        folder = store.resolve(source)
+    try:
+        d = export.describe(folder)
+    except FileNotFoundError as err:
+        raise GenloopError(f"train.init_from: {err}") from None
+    if d["family"] != model.family:
+        raise GenloopError(f"train.init_from: {folder} holds a {d['family']} model, not a {model.family}")
+    try:
+        export.load_weights(model.net, folder / export.WEIGHTS)
+    except RuntimeError as err:
+        raise GenloopError(
+            f"train.init_from: {folder} does not fit this model's shape ({config_changes(model, d)}): "
+            f"{str(err).splitlines()[0]}"
+        ) from None
+
+
+def config_changes(model, described: dict) -> str:
+    """What differs between an exported model's config and this run's model.<family> section."""
+    theirs = described["config"]
+    changes = [f"{k}: {theirs.get(k)} there, {v} here" for k, v in model.config.items() if theirs.get(k) != v]
+    if not changes:
+        return "same config, different data: vocabulary or image shape"
+    return f"model.{model.family} differs, " + "; ".join(changes)
+
+
+def fingerprint(model_params: ModelParams, train: TrainParams, meta: dict) -> str:
+    """What a checkpoint must match to be resumed: model config, training params, data, and the code of
+    the models and of this training loop."""
+    folders = (Path(models.__file__).parent, Path(__file__).parent)
+    code = {f"{p.parent.name}/{p.name}": p.read_text() for d in folders for p in sorted(d.glob("*.py"))}
+    blob = json.dumps(
+        {"model": model_params.model_dump(), "train": train.model_dump(), "data": meta, "code": code},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def resumable(last: Path, stamp: str) -> bool:
+    """Was the checkpoint at `last` written by a run of exactly this fingerprint?"""
+    import torch
+
+    if not last.is_file():
+        return False
+    try:
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("fingerprint")
+    except Exception:  # a checkpoint cut short by a crash, or from an older genloop: start afresh
+        return False
+    return saved == stamp
+
+
+def resolve_precision(train: TrainParams) -> str:
+    import torch
+
+    if train.precision != "auto":
+        return train.precision
+    on_gpu = train.accelerator in ("gpu", "cuda") or (
+        train.accelerator == "auto" and torch.cuda.is_available()
+    )
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def make_data(meta: dict, splits: dict, model, train: TrainParams):
+    from tasks.training.data import DeviceData
+
+    return DeviceData(
+        meta["kind"],
+        splits,
+        batch_size=train.batch_size,
+        seed=train.seed,
+        steps_per_epoch=train.steps_per_epoch,
+        block_size=model.cfg.block_size if meta["kind"] == "text" else 0,
+        val_batches=train.val_batches,
+        steps_per_execution=train.steps_per_execution,
+    )
+
+
+class _NoTips(logging.Filter):
+    """Lightning's advertisements for its cloud services say nothing about this run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for target in (logger, *logger.handlers):
+            if not any(isinstance(f, _NoTips) for f in target.filters):
+                target.addFilter(_NoTips())
+    # torch 2.13 deprecates a pytree class Lightning 2.6 still uses: nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*deprecated", category=FutureWarning)
+
+
+def fit(
+    model_params: ModelParams,
+    train: TrainParams,
+    processed: Path = paths.PROCESSED,
+    out: Path = TRAIN,
+    live_metrics: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Train (or resume) and export. Returns the metrics written to metrics.json.
+
+    The run seeds torch's global generator (initial weights, dropout) inside a fork of it: the caller's
+    generator state is the same afterwards, so runs in one process do not disturb each other."""
+    import torch
+
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        return _fit(model_params, train, processed, out, live_metrics, progress)
+
+
+def _fit(
+    model_params: ModelParams,
+    train: TrainParams,
+    processed: Path,
+    out: Path,
+    live_metrics: bool,
+    progress: bool,
+) -> dict:
+    import torch
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    from tasks.training.callbacks import ReplicaCheck, SampleWriter, StepProgressBar
+
+    quiet_lightning()
+    meta, splits = load_splits(processed)
+    torch.manual_seed(train.seed)  # the initial weights
+    trainee = build(model_params, train, meta)
+    model = trainee.model
+    checkpoints, rank0 = out / "checkpoints", int(os.environ.get("LOCAL_RANK", "0")) == 0
+    trainee.fingerprint = fingerprint(model_params, train, meta)
+    last = checkpoints / "last.ckpt"
+    resume = resumable(last, trainee.fingerprint)
+    if rank0 and not resume:  # different params, data or code: the old checkpoints do not apply
+        shutil.rmtree(checkpoints, ignore_errors=True)
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
+    if train.compile and type(model).training_loss is not GenerativeModel.training_loss:
+        mode = None if train.compile is True else train.compile
+        model.training_loss = torch.compile(model.training_loss, mode=mode)  # forward + loss (not GAN)
+    data = make_data(meta, splits, model, train)
+
+    logger: Any = False
+    live = None
+    if live_metrics:
+        from dvclive.lightning import DVCLiveLogger
+
+        # dvcyaml=False: our dvc.yaml declares the plots; dvclive must not edit that tracked file
+        logger = DVCLiveLogger(
+            dir=str(out / "live"), save_dvc_exp=False, resume=resume, report=None, dvcyaml=False
+        )
+        live = logger.experiment
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoints, filename="best", monitor="val_loss", mode="min", save_last=True
+    )
+    callbacks: list = [checkpoint]
+    if train.ema_decay:  # validation, checkpoints and the export then see the averaged weights
+        from tasks.training.averaging import WeightEMA
+
+        # before SampleWriter: at the end of training the average is in place when the last samples are drawn
+        callbacks.append(WeightEMA(train.ema_decay, train.steps_per_execution))
+    callbacks += [SampleWriter(train.sample_every_n_epochs, out / "samples", live), ReplicaCheck()]
+    if train.early_stopping_patience:
+        callbacks.append(EarlyStopping("val_loss", patience=train.early_stopping_patience, mode="min"))
+    if progress:
+        callbacks.append(StepProgressBar())
+    trainer = pl.Trainer(
+        max_epochs=train.max_epochs,
+        accelerator=train.accelerator,
+        devices=train.devices,
+        strategy=train.strategy,
+        num_nodes=train.num_nodes,
+        precision=resolve_precision(train),
+        callbacks=callbacks,
+        logger=logger,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # our samplers split batches by rank themselves
+        deterministic=False,
+        log_every_n_steps=max(1, round(LOG_EVERY / train.steps_per_execution)),
+        num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        if resume:  # the folder holds the checkpoint we resume from, on purpose
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(trainee, datamodule=data, ckpt_path=str(last) if resume else None)
+    seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return {}
+
+    best = checkpoint.best_model_path
+    if best:  # export the best epoch, not the last one
+        trainee.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    model = trainee.model.cpu()
+    export.save(model, out / "model")
+    family = models.family(model.family)
+    metrics = {
+        "family": family.name,
+        "val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "val_loss_unit": family.heldout_unit,
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "resumed": resume,
+        "seconds": round(seconds, 2),
+        "parameters": sum(p.numel() for p in model.net.parameters()),
+    }
+    write_record(out / "model" / RECORD, model_params, train, meta, metrics)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def write_record(
+    path: Path, model_params: ModelParams, train: TrainParams, meta: dict, metrics: dict
+) -> None:
+    """What this model was trained with, exported beside its weights: the registry's lineage reads it,
+    not params.yaml, which may have changed since."""
+    import datetime as dt
+
+    from tasks.core.storage import write_json
+    from tasks.registry.lineage import git
+
+    family = model_params.family
+    write_json(
+        path,
+        {
+            "params": {
+                "model": {"family": family, family: model_params.family_config()},
+                "train": train.model_dump(),
+            },
+            "data": {k: meta.get(k) for k in ("source", "seed", "counts")},
+            "git": git(),
+            "result": {k: v for k, v in metrics.items() if k != "family"},
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
