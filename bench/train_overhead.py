@@ -121,12 +121,12 @@ def timed_fit(
 
     class Clock(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if plain is None and "start" not in m and trainer.global_step >= warmup:
+            if plain is None and "start" not in m and module.steps_done >= warmup:
                 sync()
-                m["start"], m["from"] = time.perf_counter(), trainer.global_step
+                m["start"], m["from"] = time.perf_counter(), module.steps_done
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            step = trainer.global_step
+            step = module.steps_done  # optimizer steps so far
             if plain is None:  # synchronise only at the ends: a sync per step would stall the host
                 if "start" in m and "end" not in m and step >= warmup + steps:
                     sync()

@@ -36,7 +36,8 @@ class GenerativeModel(nn.Module):
 
     - `net`: the plain nn.Module whose weights are exported (safetensors).
     - `train_step(batch, update, noise)`: one optimisation step on a batch (calls `update` once per
-      optimizer step it takes); returns the figures to log, in the units people read.
+      optimizer step it takes); returns its losses, which `training_figures` turns into the figures
+      people read (only when they are logged: a small model's step is a few milliseconds).
     - `heldout_loss(batch)`: the per-batch held-out figure logged as `val_loss` (lower is better).
     - `sample(n, condition=None, seed=None)`: images as a float tensor (n, C, H, W) in [0, 1], or
       texts; `sample_batch(jobs)`: many such calls at once, each as if alone.
@@ -72,13 +73,13 @@ class GenerativeModel(nn.Module):
         """The families with one optimizer: minimise `training_loss`."""
         loss = self.training_loss(batch, noise)
         update(0, loss)
-        return self.training_figures(loss)
+        return {"loss": loss}
 
     def training_loss(self, batch, noise: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    def training_figures(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"train_loss": loss}
+    def training_figures(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {f"train_{k}": v.detach() for k, v in losses.items()}
 
     def heldout_loss(self, batch) -> torch.Tensor:
         raise NotImplementedError

@@ -120,7 +120,7 @@ class Model(GenerativeModel):
             update(0, loss_d)
         loss_g = -self.net.D(self.net.G(self.latents(len(x), noise), y), y).mean()
         update(1, loss_g)
-        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
+        return {"loss_d": loss_d, "loss_g": loss_g}  # hinge losses, as training_figures shows them
 
     def heldout_loss(self, batch) -> torch.Tensor:
         x, y = batch

@@ -143,8 +143,8 @@ class Model(GenerativeModel):
         # one): the training loop seeds it once per run and keeps its state in the checkpoints.
         return self.loss(*batch)
 
-    def training_figures(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"train_bits_per_char": loss.detach() / math.log(2)}
+    def training_figures(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"train_bits_per_char": losses["loss"].detach() / math.log(2)}
 
     def heldout_loss(self, batch) -> torch.Tensor:
         return self.loss(*batch) / math.log(2)  # bits per character

@@ -97,9 +97,9 @@ class Model(GenerativeModel):
         rec, kl = self.elbo_terms(self.dequantise(x, noise), y, noise)
         return (rec + self.cfg.beta * kl).mean()
 
-    def training_figures(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    def training_figures(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # on the 8-bit scale (positive, comparable with val_loss), not the density's nats, which go negative
-        return {"train_bits_per_dim": self.bits_per_dim(loss.detach())}
+        return {"train_bits_per_dim": self.bits_per_dim(losses["loss"].detach())}
 
     def heldout_loss(self, batch) -> torch.Tensor:
         x, y = batch

@@ -7,11 +7,18 @@
 - More than `max_concurrency` API requests in flight get 429 (with Retry-After) at once, and one
   running past `timeout_s` gets 504; health checks are never queued behind them, so /readyz answers
   while the service is saturated.
+- The API routes take JSON only: any other Content-Type gets 415 (BentoML picks its parser from the
+  header, and a form parser answers a malformed multipart body with a 500).
+- Every 4xx answer has one shape, {"error": "<one line>"}: BentoML's validation errors (a list of
+  pydantic errors with documentation links) and its list-wrapped exceptions are rewritten.
+- The OpenAPI document (/docs.json) gains what this guard answers (401, 413, 415, 429, 504), the
+  required body, and a link from a generated sample to rating it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import os
@@ -45,11 +52,15 @@ class Guard:
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return await _reply(send, 413, f"request body over {self.max_body} bytes")
         receive = self._bounded(receive)
+        if path == "/docs.json":
+            return await self.app(scope, receive, _rewrite_json(send, _document))
         if path not in LIMITED:
             try:
                 return await self.app(scope, receive, send)
             except TooLarge:
                 return await _reply(send, 413, f"request body over {self.max_body} bytes")
+        if scope["method"] == "POST" and (problem := _not_json(headers.get(b"content-type"))):
+            return await _reply(send, 415, problem)
         if self.in_flight >= self.max_concurrency:
             return await _reply(send, 429, f"busy: {self.max_concurrency} requests in flight, retry shortly",
                                 [(b"retry-after", b"1")])  # fmt: skip
@@ -62,7 +73,7 @@ class Guard:
             await send(message)
 
         try:
-            await asyncio.wait_for(self.app(scope, receive, tracking_send), self.timeout)
+            await asyncio.wait_for(self.app(scope, receive, _one_error_shape(tracking_send)), self.timeout)
         except TooLarge:
             if not started:
                 await _reply(send, 413, f"request body over {self.max_body} bytes")
@@ -93,6 +104,123 @@ class Guard:
             return message
 
         return wrapped
+
+
+ANSWERS = {  # what Guard itself answers on the API routes, for the OpenAPI document
+    "413": "Request body too large",
+    "415": "Request body not sent as application/json",
+    "429": "Too many requests in flight; retry after Retry-After seconds",
+    "504": "The request took longer than the service's time limit",
+}
+
+
+def _document(doc: dict) -> dict:
+    """Complete BentoML's OpenAPI document for the API routes: the JSON body is required, and the
+    answers Guard gives are listed (401 only when an API key is set)."""
+    answers = ANSWERS | ({"401": "Missing or wrong API key"} if os.environ.get("GENLOOP_API_KEY") else {})
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/InvalidArgument"}}}
+    for path in LIMITED:
+        op = doc.get("paths", {}).get(path, {}).get("post")
+        if op is None:
+            continue
+        if "requestBody" in op:
+            op["requestBody"]["required"] = True
+        for status, why in answers.items():
+            op["responses"].setdefault(status, {"description": why, "content": error})
+    gen, fb = (doc.get("paths", {}).get(p, {}).get("post") for p in LIMITED)
+    if gen and fb:  # lets a stateful client (schemathesis) rate a sample it was given
+        gen["responses"]["200"]["links"] = {"RateSample": {
+            "operationId": fb["operationId"],
+            "requestBody": {"sample_id": "$response.body#/samples/0/id", "rating": 5}}}  # fmt: skip
+    return doc
+
+
+def _rewrite_json(send, rewrite):
+    """A send that passes a 200 JSON answer through rewrite(data) (for small, whole documents)."""
+    start = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and message["status"] == 200:
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = b"".join(chunks)
+        with contextlib.suppress(ValueError):  # not JSON: as it came
+            body = json.dumps(rewrite(json.loads(body))).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
+def _not_json(content_type: bytes | None) -> str | None:
+    """Why a request body is not JSON by its Content-Type, or None. BentoML picks its parser from the
+    header, not from the route: multipart/form-data and x-www-form-urlencoded go to a form parser
+    (a 500 on a malformed one), anything else is read as JSON."""
+    media = (content_type or b"").split(b";")[0].strip().lower()
+    if media == b"application/json":
+        return None
+    got = media.decode("latin-1") or "none"
+    return f"send a JSON body with Content-Type: application/json (got {got})"
+
+
+def _one_error_shape(send):
+    """Rewrite BentoML's 4xx bodies into {"error": "<one line>"}: its validation errors come as
+    {"error": "1 validation error for X", "detail": [pydantic errors with doc URLs]}, and an
+    InvalidArgument raised by a route as a one-element list [{"error": ...}]."""
+    start = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = json.dumps({"error": _error_line(b"".join(chunks))}).encode()
+        headers = [
+            (k, v)
+            for k, v in start.get("headers", [])
+            if k.lower() not in (b"content-length", b"content-type")
+        ]
+        await send({**start, "headers": [*headers, (b"content-type", b"application/json"),
+                                         (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
+def _error_line(raw: bytes) -> str:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace").strip() or "bad request"
+    if isinstance(data, list) and len(data) == 1:  # BentoML renders a 4xx BentoMLException as a list
+        data = data[0]
+    if isinstance(data, dict) and isinstance(data.get("detail"), list) and data["detail"]:
+        problems = [_problem(e) for e in data["detail"] if isinstance(e, dict)]
+        return "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+    if isinstance(data, dict) and "error" in data:
+        return " ".join(str(data["error"]).split())
+    return " ".join(json.dumps(data).split())
+
+
+def _problem(err: dict) -> str:
+    """One pydantic error as `field: message`, without its input or documentation URL."""
+    where = ".".join(str(p) for p in err.get("loc") or ())
+    msg = " ".join(str(err.get("msg", "invalid value")).split()).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
 
 
 class TooLarge(Exception):

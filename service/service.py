@@ -5,8 +5,9 @@
   one model call (`max_batch_size`, `max_latency_ms`). It asks for a GPU when packaged with `gpu`.
 - `Genloop` is the public API: `POST /generate`, `POST /feedback`, `GET /version`, the web page at
   `/ui`, and BentoML's own `/livez`, `/readyz`, `/metrics` and API docs at `/`. It validates requests
-  (400/422 with the reason), logs every request and stores feedback durably (service/store.py), and
-  sits behind service/guard.py (API key, body size, concurrency, timeout).
+  against bodies shaped by the served model (service/requests.py: 400 with the reason), logs every
+  request and stores feedback durably (service/store.py), and sits behind service/guard.py (API key,
+  JSON only, body size, concurrency, timeout, one error shape).
 
 Serve from source with `bentoml serve service.service:Genloop --arg model=genloop-vae:<version>`, or
 build a Bento with `genloop stage package` and run `genloop deploy`.
@@ -19,28 +20,29 @@ import io
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated
 
 import bentoml
-from bentoml.exceptions import InvalidArgument, ServiceUnavailable
-from pydantic import BaseModel, ConfigDict, Field
+from bentoml.exceptions import NotFound, ServiceUnavailable
 
 from service.guard import Guard
+from service.requests import FeedbackRequest, generate_request
 from service.settings import Settings
 
 SETTINGS = bentoml.use_arguments(Settings)
 UI = Path(__file__).parent / "ui"
 
 
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+def _described() -> dict:
+    """The served version's description (family, config, data): the request body depends on it."""
+    from models import export
 
-    n: Annotated[int, Field(ge=1, le=SETTINGS.max_samples, description="samples to draw")] = 4
-    seed: Annotated[int | None, Field(ge=0, le=2**62, description="same seed, same samples")] = None
-    label: Annotated[str | None, Field(max_length=64, description="image class (images only)")] = None
-    prompt: Annotated[str | None, Field(max_length=SETTINGS.max_prompt, description="text prompt")] = None
-    temperature: Annotated[float | None, Field(ge=0, le=5, description="text: 0 = greedy")] = None
-    length: Annotated[int, Field(ge=1, le=SETTINGS.max_length, description="text: new characters")] = 200
+    return export.describe(bentoml.models.get(SETTINGS.model).path)
+
+
+DESCRIBED = _described()
+KIND = DESCRIBED["data"]["kind"]
+CLASSES = [str(c) for c in DESCRIBED["data"].get("classes") or []]
+GenerateRequest = generate_request(SETTINGS, KIND, CLASSES, list(DESCRIBED["data"].get("vocab") or []))
 
 
 def _png(image) -> str:
@@ -88,12 +90,11 @@ class Generator:
     def __init__(self) -> None:
         import torch
 
-        import models
         from models import export
 
         self.device = "cuda" if torch.cuda.is_available() and SETTINGS.gpu else "cpu"
         self.model = export.load(self.model_ref.path, map_location=self.device).to(self.device)
-        self.kind = models.family(self.model.family).kind
+        self.kind = KIND
 
     def _run(self, jobs: list[dict]) -> list[dict]:
         import torch
@@ -145,18 +146,15 @@ def _page_app():
 
 def model_info() -> dict:
     """The served version and its lineage, from the registry entry packaged into the Bento."""
-    from models import export
-
     model = bentoml.models.get(SETTINGS.model)
     meta = model.info.metadata
     data = meta.get("lineage", {})
-    described = export.describe(model.path)["data"]
     return {
         "model": str(model.tag),
-        "family": model.info.labels.get("family"),
-        "kind": described["kind"],
-        "classes": described.get("classes"),
-        "vocab": described.get("vocab"),
+        "family": DESCRIBED["family"],
+        "kind": KIND,
+        "classes": DESCRIBED["data"].get("classes"),
+        "vocab": DESCRIBED["data"].get("vocab"),
         "lineage": {k: data.get(k) for k in ("git", "dvc", "source", "manifest_sha256", "validation")},
         "metrics": meta.get("metrics"),
         "batching": SETTINGS.batching,
@@ -178,25 +176,14 @@ class Genloop:
 
         self.store = Store()
         self.info = model_info()
-        self.classes = [str(c) for c in self.info.get("classes") or []]
 
-    def _job(self, req: GenerateRequest) -> dict:
-        """The model's arguments, or a 400 that says what is wrong with the request."""
+    def _job(self, req) -> dict:
+        """The model's arguments for a request its body model has already checked."""
         job: dict = {"n": req.n, "seed": req.seed}
-        if self.info["kind"] == "image":
-            if req.prompt is not None:
-                raise InvalidArgument("this model draws images: send `label`, not `prompt`")
+        if KIND == "image":
             if req.label is not None:
-                if req.label not in self.classes:
-                    raise InvalidArgument(f"unknown label {req.label!r}; labels: {', '.join(self.classes)}")
-                job["condition"] = self.classes.index(req.label)
+                job["condition"] = CLASSES.index(req.label)
             return job
-        if req.label is not None:
-            raise InvalidArgument("this model writes text: send `prompt`, not `label`")
-        vocab = set(self.info.get("vocab") or [])
-        unknown = sorted({c for c in req.prompt or "" if vocab and c not in vocab})
-        if unknown:
-            raise InvalidArgument(f"prompt has characters the model does not know: {''.join(unknown)!r}")
         return job | {"condition": req.prompt, "temperature": req.temperature, "length": req.length}
 
     async def _sample(self, job: dict, attempts: int = 3) -> dict:
@@ -230,23 +217,18 @@ class Genloop:
         self.store.log_request(
             request_id, self.info["model"], req.model_dump(), latency, result["features"], ids
         )
-        key = "image" if self.info["kind"] == "image" else "text"
+        key = "image" if KIND == "image" else "text"
         return {
             "model": self.info["model"],
             "request_id": request_id,
             "samples": [{"id": i, key: s} for i, s in zip(ids, result["samples"], strict=True)],
         }
 
-    @bentoml.api(route="/feedback")
-    def feedback(
-        self,
-        sample_id: Annotated[str, Field(min_length=1, max_length=80)],
-        rating: Annotated[int, Field(ge=1, le=5, description="1 (bad) .. 5 (good)")],
-        comment: Annotated[str, Field(max_length=2000)] = "",
-    ) -> dict:
+    @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
+    def feedback(self, sample_id: str, rating: int, comment: str = "") -> dict:
         """Rate a sample this service produced; stored durably before the answer."""
         if not self.store.known_sample(sample_id):
-            raise InvalidArgument(f"unknown sample id {sample_id!r}: rate samples this service returned")
+            raise NotFound(f"unknown sample id {sample_id!r}: rate samples this service returned")
         self.store.add_feedback(sample_id, rating, comment, self.info["model"])
         return {"stored": True, "sample_id": sample_id}
 

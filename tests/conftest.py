@@ -155,6 +155,36 @@ def digit_folder(tmp_path: Path) -> Path:
     return root
 
 
+def draw_shapes(
+    root: Path, per_class: int, size: int = 16, seed: int = 0, classes=("circle", "square", "triangle")
+):
+    """A folder of grey `size` x `size` PNGs, one sub-folder per shape, each shape at a random place and
+    scale: what a user's own small image set looks like (not 8x8, not digits)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for label in classes:
+        for i in range(per_class):
+            r = rng.uniform(size * 0.2, size * 0.4)
+            cy, cx = rng.uniform(r, size - r, 2)
+            if label == "circle":
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            elif label == "square":
+                mask = (abs(yy - cy) <= r * 0.8) & (abs(xx - cx) <= r * 0.8)
+            else:  # a triangle pointing up
+                mask = (yy >= cy - r) & (yy <= cy + r) & (abs(xx - cx) <= (yy - (cy - r)) / 2)
+            pixels = (mask * rng.uniform(160, 255) + rng.normal(0, 8, mask.shape)).clip(0, 255)
+            write_png(root / label / f"{i:03d}.png", pixels.astype(np.uint8))
+    return root
+
+
+@pytest.fixture
+def shapes_folder(tmp_path: Path) -> Path:
+    """30 16x16 PNGs in each of three class folders."""
+    return draw_shapes(tmp_path / "shapes", 30)
+
+
 @pytest.fixture
 def text_folder(tmp_path: Path) -> Path:
     from pydoc_data.topics import topics

@@ -21,7 +21,8 @@ async def slow_app(scope, receive, send, delay: float = 0.2) -> None:
 
 def call(guard: Guard, path: str, body: bytes = b"", headers: dict | None = None, chunked: bool = False):
     """One request through the guard; returns (status, json body or text)."""
-    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    headers = {"content-type": "application/json"} | (headers or {})
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     if not chunked:
         raw.append((b"content-length", str(len(body)).encode()))
     scope = {"type": "http", "path": path, "method": "POST", "headers": raw}
@@ -113,3 +114,60 @@ def test_slow_requests_get_504():
 def test_docs_page_can_be_switched_off(path):
     assert run_one(make(docs=False), path)[0] == 404
     assert run_one(make(), path)[0] == 200
+
+
+async def error_app(scope, receive, send, status=400, body=b""):
+    while (await receive()).get("more_body"):
+        pass
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        "multipart/form-data",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+        "",
+        "application/vnd.bentoml+pickle",
+    ],
+)
+def test_non_json_bodies_get_415(ctype):
+    status, body = run_one(make(), "/feedback", body=b"{}", headers={"content-type": ctype})
+    assert status == 415 and "application/json" in body["error"]
+    assert (
+        run_one(make(), "/generate", body=b"{}", headers={"content-type": "application/json; charset=utf-8"})[
+            0
+        ]
+        == 200
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "error"),
+    [
+        (
+            400,
+            b'{"error":"1 validation error for Input","detail":[{"type":"less_than_equal","loc":["rating"],'
+            b'"msg":"Input should be less than or equal to 5","url":"https://errors.pydantic.dev/2.14/v/x"}]}',
+            "rating: Input should be less than or equal to 5",
+        ),
+        (400, b'[{"error":"unknown label \'x\'"}]', "unknown label 'x'"),
+        (404, b'[{"error":"unknown sample id"}]', "unknown sample id"),
+        (405, b"Method Not Allowed", "Method Not Allowed"),
+    ],
+)
+def test_4xx_bodies_get_one_shape(status, raw, error):
+    guard = Guard(
+        lambda s, r, se: error_app(s, r, se, status, raw), max_body_bytes=4096, max_concurrency=2, timeout_s=5
+    )
+    got = run_one(guard, "/generate")
+    assert got == (status, {"error": error})

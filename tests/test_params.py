@@ -7,7 +7,7 @@ from tasks.core.params import load, parse
 def test_default_params_file_loads(project):
     params = load()
     assert params.data.source == "sklearn:digits"
-    assert params.validate_.image.height == 8
+    assert params.validate_.image.height == "auto"
     assert params.augment.image.factor >= 0
 
 

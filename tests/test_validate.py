@@ -49,7 +49,7 @@ def test_truncated_png_is_named(project, digit_folder):
     use_folder(project, digit_folder)
     message, summary = failing(project)
     assert failed(summary)["expect_column_values_to_be_in_set:decodable"] == ["files/b/007.png"]
-    assert "files/b/007.png" in message and "decodable" in message
+    assert "1 file(s) do not decode as images: files/b/007.png" in message
 
 
 def test_wrong_shape_and_mode(project, digit_folder):
@@ -94,7 +94,11 @@ def test_small_corpus_and_charset(project, tmp_path):
     folder = tmp_path / "tiny"
     folder.mkdir()
     (folder / "a.txt").write_text("ünïcödé " * 20)
-    project.set_params(data={"source": str(folder)}, model={"family": "gpt"})
+    project.set_params(
+        data={"source": str(folder)},
+        model={"family": "gpt"},
+        validate={"text": {"charset": "printable-ascii"}},
+    )
     _, summary = failing(project)
     got = failed(summary)
     assert "expect_column_sum_to_be_between:n_chars" in got
@@ -136,3 +140,74 @@ def test_augment_refuses_data_changed_after_validation(project, digit_folder):
     )
     with pytest.raises(GenloopError, match="changed since it was validated"):
         augment.run(project.params())
+
+
+# --- any folder by changing data.source alone: the schema is the dataset's reference ----------------------
+def test_a_folder_of_16x16_shapes_passes_with_nothing_but_its_source(project, shapes_folder):
+    project.set_params(data={"source": str(shapes_folder)})
+    summary = collect_and_validate(project)
+    assert summary["success"]
+    expected = summary["expected"]
+    assert expected["height"] == {"value": 16, "from": "first batch", "param": "validate.image.height"}
+    assert expected["labels"]["value"] == ["circle", "square", "triangle"]
+    ref = json.loads((project.root / summary["reference"]).read_text())
+    assert ref["shape"] == [1, 16, 16] and ref["labels"] == ["circle", "square", "triangle"]
+    assert augment.run(project.params())["shape"] == [1, 16, 16]
+
+
+def test_a_later_batch_with_a_new_class_fails_naming_the_param(project, shapes_folder):
+    from tests.conftest import draw_shapes
+
+    project.set_params(data={"source": str(shapes_folder)})
+    collect_and_validate(project)
+    draw_shapes(shapes_folder, 25, seed=1, classes=("star",))
+    message, _ = failing(project)
+    assert "labels: expected circle, square, triangle (the dataset's reference" in message
+    assert "found new label(s) star in 25 file(s), e.g. files/star/000.png, files/star/001.png" in message
+    assert "set validate.image.labels: [star, circle, square, triangle]" in message
+    assert (project.root / "artifacts/validate/rejected/files/star/000.png").is_file()
+    # the user accepts the new class explicitly: that wins over the reference
+    project.set_params(validate={"image": {"labels": ["circle", "square", "star", "triangle"]}})
+    assert collect_and_validate(project)["success"]
+
+
+def test_a_later_batch_with_another_size_fails_naming_the_param(project, shapes_folder):
+    project.set_params(data={"source": str(shapes_folder)})
+    collect_and_validate(project)
+    write_png(shapes_folder / "circle/big.png", np.zeros((20, 20), np.uint8))
+    message, _ = failing(project)
+    assert (
+        "height: expected 16 px (the dataset's reference, recorded from its first batch that passed)"
+        in message
+    )
+    assert (
+        "found 20 (1 file), e.g. files/circle/big.png; to expect 20 instead, set validate.image.height: 20"
+        in message
+    )
+
+
+def test_the_first_batch_is_held_to_its_own_majority(project, shapes_folder):
+    write_png(shapes_folder / "square/odd.png", np.zeros((16, 12, 3), np.uint8))
+    project.set_params(data={"source": str(shapes_folder)})
+    message, _ = failing(project)
+    assert "width: expected 16 px (most of this batch, the dataset's first); found 12 (1 file)" in message
+    assert "channels: expected 1 (1: grey, 3: RGB) (most of this batch" in message
+    assert not (project.root / "artifacts/validate/reference").exists()  # nothing recorded from a failure
+
+
+def test_explicit_values_still_win(project, shapes_folder):
+    project.set_params(data={"source": str(shapes_folder)}, validate={"image": {"height": 8, "width": 8}})
+    message, _ = failing(project)
+    assert "height: expected 8 px (validate.image.height in params.yaml); found 16 (90 files)" in message
+
+
+def test_a_text_folder_keeps_its_characters(project, text_folder):
+    project.set_params(data={"source": str(text_folder)}, model={"family": "gpt"})
+    summary = collect_and_validate(project)
+    assert summary["success"] and summary["expected"]["charset"]["from"] == "first batch"
+    (text_folder / "greek.txt").write_text("Καλημέρα κόσμε, τι κάνεις; " * 100)
+    message, _ = failing(project)
+    assert "characters: expected at least 99% of each file's characters among the dataset's" in message
+    assert "files/greek.txt" in message and "set validate.text.charset: any" in message
+    project.set_params(validate={"text": {"charset": "any"}})
+    assert collect_and_validate(project)["success"]

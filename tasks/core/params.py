@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
@@ -55,8 +55,8 @@ class CollectParams(Section):
 
 class ImageExpectations(Section):
     # auto: taken from the dataset's reference, recorded from its first batch that passed
-    height: int | Auto = Field("auto", ge=1)
-    width: int | Auto = Field("auto", ge=1)
+    height: Annotated[int, Field(ge=1)] | Auto = "auto"
+    width: Annotated[int, Field(ge=1)] | Auto = "auto"
     channels: Literal[1, 3, "auto"] = "auto"
     labels: list[int] | list[str] | Auto | None = "auto"  # None: any label
     min_per_class: int = Field(20, ge=0)

@@ -62,11 +62,15 @@ def reject() -> str | None:
 
 
 def describe_failures(summary: dict) -> str:
+    """The gate's verdict for people: one line per failed expectation, each saying what was expected,
+    what was found (with a few files) and the param that would accept it."""
     lines = [
         f"validation failed: {len(summary['failures'])} expectation(s) not met on {summary['files']} files"
     ]
     for f in summary["failures"]:
-        what = f"{f['expectation']}({f['column']})"
+        if f.get("message"):
+            lines.append(f"  - {f['message']}")
+            continue
         detail = (
             f"observed {f['observed']}"
             if f["observed"] is not None
@@ -74,10 +78,16 @@ def describe_failures(summary: dict) -> str:
         )
         shown = f["files"][:MAX_FILES_LISTED]
         more = f" (+{len(f['files']) - len(shown)} more)" if len(f["files"]) > len(shown) else ""
-        lines.append(f"  - {what}: {detail}" + (f"; files: {', '.join(shown)}{more}" if shown else ""))
+        files = f"; files: {', '.join(shown)}{more}" if shown else ""
+        lines.append(f"  - {f['expectation']}({f['column']}): {detail}{files}")
     if summary.get("rejected"):
         lines.append(
             f"the rejected batch is in {summary['rejected']}; data/raw holds the last validated batch again"
+        )
+    if summary.get("reference"):
+        lines.append(
+            f"the dataset's reference is {summary['reference']}: delete it to record a new one from the next "
+            "batch that passes"
         )
     lines.append(f"data docs: {summary['data_docs']}  (nothing downstream was written)")
     return "\n".join(lines)

@@ -49,12 +49,11 @@ class Expected:
     param: str  # the key in params.yaml that sets it
 
     def said(self) -> str:
-        where = {
-            "params": f"set in params.yaml ({self.param})",
+        return {
+            "params": f"{self.param} in params.yaml",
             "reference": "the dataset's reference, recorded from its first batch that passed",
-            "first batch": "the majority of this batch, the dataset's first",
+            "first batch": "most of this batch, the dataset's first",
         }[self.origin]
-        return where
 
 
 def resolve(param_value, reference: dict | None, key: str, observed, param: str) -> Expected:

@@ -144,11 +144,10 @@ class _NoTips(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        for target in (logger, *logger.handlers):
-            if not any(isinstance(f, _NoTips) for f in target.filters):
-                target.addFilter(_NoTips())
+    for package in ("pytorch_lightning", "lightning_fabric"):  # the loggers Lightning's messages come from
+        logger = logging.getLogger(f"{package}.utilities.rank_zero")
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
     # torch 2.13 deprecates a pytree class Lightning 2.6 still uses: nothing a user can act on
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*deprecated", category=FutureWarning)
 
@@ -264,7 +263,7 @@ def _fit(
         "val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "val_loss_unit": family.heldout_unit,
         "epochs": trainer.current_epoch,
-        "steps": trainer.global_step,
+        "steps": trainee.steps_done,  # optimizer steps (batches; a GAN updates d_steps + 1 times in each)
         "resumed": resume,
         "seconds": round(seconds, 2),
         "parameters": sum(p.numel() for p in model.net.parameters()),
