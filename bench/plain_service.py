@@ -20,11 +20,11 @@ class Plain:
     @bentoml.api
     def generate(self, n: int = 1, seed: int | None = None, label: str | None = None,
                  prompt: str | None = None, length: int = 64) -> dict:  # fmt: skip
-        from service.service import _png
+        from service.pictures import png
 
-        if self.model.family == "gpt":
+        if self.model.data["kind"] == "text":
             texts = self.model.sample(n, condition=prompt, seed=seed, length=length)
             return {"samples": [{"text": t} for t in texts]}
         condition = self.model.data["classes"].index(label) if label is not None else None
         images = self.model.sample(n, condition=condition, seed=seed).numpy()
-        return {"samples": [{"image": _png(img)} for img in images]}
+        return {"samples": [{"image": png(img)} for img in images]}

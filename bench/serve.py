@@ -65,9 +65,9 @@ class Server:
         raise SystemExit(f"server not ready in 120 s; see {self.log}")
 
     def __exit__(self, *exc) -> None:
-        from tasks.deploy import _stop
+        from tasks.serving.process import stop
 
-        _stop(self.proc.pid)
+        stop(self.proc.pid)
 
 
 async def load(url: str, body, concurrency: int, seconds: float) -> dict:
@@ -138,9 +138,11 @@ def main() -> None:
     a = parser.parse_args()
     os.chdir(ROOT)
     from tasks.core.params import load as load_params
+    from tasks.package import settings
     from tasks.registry import champions, store
 
-    tag = a.model or champions.champion(store.name_of(load_params().require("model").family))
+    params = load_params()
+    tag = a.model or champions.champion(store.name_of(params.require("model").family))
     if tag is None:
         raise SystemExit("no champion: run `dvc repro evaluate` first, or pass --model")
     gpt = tag.split(":")[0].endswith("gpt")
@@ -157,7 +159,7 @@ def main() -> None:
     limit = max(levels)  # the configured concurrency limit: no level goes above it
     env = {**os.environ, "BENTOML_HOME": str(store.home()), "BENTOML_DO_NOT_TRACK": "true",
            "GENLOOP_SERVING_DIR": tempfile.mkdtemp(prefix="bench-serving-")}  # fmt: skip
-    ours = {"model": tag, "max_concurrency": limit}
+    ours = settings(params, tag) | {"max_concurrency": limit}  # params.yaml's serve section, as packaged
     setups = [
         ("ours, batching on", "service.service:Genloop", ours | {"batching": True}),
         ("ours, batching off", "service.service:Genloop", ours | {"batching": False}),

@@ -1,4 +1,5 @@
-"""`genloop status`: what the registry holds, which version is champion, and the champion's card."""
+"""`genloop status`: what is deployed and how the service is used, what the registry holds, which version
+is champion, and the champion's card."""
 
 from __future__ import annotations
 
@@ -21,19 +22,23 @@ def show(console: Console | None = None) -> None:
     if not console.is_terminal:
         console.width = 160  # a log or a pipe: no need to squeeze the table into 80 columns
     deployment(console)
+    use = usage(console)
     versions = store.versions()
     if not versions:
         console.print(f"No model versions in the registry ({store.home()}): run `dvc repro evaluate`.")
         return
     table = Table(title=f"Model versions ({store.home()})")
-    for col in ("version", "label", "created", "headline", "memorised", "decision", "git", "data (dvc md5)"):
-        table.add_column(col)
+    columns = ("version", "label", "created", "headline", "memorised", "decision", "requests", "rating")
+    for col in (*columns, "git", "data (dvc md5)"):
+        table.add_column(col, no_wrap=col in ("version", "label"))  # a version is read and copied whole
     for v in versions:
         meta = v["metadata"]
         metrics, trail = meta.get("metrics", {}), meta.get("lineage", {})
         family = models.FAMILIES.get(v["labels"].get("family", ""))
         headline = family.headline if family else ""
         data = trail.get("dvc", {}).get("data/processed", "")
+        served = use.get(v["tag"], {})
+        mean = served.get("mean_rating")
         table.add_row(
             v["tag"],
             v["alias"],
@@ -41,6 +46,8 @@ def show(console: Console | None = None) -> None:
             f"{headline} {_fmt(metrics.get(headline))}",
             _fmt(metrics.get("memorised")),
             str(meta.get("decision", "")),
+            str(served.get("requests", "")),
+            f"{mean:.2f} ({served['ratings']})" if mean is not None else "",
             str((trail.get("git") or {}).get("commit") or "")[:10],
             f"{trail.get('source')!s} {data[:10]}",
         )
@@ -55,6 +62,7 @@ def show(console: Console | None = None) -> None:
 
 def deployment(console: Console) -> None:
     from tasks import deploy
+    from tasks.registry import champions
 
     record = deploy.current()
     if record is None:
@@ -65,6 +73,32 @@ def deployment(console: Console) -> None:
             f"Deployed: {record['bento']} serving {record.get('model')} at {record['url']} since "
             f"{record['since']}, {state}; pid {record['pid']}, log {record['log']}"
         )
+        served = record.get("model") or ""
+        champion = champions.champion(served.split(":")[0])
+        if champion and champion != served:
+            console.print(
+                f"[bold yellow]Warning:[/] the service serves {served}, but the champion of "
+                f"{served.split(':')[0]} is {champion}: package and deploy it "
+                "(dvc repro package && genloop deploy)"
+            )
     for event in deploy.history(5):
         detail = event.get("why") or event.get("reason") or event.get("url") or ""
         console.print(f"  {event['at']}  {event['event']:<14} {event.get('bento', '')}  {detail}")
+
+
+def usage(console: Console) -> dict[str, dict]:
+    """Requests and ratings the service recorded, in all and in the last 24 hours; returns the figures
+    per model version for the versions table."""
+    from service.store import usage as read
+    from tasks.serving.process import SERVING
+
+    db = SERVING / "serving.db"
+    if not db.is_file():
+        console.print("Service use: no requests recorded yet")
+        return {}
+    u = read(db)
+    console.print(
+        f"Service use ({db}): {u['requests']} requests ({u['requests_recent']} in the last 24 h), "
+        f"{u['samples']} samples; {u['ratings']} ratings ({u['ratings_recent']} in the last 24 h)"
+    )
+    return u["per_model"]

@@ -15,8 +15,6 @@ build a Bento with `genloop stage package` and run `genloop deploy`.
 
 from __future__ import annotations
 
-import base64
-import io
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +23,7 @@ import bentoml
 from bentoml.exceptions import NotFound, ServiceUnavailable
 
 from service.guard import Guard
+from service.pictures import png
 from service.requests import FeedbackRequest, generate_request
 from service.settings import Settings
 
@@ -43,20 +42,6 @@ DESCRIBED = _described()
 KIND = DESCRIBED["data"]["kind"]
 CLASSES = [str(c) for c in DESCRIBED["data"].get("classes") or []]
 GenerateRequest = generate_request(SETTINGS, KIND, CLASSES, list(DESCRIBED["data"].get("vocab") or []))
-
-
-def _png(image) -> str:
-    """(C, H, W) floats in [0, 1] -> a base64 PNG, scaled up so a browser shows it crisply."""
-    import numpy as np
-    from PIL import Image
-
-    px = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-    px = px[0] if px.shape[0] == 1 else px.transpose(1, 2, 0)
-    scale = max(1, 128 // max(px.shape[:2]))
-    img = Image.fromarray(px).resize((px.shape[1] * scale, px.shape[0] * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _features(samples, kind: str) -> dict:
@@ -105,7 +90,7 @@ class Generator:
         for samples in results:
             if self.kind == "image":
                 arr = samples.cpu().numpy()
-                out.append({"samples": [_png(img) for img in arr], "features": _features(arr, "image")})
+                out.append({"samples": [png(img) for img in arr], "features": _features(arr, "image")})
             else:
                 out.append({"samples": samples, "features": _features(samples, "text")})
         return out

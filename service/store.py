@@ -81,3 +81,33 @@ class Store:
         self._write(
             "INSERT INTO feedback VALUES (?,?,?,?,?)", (sample_id, time.time(), rating, comment, model)
         )
+
+
+def usage(path: Path, recent_s: float = 86_400.0) -> dict:
+    """How the service has been used, from its records (read-only): requests, samples and ratings in all
+    and in the last `recent_s` seconds, and per model version its requests, ratings and mean rating."""
+    since = time.time() - recent_s
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        requests, samples, recent = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(at >= ?), 0) FROM requests", (since,)
+        ).fetchone()
+        ratings, rated_recently = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(at >= ?), 0) FROM feedback", (since,)
+        ).fetchone()
+        per_model: dict[str, dict] = {}
+        for model, n in db.execute("SELECT model, COUNT(*) FROM requests GROUP BY model"):
+            per_model[model] = {"requests": n, "ratings": 0, "mean_rating": None}
+        for model, n, mean in db.execute("SELECT model, COUNT(*), AVG(rating) FROM feedback GROUP BY model"):
+            per_model.setdefault(model, {"requests": 0})
+            per_model[model] |= {"ratings": n, "mean_rating": mean}
+    finally:
+        db.close()
+    return {
+        "requests": requests,
+        "requests_recent": recent,
+        "samples": samples,
+        "ratings": ratings,
+        "ratings_recent": rated_recently,
+        "per_model": per_model,
+    }

@@ -24,7 +24,7 @@ from tasks.core.params import Params
 from tasks.core.storage import read_json, write_json
 from tasks.registry import champions, store
 from tasks.serving import process
-from tasks.serving.process import DEPLOY, SERVING  # noqa: F401  (SERVING: where the service writes)
+from tasks.serving.process import DEPLOY
 
 CURRENT, LOG = DEPLOY / "current.json", DEPLOY / "log.jsonl"
 

@@ -67,3 +67,22 @@ def test_bad_sources_leave_data_as_it_was(project, tmp_path, digit_folder, case)
         collect.run(project.params())
     assert project.snapshot() == before
     assert not list((project.root / "data").glob(".raw.staging-*"))
+
+
+@pytest.mark.parametrize(
+    ("source", "family", "fits"), [("pydoc:topics", "vae", "gpt"), ("sklearn:digits", "gpt", "vae or gan")]
+)
+def test_a_family_that_cannot_model_the_source_stops_before_any_fetch(project, source, family, fits):
+    project.set_params(data={"source": source}, model={"family": family})
+    with pytest.raises(GenloopError) as err:
+        collect.run(project.params())
+    kind = "text" if source == "pydoc:topics" else "image"
+    assert f"model.family {family} models" in str(err.value) and f"holds {kind}" in str(err.value)
+    assert f"use model.family {fits}" in str(err.value)
+    assert not (project.root / "data").exists()
+
+
+def test_the_family_check_reads_a_folder_without_fetching_it(project, text_folder):
+    project.set_params(data={"source": str(text_folder)})  # the default family, vae: images only
+    with pytest.raises(GenloopError, match=f"data.source {text_folder} holds text: use model.family gpt"):
+        collect.run(project.params())

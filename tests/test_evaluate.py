@@ -35,6 +35,7 @@ def test_evaluate_registers_gates_and_reports(project):
     assert version.startswith("genloop-vae:") and m["version"] == version
     for key in ("nll_bits_per_dim", "fd", "precision", "recall", "diversity", "memorised"):
         assert isinstance(m["model"][key], float), key
+    assert "nll_nats" not in m["model"] and "8-bit" in m["units"]["nll_bits_per_dim"]  # one scale
     assert m["baseline"]["nll_bits_per_dim"] > 0 and m["floor"]["fd"] < m["model"]["fd"]
     # the first model is promoted when it beats the baseline
     assert m["model"]["nll_bits_per_dim"] < m["baseline"]["nll_bits_per_dim"]
@@ -94,3 +95,16 @@ def test_evaluate_without_a_trained_model_says_what_to_run(project):
         stage.run(project.params())
     proc = project.run("genloop", "stage", "evaluate")
     assert proc.returncode == 1 and "run the train stage first" in proc.stderr
+
+
+def test_lineage_records_the_params_the_model_was_trained_with(project):
+    """params.yaml edited after training (without training again): the card and the registered lineage
+    still show what the model was trained with, from its own training record."""
+    project.set_params(model=SMALL_VAE, train=QUICK | {"lr": 0.003})
+    project.run("dvc", "repro", "evaluate", check=True)
+    project.set_params(train={"lr": 0.0001}, model={"vae": {"beta": 0.5}})
+    project.run("genloop", "stage", "evaluate", check=True)
+    card = (project.root / "artifacts/evaluate/card.md").read_text()
+    assert "lr: 0.003" in card and "lr: 0.0001" not in card and "beta: 1.0" in card
+    trained = json.loads((project.root / "artifacts/train/model/training.json").read_text())
+    assert trained["params"]["train"]["lr"] == 0.003

@@ -54,3 +54,36 @@ def test_cli_help_everywhere(project):
         proc = project.run("genloop", *args)
         assert proc.returncode == 0, proc.stderr
         assert "Usage" in proc.stdout
+
+
+def test_a_misspelt_key_is_one_line_with_the_key_meant(project):
+    import yaml
+
+    raw = yaml.safe_load((project.root / "params.yaml").read_text())
+    raw["train"]["max_epoch"] = raw["train"].pop("max_epochs")
+    raw["model"]["vae"]["latnt_dim"] = raw["model"]["vae"].pop("latent_dim")
+    with pytest.raises(GenloopError) as err:
+        parse(raw)
+    assert sorted(str(err.value).splitlines()[1:]) == [
+        "  model.vae.latnt_dim: unknown key (did you mean latent_dim?)",
+        "  train.max_epoch: unknown key (did you mean max_epochs?)",
+    ]
+
+
+def test_family_sections_come_from_the_registry():
+    """model.<family> keys and bounds are the family's Config (models/families.py), checked at load."""
+    with pytest.raises(GenloopError, match=r"model.gpt.position: Input should be 'learned' or 'rope'"):
+        parse({"model": {"family": "gpt", "gpt": {"position": "alibi"}}})
+    with pytest.raises(
+        GenloopError, match=r"model.vae.latent_dim: Input should be greater than or equal to 1"
+    ):
+        parse({"model": {"family": "vae", "vae": {"latent_dim": 0}}})
+    with pytest.raises(GenloopError, match=r"model.family: unknown model family 'diffusion' \(choose from"):
+        parse({"model": {"family": "diffusion"}})
+
+
+def test_cli_version_is_the_package_version(project):
+    from importlib.metadata import version
+
+    proc = project.run("genloop", "--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"genloop {version('genloop')}"

@@ -23,6 +23,8 @@ def ran(proc) -> set[str]:
 
 
 def test_repro_from_scratch_then_noop_then_only_what_changed(project, tmp_path):
+    fresh = project.run("genloop", "deploy")  # a fresh clone: deploy says what to run first
+    assert fresh.returncode == 1 and "nothing is packaged yet: run `dvc repro`" in fresh.stderr
     project.set_params(train=QUICK_TRAIN)
     log = tmp_path / "params-read.jsonl"
     first = project.run("dvc", "repro", check=True, env={"GENLOOP_PARAMS_LOG": str(log)})
@@ -75,7 +77,8 @@ def test_bad_batch_stops_the_pipeline_and_keeps_data(project, digit_folder, tmp_
     proc = project.run("dvc", "repro")
     assert proc.returncode != 0
     assert ran(proc) == {"collect", "validate"}  # neither augment nor train: no model is written
-    assert "files/c/011.png" in proc.stderr and "decodable" in proc.stderr
+    assert "1 file(s) do not decode as images: files/c/011.png" in proc.stderr
+    assert "WARNING" not in proc.stderr  # nothing DVC would warn about (an empty dependency, say)
     assert "Traceback" not in proc.stderr
     assert project.snapshot() == before
     assert project.snapshot("artifacts/train/model") == model_before
@@ -85,3 +88,22 @@ def test_bad_batch_stops_the_pipeline_and_keeps_data(project, digit_folder, tmp_
     project.set_params(data={"source": str(digit_folder)})  # back to the good source: recovers
     project.run("dvc", "repro", check=True)
     assert project.snapshot() == before
+
+
+def test_no_stage_writes_a_tracked_file(project):
+    """A GPT run (no sample images for dvclive to plot) leaves git clean: dvc.yaml is ours alone, and
+    the model's lineage says the tree was clean when it was trained."""
+    import subprocess
+
+    tiny = {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32}
+    project.set_params(
+        data={"source": "pydoc:topics"}, model={"family": "gpt", "gpt": tiny}, train=QUICK_TRAIN
+    )
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "commit", "-qam", "a GPT"], cwd=project.root, check=True)
+    project.run("dvc", "repro", "train", check=True)
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project.root,
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert changed == ""
+    record = json.loads((project.root / "artifacts/train/model/training.json").read_text())
+    assert record["git"]["dirty"] is False and record["params"]["model"]["family"] == "gpt"

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, new_project
+from tests.conftest import free_port, new_project, undeclared_params
 from tests.test_evaluate import SMALL_VAE
 from tests.test_train import QUICK
 
@@ -35,7 +35,9 @@ def site(tmp_path_factory):
         evaluate={"baseline": {"gmm_components": 1}},  # a baseline the quick model beats: it is champion
         serve={"port": free_port(), "ready_timeout_s": 90, "max_concurrency": 2},
     )
-    project.run("dvc", "repro", "package", check=True)
+    log = project.root.parent / "params-read.jsonl"
+    project.run("dvc", "repro", "package", check=True, env={"GENLOOP_PARAMS_LOG": str(log)})
+    assert undeclared_params(log) == {}  # package with a champion reads serve and package: both listed
     project.run("genloop", "deploy", check=True)
     project.url = json.loads((project.root / ".genloop/deploy/current.json").read_text())["url"]
     yield project
@@ -83,6 +85,20 @@ def test_routes(site):
     assert httpx.get(site.url + "/ui").status_code == 200
 
 
+def test_status_shows_what_is_served_and_how_it_is_used(site):
+    import re
+
+    out = " ".join(site.run("genloop", "status", check=True).stdout.split())
+    sample = httpx.post(site.url + "/generate", json={"n": 2}).json()["samples"][0]["id"]
+    httpx.post(site.url + "/feedback", json={"sample_id": sample, "rating": 5})
+    after = " ".join(site.run("genloop", "status", check=True).stdout.split())
+    before = re.search(r"Service use \(\S+\): (\d+) requests \((\d+) in the last 24 h\)", out)
+    used = r"Service use \(\S+\): (\d+) requests \((\d+) in the last 24 h\), (\d+) samples; (\d+) ratings"
+    now = re.search(used, after)
+    assert before and now and int(now[1]) == int(before[1]) + 1 and int(now[2]) == int(before[2]) + 1
+    assert int(now[4]) >= 1 and "Warning" not in after  # the champion is what is served
+
+
 @pytest.mark.parametrize(
     ("body", "status", "reason"),
     [
@@ -96,7 +112,43 @@ def test_routes(site):
 )
 def test_bad_generate_requests_get_400_with_the_reason(site, body, status, reason):
     r = httpx.post(site.url + "/generate", json=body)
-    assert r.status_code == status and reason in r.text, r.text
+    assert r.status_code == status and reason in r.json()["error"], r.text
+    assert set(r.json()) == {"error"} and "pydantic.dev" not in r.text  # one shape, one line, no links
+
+
+@pytest.mark.parametrize("route", ["/generate", "/feedback"])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data",
+        "multipart/form-data; boundary=x",
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "",
+    ],
+)
+def test_bodies_that_are_not_json_get_415_not_500(site, route, content_type):
+    r = httpx.post(site.url + route, content=b"n=1", headers={"content-type": content_type})
+    assert r.status_code == 415 and "Content-Type: application/json" in r.json()["error"], r.text
+    assert httpx.get(site.url + route).json() == {"error": "Method Not Allowed"}
+
+
+def test_fuzzing_the_api_finds_no_5xx_and_no_schema_mismatch(site, tmp_path):
+    """schemathesis drives both routes from the OpenAPI document (its examples, boundaries, fuzzing and
+    a stateful phase that rates the samples it was given): no 5xx, no answer outside the document, and no
+    valid request refused or invalid one accepted (warnings fail the run)."""
+    import re
+    import subprocess
+    import sys
+
+    (tmp_path / "schemathesis.toml").write_text("[warnings]\nfail-on = true\n")
+    command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{site.url}/docs.json"]
+    command += ["--include-path-regex", "^/(generate|feedback)$", "--checks", "all", "--max-examples", "400"]
+    command += ["--seed", "1", "--generation-database", "none", "--workers", "1"]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    generated = int(re.search(r"(\d+) generated", proc.stdout).group(1))
+    assert generated >= 1000 and "No issues found" in proc.stdout
 
 
 def test_malformed_oversize_and_unknown_feedback(site):
@@ -104,10 +156,12 @@ def test_malformed_oversize_and_unknown_feedback(site):
     assert r.status_code == 400 and "Invalid JSON" in r.text
     r = httpx.post(site.url + "/generate", json={"n": 1, "label": "x" * 200_000})
     assert r.status_code == 413 and "request body over" in r.text
+    r = httpx.post(site.url + "/feedback", json={"sample_id": "0" * 32 + "-0", "rating": 3})
+    assert r.status_code == 404 and "unknown sample id" in r.json()["error"]
     r = httpx.post(site.url + "/feedback", json={"sample_id": "never-made", "rating": 3})
-    assert r.status_code == 400 and "unknown sample id" in r.text
+    assert r.status_code == 400 and "sample_id: String should match pattern" in r.json()["error"]
     r = httpx.post(site.url + "/feedback", json={"sample_id": "x", "rating": 9})
-    assert r.status_code == 400 and "less than or equal to 5" in r.text
+    assert r.status_code == 400 and "rating: Input should be less than or equal to 5" in r.json()["error"]
 
 
 def test_overload_gets_429_while_readyz_answers(site):
@@ -173,6 +227,9 @@ def test_a_broken_bento_is_rolled_back(site):
         "max_samples: 16", "max_samples: 0"
     )  # an invalid setting: the service cannot start
     (broken / "bento.yaml").write_text(spec)
+    proc = site.run("genloop", "deploy", "--bento", "genloop:nosuch")
+    assert proc.returncode == 1 and "no Bento 'genloop:nosuch'" in proc.stderr and good in proc.stderr
+    assert "bentoml pull" not in proc.stderr
     proc = site.run("genloop", "deploy", "--bento", "genloop:broken")
     assert proc.returncode == 1 and f"kept {good} serving" in proc.stderr
     assert httpx.post(site.url + "/generate", json={"n": 1}).status_code == 200
@@ -195,6 +252,8 @@ def test_rollback_returns_to_the_previous_champion(site):
         f"from tasks.registry import champions; champions.promote({second!r}, 'test')",
         check=True,
     )
+    status = " ".join(site.run("genloop", "status", check=True).stdout.split())
+    assert f"Warning: the service serves {first}, but the champion of genloop-vae is {second}" in status
     site.run("genloop", "stage", "package", check=True)
     site.run("genloop", "deploy", check=True)
     assert httpx.get(site.url + "/version").json()["model"] == second
@@ -203,6 +262,23 @@ def test_rollback_returns_to_the_previous_champion(site):
     assert httpx.get(site.url + "/version").json()["model"] == first
     record = json.loads((site.root / ".genloop/bentoml/genloop-aliases.json").read_text())["genloop-vae"]
     assert record["champion"] == first and record["history"][-1]["event"] == "rollback"
+    assert second in record["demoted"]
+
+    # the rollback sticks: whatever the user runs next serves the restored champion
+    site.run("genloop", "deploy", check=True)
+    assert httpx.get(site.url + "/version").json()["model"] == first
+    site.run("genloop", "flow", "deploy", check=True)
+    assert httpx.get(site.url + "/version").json()["model"] == first
+    site.run("dvc", "repro", check=True)
+    site.run("genloop", "deploy", check=True)
+    assert httpx.get(site.url + "/version").json()["model"] == first
+    # evaluating the demoted model again does not promote it back
+    proc = site.run("genloop", "stage", "evaluate", check=True)
+    decision = json.loads((site.root / "artifacts/evaluate/decision.json").read_text())
+    assert decision["challenger"] == second and decision["decision"] == "reject"
+    assert decision["reasons"][0].startswith("not rolled back: a rollback demoted this version")
+    site.run("genloop", "flow", "deploy", check=True)
+    assert httpx.get(site.url + "/version").json()["model"] == first
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (make browser)")
@@ -272,6 +348,8 @@ def test_a_text_model_served_end_to_end(project):
         r = httpx.post(url + "/generate", json={"n": 1, "prompt": "naïve ☃"})
         assert r.status_code == 400 and "does not know" in r.text
         r = httpx.post(url + "/generate", json={"n": 1, "label": "3"})
-        assert r.status_code == 400 and "send `prompt`, not `label`" in r.text
+        assert r.status_code == 400 and r.json() == {
+            "error": "this model writes text: send `prompt`, not `label`"
+        }
     finally:
         project.run("genloop", "undeploy")

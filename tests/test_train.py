@@ -57,6 +57,9 @@ def test_dvc_repro_trains_exports_and_then_does_nothing(project):
     assert (out / "live/plots/metrics/val_loss.tsv").is_file() or list(
         (out / "live/plots/metrics").rglob("*.tsv")
     )
+    # the training figure on the 8-bit scale of val_loss: positive bits/dim, not the density's nats
+    logged = (out / "live/plots/metrics/train/bits_per_dim.tsv").read_text().splitlines()[1:]  # dvclive: a/b
+    assert logged and all(0 < float(row.split()[-1]) < 16 for row in logged)
     assert "up to date" in project.run("dvc", "repro", check=True).stdout
     shown = project.run("dvc", "metrics", "show", check=True)
     assert "val_loss" in shown.stdout
@@ -83,8 +86,10 @@ def test_killed_run_resumes_to_the_same_weights(project, tmp_path):
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (project.root / "artifacts/train/model").exists()
 
-    project.run("genloop", "stage", "train", check=True)
+    proc = project.run("genloop", "stage", "train", check=True)
     assert metrics(project.root)["resumed"] is True
+    said = proc.stdout + proc.stderr  # nothing a user cannot act on
+    assert not any(s in said for s in ("exists and is not empty", "Tip:", "Warning", "deprecated")), said
 
     project.root = twin
     project.run("genloop", "stage", "train", check=True)
