@@ -107,3 +107,15 @@ def test_no_stage_writes_a_tracked_file(project):
     assert changed == ""
     record = json.loads((project.root / "artifacts/train/model/training.json").read_text())
     assert record["git"]["dirty"] is False and record["params"]["model"]["family"] == "gpt"
+
+
+def test_a_folder_of_ones_own_runs_with_only_its_source_changed(project, shapes_folder):
+    """16x16 PNGs in three class folders: nothing in params.yaml but data.source changes, and the whole
+    pipeline runs (the gate's expectations come from the folder's first batch)."""
+    project.set_params(data={"source": str(shapes_folder)})
+    project.set_params(train=QUICK_TRAIN)  # only to keep the test short
+    project.run("dvc", "repro", "evaluate", check=True)
+    meta = json.loads((project.root / "data/processed/meta.json").read_text())
+    assert meta["shape"] == [1, 16, 16] and meta["classes"] == ["circle", "square", "triangle"]
+    decision = json.loads((project.root / "artifacts/evaluate/decision.json").read_text())
+    assert decision["decision"] in ("promote", "reject") and decision["checks"]
