@@ -117,7 +117,7 @@ def ceiling(tag: str, body, batch: int = 64, seconds: float = 3.0) -> dict:
     while time.perf_counter() - start < seconds:
         out = model.sample_batch(jobs)
         n += batch
-        chars += sum(len(s) for r in out for s in r) if model.family == "gpt" else 0
+        chars += sum(len(s) for r in out for s in r) if model.data["kind"] == "text" else 0
     elapsed = time.perf_counter() - start
     return {"rps": n / elapsed, "chars_s": chars / elapsed}
 
@@ -145,15 +145,20 @@ def main() -> None:
     tag = a.model or champions.champion(store.name_of(params.require("model").family))
     if tag is None:
         raise SystemExit("no champion: run `dvc repro evaluate` first, or pass --model")
-    gpt = tag.split(":")[0].endswith("gpt")
-    if gpt:
+    from models import export
+
+    data = export.describe(store.folder(tag))["data"]
+    text = data["kind"] == "text"  # text rows report characters/s too
+    classes = [str(c) for c in data.get("classes") or []]
+    if text:
+        prompt = "".join(c for c in "The " if c in data["vocab"])
 
         def body(i: int) -> dict:
-            return {"n": 1, "prompt": "The ", "length": a.length, "seed": i}
+            return {"n": 1, "prompt": prompt, "length": a.length, "seed": i}
     else:
 
         def body(i: int) -> dict:
-            return {"n": 1, "seed": i, "label": str(i % 10)}
+            return {"n": 1, "seed": i} | ({"label": classes[i % len(classes)]} if classes else {})
 
     levels = [int(x) for x in a.levels.split(",")]
     limit = max(levels)  # the configured concurrency limit: no level goes above it
@@ -172,16 +177,16 @@ def main() -> None:
             for c in levels:
                 rows.append((name, c, asyncio.run(load(server.url, body, c, a.seconds))))
     top = ceiling(tag, body)
-    print(f"\nmodel {tag}; one sample per request{f', {a.length} characters' if gpt else ''}; "
+    print(f"\nmodel {tag}; one sample per request{f', {a.length} characters' if text else ''}; "
           f"{a.seconds:g} s per level; concurrency limit {limit}")  # fmt: skip
-    head = f"{'setup':<28}{'conc':>5}{'req/s':>9}" + (f"{'chars/s':>10}" if gpt else "")
+    head = f"{'setup':<28}{'conc':>5}{'req/s':>9}" + (f"{'chars/s':>10}" if text else "")
     print(head + f"{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'429':>6}{'5xx':>6}")
     for name, c, r in rows:
-        line = f"{name:<28}{c:>5}{r['rps']:>9.1f}" + (f"{r['chars_s']:>10.0f}" if gpt else "")
+        line = f"{name:<28}{c:>5}{r['rps']:>9.1f}" + (f"{r['chars_s']:>10.0f}" if text else "")
         print(line + f"{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['non2xx']:>9}{r['429']:>6}{r['5xx']:>6}")
     print(
         f"{'raw model, batches of 64':<28}{'':>5}{top['rps']:>9.0f}"
-        + (f"{top['chars_s']:>10.0f}" if gpt else "")
+        + (f"{top['chars_s']:>10.0f}" if text else "")
     )
     by = {(n, c): r for n, c, r in rows}
     c = max(levels)
@@ -190,10 +195,10 @@ def main() -> None:
         by[("ours, batching off", c)],
         by[("plain BentoML (reference)", c)],
     )
-    key = "chars_s" if gpt else "rps"
+    key = "chars_s" if text else "rps"
     batching = on[key] / max(off[key], 1e-9)
     vs_plain = on["rps"] / max(plain["rps"], 1e-9)
-    target, plain_target = (" (target >= 5x)", "") if gpt else ("", " (target >= 1x)")
+    target, plain_target = (" (target >= 5x)", "") if text else ("", " (target >= 1x)")
     print(f"\nat concurrency {c}: batching on / off = {batching:.2f}x {key}{target}; "
           f"ours (batching on) / plain = {vs_plain:.2f}x req/s{plain_target}")  # fmt: skip
     fails = sum(r["5xx"] for _, _, r in rows)

@@ -52,7 +52,7 @@ class PlainLoop:
     def __init__(self, p, folder: Path, total_steps: int, compile_: bool | str = False) -> None:
         from tasks.core.datasets import load_splits
         from tasks.training.fit import build, make_data
-        from tasks.training.module import lr_factor
+        from tasks.training.module import lr_factor, seed_of
 
         meta, splits = load_splits(folder)
         torch.manual_seed(p.train.seed)  # the same initial weights as ours
@@ -74,6 +74,7 @@ class PlainLoop:
         factor = lambda step: lr_factor(step, t.warmup_steps, total_steps, t.schedule)  # noqa: E731
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
         self.seed, self.noise = t.seed, torch.Generator(device=dev)  # seeded per step, as ours is
+        self.seed_of = seed_of
         self.loss = self.model.training_loss
         if compile_:  # True: torch.compile's default mode
             self.loss = torch.compile(self.loss, mode=None if compile_ is True else compile_)
@@ -88,7 +89,7 @@ class PlainLoop:
         start = time.perf_counter()
         for i in range(first, first + n):
             x, y = self.data.train_batch(i // per_epoch, i % per_epoch)
-            self.noise.manual_seed(self.seed * 1_000_003 + i * 7919)
+            self.noise.manual_seed(self.seed_of(self.seed, i))
             with self.autocast:
                 loss = self.loss((x, y), self.noise)
             loss.backward()

@@ -79,7 +79,7 @@ def deployment(console: Console) -> None:
             console.print(
                 f"[bold yellow]Warning:[/] the service serves {served}, but the champion of "
                 f"{served.split(':')[0]} is {champion}: package and deploy it "
-                "(dvc repro package && genloop deploy)"
+                "(genloop stage package && genloop deploy)"
             )
     for event in deploy.history(5):
         detail = event.get("why") or event.get("reason") or event.get("url") or ""

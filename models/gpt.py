@@ -140,7 +140,7 @@ class Model(GenerativeModel):
 
     def training_loss(self, batch, noise: torch.Generator) -> torch.Tensor:
         # Dropout draws from torch's global generator (neither nn.Dropout nor the attention kernel takes
-        # one): the training loop seeds it once per run and keeps its state in the checkpoints.
+        # one): the training loop seeds it at the start of each epoch (tasks/training/module.py).
         return self.loss(*batch)
 
     def training_figures(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

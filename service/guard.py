@@ -9,8 +9,9 @@
   while the service is saturated.
 - The API routes take JSON only: any other Content-Type gets 415 (BentoML picks its parser from the
   header, and a form parser answers a malformed multipart body with a 500).
-- Every 4xx answer has one shape, {"error": "<one line>"}: BentoML's validation errors (a list of
-  pydantic errors with documentation links) and its list-wrapped exceptions are rewritten.
+- Every 4xx answer, on every route, has one shape, {"error": "<one line>"}: BentoML's validation errors
+  (a list of pydantic errors with documentation links), its list-wrapped exceptions and Starlette's
+  plain-text 404 and 405 are rewritten.
 - The OpenAPI document (/docs.json) gains what this guard answers (401, 413, 415, 429, 504), the
   required body, and a link from a generated sample to rating it.
 """
@@ -56,7 +57,7 @@ class Guard:
             return await self.app(scope, receive, _rewrite_json(send, _document))
         if path not in LIMITED:
             try:
-                return await self.app(scope, receive, send)
+                return await self.app(scope, receive, _one_error_shape(send))
             except TooLarge:
                 return await _reply(send, 413, f"request body over {self.max_body} bytes")
         if scope["method"] == "POST" and (problem := _not_json(headers.get(b"content-type"))):

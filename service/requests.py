@@ -50,7 +50,9 @@ def generate_request(settings: Settings, kind: str, classes: list[str], vocab: l
     class Common(BaseModel):
         model_config = STRICT
 
-        n: Annotated[int, Field(ge=1, le=settings.max_samples, description="samples to draw")] = 4
+        n: Annotated[int, Field(ge=1, le=settings.max_samples, description="samples to draw")] = min(
+            4, settings.max_samples
+        )
         seed: Annotated[int | None, Field(ge=0, le=2**62, description="same seed, same samples")] = None
 
     if kind == "image":
@@ -74,8 +76,9 @@ def generate_request(settings: Settings, kind: str, classes: list[str], vocab: l
 
         return ImageRequest
 
-    # \uXXXX escapes mean the same in the document's ECMA regex, Python's and pydantic's (Rust)
-    characters = "".join(f"\\u{ord(c):04x}" for c in vocab if ord(c) <= 0xFFFF)
+    # \uXXXX escapes mean the same in the document's ECMA regex, Python's and pydantic's (Rust); a
+    # character beyond them (an emoji) is written as itself, which no regex reads as syntax
+    characters = "".join(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else c for c in vocab)
 
     class TextRequest(Common):
         prompt: Annotated[
@@ -87,7 +90,9 @@ def generate_request(settings: Settings, kind: str, classes: list[str], vocab: l
             ),
         ] = None
         temperature: Annotated[float | None, Field(ge=0, le=5, description="0 = greedy")] = None
-        length: Annotated[int, Field(ge=1, le=settings.max_length, description="new characters")] = 200
+        length: Annotated[int, Field(ge=1, le=settings.max_length, description="new characters")] = min(
+            200, settings.max_length
+        )
         _no_label = _refuse("label", "this model writes text: send `prompt`, not `label`")
 
         @field_validator("prompt")

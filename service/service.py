@@ -9,8 +9,8 @@
   request and stores feedback durably (service/store.py), and sits behind service/guard.py (API key,
   JSON only, body size, concurrency, timeout, one error shape).
 
-Serve from source with `bentoml serve service.service:Genloop --arg model=genloop-vae:<version>`, or
-build a Bento with `genloop stage package` and run `genloop deploy`.
+Serve from source with `genloop serve` (it passes every setting of params.yaml's `serve` section as a
+`--arg`), or build a Bento with `genloop stage package` and run `genloop deploy`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.core import paths
-from tasks.core.datasets import SPLITS
+from tasks.core.datasets import SPLITS, class_order
 from tasks.core.orchestration import publish_table, repro
 from tasks.core.params import AugmentParams, ImageAugment, Params
 from tasks.core.storage import dumps, read_json, staged_dir
@@ -81,14 +81,14 @@ def preview(original, augmented, n: int, path: Path) -> None:
 
 def process_images(files: list[dict], p: AugmentParams, out: Path, raw: Path = paths.RAW) -> dict:
     import numpy as np
-    from PIL import Image
 
-    classes = sorted({f["label"] for f in files if f["label"] is not None}, key=lambda s: (len(s), s))
+    from tasks.core.pictures import read_pixels
+
+    classes = class_order(f["label"] for f in files if f["label"] is not None)
     class_id = {c: i for i, c in enumerate(classes)}
     arrays = []
     for f in files:
-        with Image.open(raw / f["path"]) as img:
-            px = np.asarray(img)
+        px = read_pixels(raw / f["path"])  # as validate checked it
         arrays.append(px[None] if px.ndim == 2 else px.transpose(2, 0, 1))  # (C, H, W)
     x = np.stack(arrays).astype(np.uint8)
     y = np.array([class_id.get(f["label"], -1) for f in files], dtype=np.int64)

@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.core import paths
-from tasks.core.datasets import describe
+from tasks.core.datasets import layout
 from tasks.core.errors import GenloopError
 from tasks.core.orchestration import publish_markdown, repro
 from tasks.core.params import EvaluateParams, Params
@@ -27,7 +27,7 @@ from tasks.core.storage import read_json, sha256_file, write_json
 OUT = paths.ARTIFACTS / "evaluate"
 METRICS, DECISION = OUT / "metrics.json", OUT / "decision.json"
 FEATURIZER, PICTURES = OUT / "featurizer", OUT / "pictures"
-MODEL = paths.ARTIFACTS / "train" / "model"
+MODEL = paths.EXPORT
 
 
 def load_champion(tag: str | None, split) -> tuple[object | None, str]:
@@ -38,16 +38,16 @@ def load_champion(tag: str | None, split) -> tuple[object | None, str]:
     if tag is None:
         return None, "no champion yet"
     folder = store.folder(tag)
-    if export.describe(folder)["data"] != describe(split.meta):
+    if export.describe(folder)["data"] != layout(split.meta):
         return None, f"champion {tag} was trained on data of another layout (shape, classes or vocabulary)"
     return export.load(folder), ""
 
 
-def pictures(model, out: Path, ev: EvaluateParams) -> list[Path]:
+def draw(model, out: Path, ev: EvaluateParams) -> list[Path]:
     """Fixed-seed samples (and latent interpolations where the family has them): same weights, same
     pictures."""
     import models
-    from tasks.core.pictures import save_grid
+    from tasks.core.pictures import columns, save_grid
 
     out.mkdir(parents=True, exist_ok=True)
     kinds = models.family(model.family).pictures
@@ -56,7 +56,7 @@ def pictures(model, out: Path, ev: EvaluateParams) -> list[Path]:
         path = out / "samples.txt"
         path.write_text("\n\n----\n\n".join(texts) + "\n")
         return [path]
-    cols = len(model.data.get("classes") or []) or 8
+    cols = columns(model)
     made = [save_grid(model.sample(cols * 8, seed=ev.seed).cpu().numpy(), out / "samples.png", cols=cols)]
     if "interpolation" in kinds:
         grid = model.interpolate(steps=10, rows=cols, seed=ev.seed).cpu().numpy()
@@ -96,48 +96,51 @@ def run(params: Params) -> dict:
     name = store.name_of(model.family)
     weights = sha256_file(MODEL / export.WEIGHTS)
     tag = f"{name}:{weights[:16]}"  # the version is the weights' hash: same weights, same version
-    champion_tag = champions.champion(name)
-    champion_model, champion_note = load_champion(champion_tag, split)
-    champion = measure.model(champion_model)[0] if champion_model is not None else None
-    decision = decide(
-        model.family,
-        challenger,
-        baseline,
-        floor,
-        champion,
-        ev.gate,
-        same_as_champion=champion_tag == tag,
-        rolled_back=champions.rolled_back(tag),
-    )
-    decision |= {"challenger": tag, "champion": champion_tag, "champion_note": champion_note}
-
-    figures = {
-        "family": model.family,
-        "version": tag,
-        "model": challenger,
-        "baseline": baseline,
-        "champion": champion,
-        "floor": floor,
-        "units": {k: v for k, v in UNITS.items() if k in challenger},
-        "copy_quantile": ev.copy_quantile,
-    }
-    if split.kind == "image":
-        figures["featurizer"] = {k: v for k, v in measure.featurizer.items() if k != "fingerprint"}
-    made = pictures(model, PICTURES, ev)
+    made = draw(model, PICTURES, ev)
     trail = lineage.record(read_json(MODEL / paths.TRAINING_RECORD))
-    card_files = card.write(OUT, figures, decision, trail, made)
-
-    metadata = {
-        "lineage": trail,
-        "metrics": challenger,
-        "baseline": baseline,
-        "decision": decision["decision"],
-    }
     labels = {"family": model.family, "source": str(trail["source"]), "git": str(trail["git"]["commit"])[:12]}
-    extra = {p.relative_to(OUT).as_posix(): p for p in [*made, *card_files]}
-    store.register(MODEL, model.family, tag.split(":")[1], metadata, labels, extra)
-    if decision["decision"] == "promote":
-        champions.promote(tag, "; ".join(decision["reasons"]))
+    for _ in range(3):  # a flow that promotes meanwhile changes the champion: judge against the new one
+        champion_tag = champions.champion(name)
+        champion_model, champion_note = load_champion(champion_tag, split)
+        champion = measure.model(champion_model)[0] if champion_model is not None else None
+        decision = decide(
+            model.family,
+            challenger,
+            baseline,
+            floor,
+            champion,
+            ev.gate,
+            same_as_champion=champion_tag == tag,
+            rolled_back=champions.rolled_back(tag),
+        )
+        decision |= {"challenger": tag, "champion": champion_tag, "champion_note": champion_note}
+        figures = {
+            "family": model.family,
+            "version": tag,
+            "model": challenger,
+            "baseline": baseline,
+            "champion": champion,
+            "floor": floor,
+            "units": {k: v for k, v in UNITS.items() if k in challenger},
+            "copy_quantile": ev.copy_quantile,
+        }
+        if split.kind == "image":
+            figures["featurizer"] = {k: v for k, v in measure.featurizer.items() if k != "fingerprint"}
+        card_files = card.write(OUT, figures, decision, trail, made)
+        metadata = {
+            "lineage": trail,
+            "metrics": challenger,
+            "baseline": baseline,
+            "decision": decision["decision"],
+        }
+        extra = {p.relative_to(OUT).as_posix(): p for p in [*made, *card_files]}
+        store.register(MODEL, model.family, tag.split(":")[1], metadata, labels, extra)  # kept as first saved
+        if decision["decision"] != "promote":
+            break
+        if champions.promote(tag, "; ".join(decision["reasons"]), over=champion_tag):
+            break
+    else:
+        raise GenloopError(f"the champion of {name} kept changing while {tag} was evaluated: evaluate again")
 
     write_json(METRICS, {k: v for k, v in figures.items() if k != "units"} | {"units": figures["units"]})
     write_json(DECISION, decision)

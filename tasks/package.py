@@ -22,7 +22,7 @@ from tasks.core.storage import content_hash, read_json, write_json
 from tasks.registry import champions, store
 
 OUT = paths.ARTIFACTS / "package" / "bento.json"
-SERVE_DEPS = ("bentoml", "torch", "numpy", "safetensors", "pillow", "pytorch-lightning", "pydantic")
+SERVE_DEPS = ("bentoml", "torch", "numpy", "safetensors", "pillow", "pydantic")  # models/ and service/
 
 
 def pinned(lock: Path = Path("requirements.lock")) -> list[str]:

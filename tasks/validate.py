@@ -19,6 +19,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.core import paths
+from tasks.core.datasets import class_order
 from tasks.core.errors import GenloopError
 from tasks.core.orchestration import publish_markdown, repro
 from tasks.core.params import Params
@@ -43,7 +44,8 @@ EXAMPLES = 3  # files named per failure in the message (the summary lists them a
 def image_features(root: Path, files: list[dict]):  # -> pandas.DataFrame
     import numpy as np
     import pandas as pd
-    from PIL import Image
+
+    from tasks.core.pictures import read_pixels
 
     rows = []
     for f in files:
@@ -60,9 +62,7 @@ def image_features(root: Path, files: list[dict]):  # -> pandas.DataFrame
             "digest": f["path"],
         }
         try:
-            with Image.open(root / f["path"]) as img:
-                img.load()  # decodes every byte: a truncated file fails here
-                px = np.asarray(img)
+            px = read_pixels(root / f["path"])
         except (OSError, SyntaxError, ValueError):
             rows.append(row)
             continue
@@ -128,7 +128,7 @@ def image_expected(params: Params, frame, ref: dict | None) -> dict[str, Expecte
     ok = frame[frame["decodable"]]
     shape = reference.majority(list(zip(ok["channels"], ok["height"], ok["width"], strict=True)))
     c, h, w = (int(v) for v in shape) if shape else (None, None, None)
-    labels = sorted({str(v) for v in frame["label"] if v is not None}, key=lambda s: (len(s), s))
+    labels = class_order(str(v) for v in frame["label"] if v is not None)
     known = None
     if ref is not None:
         known = dict(zip(("channels", "height", "width"), ref["shape"], strict=True)) | {
@@ -159,8 +159,9 @@ def text_allowed(params: Params, ref: dict | None) -> tuple[frozenset[str] | Non
     return None, Expected("printable characters", "first batch", "validate.text.charset")
 
 
-def image_suite(params: Params, expected: dict[str, Expected]) -> tuple[list, list]:
-    """(expectations on the per-file table, expectations on the per-class table)."""
+def image_suite(params: Params, expected: dict[str, Expected], labelled: bool) -> tuple[list, list]:
+    """(expectations on the per-file table, expectations on the per-class table). A labelled batch (any
+    file in a class folder) must be labelled throughout: a file outside the folders has no class."""
     import great_expectations.expectations as gxe
 
     e = params.validate_.image
@@ -177,6 +178,8 @@ def image_suite(params: Params, expected: dict[str, Expected]) -> tuple[list, li
             column="digest", min_value=1 - e.max_duplicate_rate
         ),
     ]
+    if labelled:
+        files.append(gxe.ExpectColumnValuesToNotBeNull(column="label"))
     if expected["labels"].value is not None:
         files.append(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=expected["labels"].value))
     classes = [gxe.ExpectColumnValuesToBeBetween(column="count", min_value=e.min_per_class)]
@@ -283,7 +286,7 @@ def explain(f: dict, frame, expected: dict[str, Expected], params: Params) -> st
         return f"{len(files)} file(s) do not decode as images: {_examples(files)} (fix or remove them)"
     if col in ("height", "width", "channels"):
         exp = expected[col]
-        unit = " px" if col != "channels" else " (1: grey, 3: RGB)"
+        unit = " px" if col != "channels" else " (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA)"
         top = f"{frame[frame['path'].isin(files)][col].value_counts().index[0]:g}"
         return (
             f"{col}: expected {exp.value}{unit} ({exp.said()}); found {_found(frame, col, files)}, e.g. "
@@ -291,12 +294,18 @@ def explain(f: dict, frame, expected: dict[str, Expected], params: Params) -> st
         )
     if col in ("min_value", "max_value", "has_nan"):
         return f"pixel values outside 0..255 or NaN in {len(files)} file(s): {_examples(files)} (8-bit only)"
+    if col == "label" and f["expectation"] == "expect_column_values_to_not_be_null":
+        outside = frame[frame["label"].isna()]["path"].tolist()
+        return (
+            f"{len(outside)} file(s) sit outside any class folder, e.g. {_examples(outside)}: move them into "
+            "one (labels are the folder names), or put every file at the top for an unlabelled dataset"
+        )
     if col == "label":
         exp = expected["labels"]
         new = sorted({str(v) for v in frame[frame["path"].isin(files)]["label"]})
-        everything = sorted({*exp.value, *new}, key=lambda s: (len(s), s))
+        everything = class_order([*exp.value, *new])
         return (
-            f"labels: expected {', '.join(exp.value)} ({exp.said()}); found new label(s) "
+            f"labels: expected {', '.join(exp.value) or 'none'} ({exp.said()}); found new label(s) "
             f"{', '.join(new)} in {len(files)} file(s), e.g. {_examples(files)}; to accept them, set "
             f"{exp.param}: [{', '.join(everything)}] (or null for any labels)"
         )
@@ -371,9 +380,12 @@ def run(params: Params) -> dict:
             {"path": f"class {k}", "label": k, "count": int(observed.get(k, 0))}
             for k in sorted(set(declared) | {k for k in observed if k is not None})
         ]
-        file_checks, class_checks = image_suite(params, expected)
+        labelled = bool(frame["label"].notna().any())
+        file_checks, class_checks = image_suite(params, expected, labelled)
         texts = None
-        tables = {"image_files": (frame, file_checks), "image_classes": (pd.DataFrame(counts), class_checks)}
+        tables = {"image_files": (frame, file_checks)}
+        if counts:  # an unlabelled dataset (every file at the top of the source) has no classes to count
+            tables["image_classes"] = (pd.DataFrame(counts), class_checks)
     else:
         texts = read_texts(paths.RAW, files)
         allowed, charset = text_allowed(params, ref)

@@ -164,20 +164,19 @@ def test_every_registered_family_provides_its_facts():
     from tasks.quality.metrics import UNITS
 
     assert set(models.FAMILIES) >= {"vae", "gan", "gpt"}
-    for name, f in models.FAMILIES.items():
-        assert f.name == name and f.kind in ("image", "text")
-        assert f.headline in UNITS and f.heldout_unit and f.intended_use and f.limitations
-        assert f.baseline in ("gaussian_mixture", "char_ngram")
-        assert f.sample_metrics and set(f.sample_metrics) <= set(UNITS)
-        assert f.pictures and set(f.pictures) <= {"grid", "interpolation", "text"}
-        assert dataclasses.is_dataclass(f.config) and f.config_keys()
-        assert all(
-            f.default is dataclasses.MISSING for f in dataclasses.fields(f.config)
-        )  # params.yaml holds them
-        assert set(DEFAULTS[name]) == set(f.config_keys()), name  # params.yaml has every key
-        model = export.build(name, DEFAULTS[name], TEXT_DATA if f.kind == "text" else IMAGE_DATA)
+    for name, family in models.FAMILIES.items():
+        assert family.name == name and family.kind in ("image", "text")
+        assert family.headline in UNITS and family.heldout_unit and family.intended_use and family.limitations
+        assert family.baseline in ("gaussian_mixture", "char_ngram")
+        assert family.sample_metrics and set(family.sample_metrics) <= set(UNITS)
+        assert family.pictures and set(family.pictures) <= {"grid", "interpolation", "text"}
+        assert dataclasses.is_dataclass(family.config) and family.config_keys()
+        for field in dataclasses.fields(family.config):  # params.yaml holds every value
+            assert field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        assert set(DEFAULTS[name]) == set(family.config_keys()), name  # params.yaml has every key
+        model = export.build(name, DEFAULTS[name], TEXT_DATA if family.kind == "text" else IMAGE_DATA)
         assert model.family == name and model.config == DEFAULTS[name]
-        assert ("interpolation" in f.pictures) == hasattr(model, "interpolate")
+        assert ("interpolation" in family.pictures) == hasattr(model, "interpolate")
     assert models.for_kind("text") == ["gpt"] and set(models.for_kind("image")) == {"vae", "gan"}
 
 

@@ -32,7 +32,22 @@ def test_bad_keys_are_named(raw, named):
 
 
 def test_integers_allowed_where_floats_expected():
-    assert parse({"collect": {"timeout_s": 3}}).collect.timeout_s == 3.0
+    import yaml
+
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["collect"]["timeout_s"] = 3
+    assert parse(raw).collect.timeout_s == 3.0
+
+
+def test_every_value_comes_from_the_file():
+    """No section has defaults in code: a file without one is refused, naming what is missing."""
+    with pytest.raises(GenloopError) as err:
+        parse({"data": {"source": "sklearn:digits"}})
+    assert {"  collect: missing", "  validate: missing", "  augment: missing"} <= set(
+        str(err.value).splitlines()
+    )
 
 
 def test_cli_reports_bad_params_without_traceback(project):

@@ -117,5 +117,8 @@ def test_a_folder_of_ones_own_runs_with_only_its_source_changed(project, shapes_
     project.run("dvc", "repro", "evaluate", check=True)
     meta = json.loads((project.root / "data/processed/meta.json").read_text())
     assert meta["shape"] == [1, 16, 16] and meta["classes"] == ["circle", "square", "triangle"]
-    decision = json.loads((project.root / "artifacts/evaluate/decision.json").read_text())
-    assert decision["decision"] in ("promote", "reject") and decision["checks"]
+    metrics = json.loads((project.root / "artifacts/evaluate/metrics.json").read_text())
+    assert {"nll_bits_per_dim", "fd", "precision", "recall"} <= set(metrics["model"])
+    assert metrics["featurizer"]["kind"] == "classifier"  # it learned the three shapes' classes
+    card = (project.root / "artifacts/evaluate/card.md").read_text()
+    assert str(shapes_folder) in card and "pictures/samples.png" in card

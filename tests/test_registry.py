@@ -34,8 +34,21 @@ def test_promotions_from_several_processes_lose_no_update(tmp_path, monkeypatch)
         p.join(120)
         assert p.exitcode == 0
     entry = champions.record()["genloop-vae"]
-    assert len(entry["history"]) == 60
-    assert len(entry["previous"]) == 59 and entry["champion"] not in entry["previous"]
+    assert len(entry["history"]) == 60  # every promotion, none overwritten by another process
+    promoted = [e["tag"] for e in entry["history"]]
+    assert entry["previous"] == promoted[:-1] and entry["champion"] == promoted[-1]
+
+
+def test_a_promotion_over_a_champion_that_changed_meanwhile_is_refused(tmp_path, monkeypatch):
+    """The gate compared a challenger with the champion it read: if another flow promoted in between,
+    the challenger must be judged again, not silently put over a champion it never met."""
+    from tasks.registry import champions
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path))
+    assert champions.promote("genloop-vae:a", "first", over=None)
+    assert champions.promote("genloop-vae:b", "beat a", over="genloop-vae:a")
+    assert not champions.promote("genloop-vae:c", "beat a", over="genloop-vae:a")  # b came in between
+    assert champions.champion("genloop-vae") == "genloop-vae:b"
 
 
 def test_a_rollback_demotes_and_can_be_undone(tmp_path, monkeypatch):

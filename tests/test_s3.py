@@ -10,8 +10,9 @@ import pytest
 from tasks import collect
 from tasks.core import paths
 from tasks.core.errors import GenloopError
-from tasks.core.params import CollectParams
+from tasks.core.params import load
 from tasks.ingest.s3 import _get_verified, client
+from tests.conftest import REPO
 from tests.s3_server import seaweedfs
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def s3_env(tmp_path_factory):
 def s3(s3_env, monkeypatch):
     for key, value in s3_env.items():
         monkeypatch.setenv(key, value)
-    return client(CollectParams())
+    return client(load(REPO / "params.yaml").collect)
 
 
 def make_bucket(s3, bucket: str) -> None:
@@ -86,28 +87,38 @@ def test_corrupt_object_is_caught_by_its_etag(s3):
         _get_verified(s3, "corrupt", tampered, retries=2)
 
 
-def test_only_transient_errors_are_retried():
-    """Connection trouble, throttling, 5xx and damaged transfers are tried again; a bug is not."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+def test_only_a_broken_or_damaged_transfer_is_read_again():
+    """botocore retries the request itself (connections, throttling, 5xx); our loop reads an object
+    again only when its transfer broke or arrived damaged, and never on a refusal or a bug."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
 
-    from tasks.ingest.s3 import Corrupt, transient
+    from tasks.ingest.s3 import Corrupt, read_again
 
     def answer(code: str, status: int) -> ClientError:
         response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
         return ClientError(response, "GetObject")
 
-    retried = [
-        answer("SlowDown", 503),
-        answer("InternalError", 500),
-        answer("Throttling", 400),
-        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+    again = [
+        Corrupt("MD5 does not match the ETag"),
+        ResponseStreamingError(error="connection reset"),
         ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
         ConnectionResetError(),
-        Corrupt("MD5 does not match the ETag"),
     ]
-    refused = [answer("AccessDenied", 403), answer("NoSuchKey", 404), ValueError("a bug"), KeyError("Body")]
-    assert all(transient(e) for e in retried)
-    assert not any(transient(e) for e in refused)
+    not_again = [
+        answer("SlowDown", 503),  # botocore's standard mode has retried these already
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+        answer("AccessDenied", 403),
+        answer("NoSuchKey", 404),
+        ValueError("a bug"),
+        KeyError("Body"),
+    ]
+    assert all(read_again(e) for e in again)
+    assert not any(read_again(e) for e in not_again)
 
 
 def test_a_bug_is_not_retried(s3, monkeypatch):
@@ -125,7 +136,7 @@ def test_a_bug_is_not_retried(s3, monkeypatch):
     tampered = {**listed, "ETag": '"' + "0" * 32 + '"'}
     with pytest.raises(GenloopError):
         _get_verified(s3, "buggy", tampered, retries=3)
-    assert naps == [0.5, 1.0, 2.0]  # a damaged transfer is tried again, with backoff
+    assert naps == [0.5, 1.0]  # a damaged transfer is read again, with backoff (none after the last try)
 
 
 @pytest.mark.parametrize("case", ["unreachable", "no-bucket", "empty-prefix", "bad-key"])

@@ -131,6 +131,8 @@ def test_bodies_that_are_not_json_get_415_not_500(site, route, content_type):
     r = httpx.post(site.url + route, content=b"n=1", headers={"content-type": content_type})
     assert r.status_code == 415 and "Content-Type: application/json" in r.json()["error"], r.text
     assert httpx.get(site.url + route).json() == {"error": "Method Not Allowed"}
+    assert httpx.get(site.url + "/no-such-page").json() == {"error": "Not Found"}
+    assert httpx.post(site.url + "/version").json() == {"error": "Method Not Allowed"}
 
 
 def test_fuzzing_the_api_finds_no_5xx_and_no_schema_mismatch(site, tmp_path):

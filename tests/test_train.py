@@ -112,7 +112,7 @@ def test_changed_params_do_not_resume_stale_checkpoints(project):
 
 def test_ddp_on_two_cpu_processes(project):
     # two optimizer steps per Lightning step: each backward must still average gradients over ranks
-    # (tasks.training.fit.ReplicaCheck fails the run if the replicas end apart)
+    # (tasks/training/callbacks.py: ReplicaCheck fails the run if the replicas end apart)
     prepare(project, strategy="ddp", devices=2, accelerator="cpu", steps_per_execution=2)
     proc = project.run("genloop", "stage", "train", check=True)
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout

@@ -190,7 +190,7 @@ def test_the_first_batch_is_held_to_its_own_majority(project, shapes_folder):
     project.set_params(data={"source": str(shapes_folder)})
     message, _ = failing(project)
     assert "width: expected 16 px (most of this batch, the dataset's first); found 12 (1 file)" in message
-    assert "channels: expected 1 (1: grey, 3: RGB) (most of this batch" in message
+    assert "channels: expected 1 (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA) (most of this batch" in message
     assert not (project.root / "artifacts/validate/reference").exists()  # nothing recorded from a failure
 
 
@@ -210,3 +210,39 @@ def test_a_text_folder_keeps_its_characters(project, text_folder):
     assert "files/greek.txt" in message and "set validate.text.charset: any" in message
     project.set_params(validate={"text": {"charset": "any"}})
     assert collect_and_validate(project)["success"]
+
+
+def test_an_unlabelled_folder_passes_and_a_mixed_one_says_what_to_move(project, tmp_path):
+    rng = np.random.default_rng(0)
+    flat = tmp_path / "flat"
+    for i in range(40):
+        write_png(flat / f"{i:03d}.png", rng.integers(0, 256, (12, 12), dtype=np.uint8))
+    project.set_params(data={"source": str(flat)})
+    summary = collect_and_validate(project)  # no class folders: an unlabelled dataset, no classes to count
+    assert summary["success"] and summary["expected"]["labels"] == []
+    assert augment.run(project.params())["classes"] == []
+
+    mixed = tmp_path / "mixed"
+    for i in range(25):
+        write_png(mixed / "cat" / f"{i:03d}.png", rng.integers(0, 256, (12, 12), dtype=np.uint8))
+    write_png(mixed / "stray.png", rng.integers(0, 256, (12, 12), dtype=np.uint8))
+    project.set_params(data={"source": str(mixed)})
+    message, _ = failing(project)
+    assert "1 file(s) sit outside any class folder, e.g. files/stray.png: move them into one" in message
+
+
+def test_palette_and_one_bit_pngs_are_read_as_their_pixels(project, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "palette"
+    rng = np.random.default_rng(1)
+    for label in ("a", "b"):
+        for i in range(25):
+            rgb = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(folder / label / f"{i}.png")
+    project.set_params(data={"source": str(folder)})
+    summary = collect_and_validate(project)
+    assert summary["expected"]["channels"] == 3  # the palette's colours, not its indices
+    augment.run(project.params())
+    assert np.load(project.root / "data/processed/train_x.npy").shape[1:] == (3, 8, 8)

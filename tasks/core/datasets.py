@@ -37,7 +37,12 @@ def load_splits(
     return meta, splits
 
 
-def describe(meta: dict) -> dict[str, Any]:
+def class_order(labels) -> list[str]:
+    """Class names in the order of their ids: by length, then name, so folders 0..10 count as numbers."""
+    return sorted(set(labels), key=lambda s: (len(s), s))
+
+
+def layout(meta: dict) -> dict[str, Any]:
     """What a model must know of its data, and what a model trained on other data differs in."""
     if meta["kind"] == "image":
         return {"kind": "image", "shape": meta["shape"], "classes": meta["classes"]}
@@ -46,14 +51,12 @@ def describe(meta: dict) -> dict[str, Any]:
 
 def name(source: str) -> str:
     """A short, stable, file-safe name for the dataset at `source`: `sklearn-digits`, `pydoc-topics`,
-    or the folder's (or S3 prefix's) last part and a hash of the whole address, e.g. `shapes-1a2b3c`."""
+    or the folder's (or S3 prefix's) last part and a hash of the address as params.yaml writes it, e.g.
+    `shapes-1a2b3c`: the same in every clone of the project, wherever it lies."""
     if source.startswith(("sklearn:", "pydoc:")):
         return source.replace(":", "-")
-    if source.startswith("s3://"):
-        address = source.rstrip("/")
-    else:
-        address = str(Path(source.removeprefix("file://")).expanduser().resolve())
-    last = re.sub(r"[^A-Za-z0-9_.-]+", "-", address.rstrip("/").rsplit("/", 1)[-1]).strip("-.") or "data"
+    address = source.removeprefix("file://").rstrip("/")
+    last = re.sub(r"[^A-Za-z0-9_.-]+", "-", address.rsplit("/", 1)[-1]).strip("-.") or "data"
     return f"{last[:40]}-{hashlib.sha256(address.encode()).hexdigest()[:6]}"
 
 

@@ -2,8 +2,7 @@
 
 The model sections come from the registered families (models/families.py: each family's Config) and
 the service's part of `serve` from service/settings.py, so each key is declared once. The values, and
-so every default, live in params.yaml; only the data-side sections (data, collect, validate, augment)
-have defaults here, so that a project can start from a partial file.
+so every default, live in params.yaml alone: the code declares keys, types and bounds.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ class Section(BaseModel):
 
 
 class DataParams(Section):
-    source: str = "sklearn:digits"
+    source: str
 
     @field_validator("source")
     @classmethod
@@ -48,46 +47,46 @@ class DataParams(Section):
 
 
 class CollectParams(Section):
-    workers: int = Field(8, ge=1, le=64)
-    retries: int = Field(5, ge=1, le=20)
-    timeout_s: float = Field(10.0, gt=0)
+    workers: int = Field(ge=1, le=64)
+    retries: int = Field(ge=1, le=20)
+    timeout_s: float = Field(gt=0)
 
 
 class ImageExpectations(Section):
     # auto: taken from the dataset's reference, recorded from its first batch that passed
-    height: Annotated[int, Field(ge=1)] | Auto = "auto"
-    width: Annotated[int, Field(ge=1)] | Auto = "auto"
-    channels: Literal[1, 3, "auto"] = "auto"
-    labels: list[int] | list[str] | Auto | None = "auto"  # None: any label
-    min_per_class: int = Field(20, ge=0)
-    max_duplicate_rate: float = Field(0.05, ge=0, le=1)
+    height: Annotated[int, Field(ge=1)] | Auto
+    width: Annotated[int, Field(ge=1)] | Auto
+    channels: Literal[1, 2, 3, 4, "auto"]  # grey, grey + alpha, RGB, RGBA
+    labels: list[int] | list[str] | Auto | None  # None: any label
+    min_per_class: int = Field(ge=0)
+    max_duplicate_rate: float = Field(ge=0, le=1)
 
 
 class TextExpectations(Section):
-    min_chars: int = Field(10_000, ge=1)
-    min_charset_coverage: float = Field(0.99, ge=0, le=1)
+    min_chars: int = Field(ge=1)
+    min_charset_coverage: float = Field(ge=0, le=1)
     # auto: the characters of the dataset's first batch that passed | printable-ascii | any
-    charset: Literal["auto", "printable-ascii", "any"] = "auto"
-    max_pii_file_rate: float = Field(0.0, ge=0, le=1)
+    charset: Literal["auto", "printable-ascii", "any"]
+    max_pii_file_rate: float = Field(ge=0, le=1)
 
 
 class ValidateParams(Section):
-    image: ImageExpectations = ImageExpectations()
-    text: TextExpectations = TextExpectations()
+    image: ImageExpectations
+    text: TextExpectations
 
 
 class ImageAugment(Section):
-    factor: int = Field(2, ge=0, le=50)
-    max_shift: int = Field(1, ge=0)
-    max_rotation_deg: float = Field(10.0, ge=0, le=180)
-    noise_std: float = Field(0.03, ge=0)
+    factor: int = Field(ge=0, le=50)
+    max_shift: int = Field(ge=0)
+    max_rotation_deg: float = Field(ge=0, le=180)
+    noise_std: float = Field(ge=0)
 
 
 class AugmentParams(Section):
-    seed: int = 1337
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    test_fraction: float = Field(0.1, gt=0, lt=1)
-    image: ImageAugment = ImageAugment()
+    seed: int
+    val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+    image: ImageAugment
 
 
 def family_section(family: Family) -> type[Section]:
@@ -196,10 +195,11 @@ class ServeParams(Section, Limits):
 
 
 class Params(Section):
-    data: DataParams = DataParams()
-    collect: CollectParams = CollectParams()
-    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
-    augment: AugmentParams = AugmentParams()
+    data: DataParams
+    collect: CollectParams
+    validate_: ValidateParams = Field(alias="validate")
+    augment: AugmentParams
+    # the sections of the later stages may be left out where only the data stages run
     model: ModelParams | None = None
     train: TrainParams | None = None
     evaluate: EvaluateParams | None = None

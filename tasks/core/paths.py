@@ -16,7 +16,8 @@ VALIDATE = ARTIFACTS / "validate"
 VALIDATION_SUMMARY = VALIDATE / "summary.json"
 DATA_DOCS = VALIDATE / "data_docs"
 REJECTED = VALIDATE / "rejected"
-AUGMENT = ARTIFACTS / "augment"
+# the exported model of the train stage, what evaluate registers
+EXPORT = ARTIFACTS / "train" / "model"
 
 # An exported model (artifacts/train/model, a registered version): weights, description, and the training
 # run's own record of what it was trained with (params, commit, data, result)

@@ -1,4 +1,4 @@
-"""Pictures for people: sample grids as PNG (numpy + Pillow only)."""
+"""Pictures: a PNG's pixels as the stages read them, and sample grids as PNG for people (numpy + Pillow)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,26 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+
+def read_pixels(path: str | Path) -> np.ndarray:
+    """A PNG's pixels as validate checks them and augment stores them: (H, W) grey or (H, W, C) with the
+    channels of its mode. A palette image becomes its colours (RGB, or RGBA when it has transparency),
+    a 1-bit one grey 0 / 255; a 16-bit one keeps its values, which validate then refuses as not 8-bit."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()  # decodes every byte: a truncated file fails here
+        if img.mode in ("P", "PA"):
+            img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+        elif img.mode == "1":
+            img = img.convert("L")
+        return np.asarray(img)
+
+
+def columns(model) -> int:
+    """Columns of a model's sample grid: one per class, or 8 for a model without classes."""
+    return len(model.data.get("classes") or []) or 8
 
 
 def grid(images: np.ndarray, cols: int | None = None, scale: int = 4, pad: int = 1) -> np.ndarray:

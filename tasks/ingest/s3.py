@@ -71,31 +71,27 @@ class Corrupt(OSError):
     """An object whose bytes do not match its listing (size) or its ETag (MD5): a damaged transfer."""
 
 
-# error codes S3 (and compatible stores) answer when asked to slow down
-THROTTLING = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
-
-
-def transient(err: Exception) -> bool:
-    """Worth another attempt: a dropped, reset or timed-out connection, a damaged transfer, throttling,
-    or a server error (5xx). Anything else (access denied, no such key, a bug here) fails at once."""
+def read_again(err: Exception) -> bool:
+    """Worth reading the object again: its transfer broke off, timed out or arrived damaged. The request
+    itself botocore has already retried on connection errors, throttling and 5xx answers (standard mode,
+    collect.retries attempts); a refusal (access denied, no such key) or a bug here fails at once."""
     from botocore.exceptions import (
         ChecksumError,
-        ClientError,
+        ConnectionClosedError,
         FlexibleChecksumError,
-        HTTPClientError,
         IncompleteReadError,
+        ReadTimeoutError,
+        ResponseStreamingError,
     )
-    from botocore.exceptions import ConnectionError as S3ConnectionError
 
-    if isinstance(err, ClientError):
-        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return err.response.get("Error", {}).get("Code") in THROTTLING or status >= 500
-    network = (S3ConnectionError, HTTPClientError, IncompleteReadError, ConnectionError, TimeoutError)
-    return isinstance(err, (Corrupt, ChecksumError, FlexibleChecksumError, *network))
+    broken = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ConnectionClosedError)
+    return isinstance(
+        err, (Corrupt, ChecksumError, FlexibleChecksumError, *broken, ConnectionError, TimeoutError)
+    )
 
 
 def _get_verified(s3, bucket: str, obj: dict, retries: int) -> bytes:
-    """Download one object, retrying transient failures with backoff until its size and checksums agree."""
+    """Download one object, reading it again (with backoff) until its size and checksums agree."""
     etag = obj["ETag"].strip('"')
     last: Exception | None = None
     for attempt in range(retries):
@@ -108,10 +104,11 @@ def _get_verified(s3, bucket: str, obj: dict, retries: int) -> bytes:
                 raise Corrupt("MD5 does not match the ETag")
             return body
         except Exception as err:
-            if not transient(err):
+            if not read_again(err):
                 raise
             last = err
-            time.sleep(min(0.5 * 2**attempt, 8.0))
+            if attempt < retries - 1:
+                time.sleep(min(0.5 * 2**attempt, 8.0))
     raise GenloopError(f"s3://{bucket}/{obj['Key']} failed {retries} times: {type(last).__name__}: {last}")
 
 

@@ -1,4 +1,4 @@
-"""Data sources for collect: built-in datasets, a local folder, or S3 (see tasks/s3.py).
+"""Data sources for collect: built-in datasets, a local folder, or S3 (see s3.py).
 
 Every source writes files under a destination folder and returns one manifest entry per file.
 Output depends only on the source's content, so collecting twice yields byte-identical files.

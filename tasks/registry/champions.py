@@ -68,17 +68,24 @@ def alias(data: dict, tag: str) -> str:
     return "previous champion" if tag in entry.get("previous", []) else ""
 
 
-def promote(tag: str, reason: str) -> None:
-    """Make `tag` the champion of its line; the old champion becomes the rollback target."""
+ANY = object()
+
+
+def promote(tag: str, reason: str, over: str | object | None = ANY) -> bool:
+    """Make `tag` the champion of its line; the old champion becomes the rollback target. With `over`,
+    only if the champion is still that one (what the gate compared against); returns whether it did."""
     with _editing() as data:
         entry = _line(data, tag.split(":")[0])
+        if over is not ANY and entry["champion"] != over:
+            return False
         if entry["champion"] == tag:
-            return
+            return True
         if entry["champion"]:
             entry["previous"].append(entry["champion"])
         entry["champion"] = tag
         entry["demoted"].pop(tag, None)  # promoted on purpose again: no longer held back
         entry["history"].append({"at": _now(), "event": "promote", "tag": tag, "reason": reason})
+    return True
 
 
 def rollback(name: str) -> tuple[str, str]:

@@ -30,7 +30,7 @@ class SampleWriter(pl.Callback):
 
 def write_samples(model, folder: Path, name: str, live: Any = None) -> Path:
     """Fixed seed, so successive pictures show the model changing, not the noise."""
-    from tasks.core.pictures import save_grid
+    from tasks.core.pictures import columns, save_grid
 
     was = model.training
     model.eval()
@@ -41,9 +41,9 @@ def write_samples(model, folder: Path, name: str, live: Any = None) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("\n\n----\n\n".join(texts) + "\n")
         else:
-            n_classes = len(model.data.get("classes") or []) or 8
-            images = model.sample(n_classes * 8, seed=0).cpu().numpy()
-            path = save_grid(images, folder / f"{name}.png", cols=n_classes)
+            cols = columns(model)
+            images = model.sample(cols * 8, seed=0).cpu().numpy()
+            path = save_grid(images, folder / f"{name}.png", cols=cols)
             if live is not None:
                 live.log_image("samples.png", str(path))
     finally:

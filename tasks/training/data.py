@@ -114,7 +114,7 @@ class DeviceData(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # Positions only: Lightning step `position` runs optimizer steps steps_of(position), each asking
-        # train_batch(epoch, step) for its data (see GenerativeModel.training_step).
+        # train_batch(epoch, step) for its data (see tasks/training/module.py: training_step).
         executions = -(-self.steps_per_epoch // self.steps_per_execution)
         # its own generator: creating an epoch's iterator then draws nothing from torch's global one
         return DataLoader(range(executions), batch_size=None, generator=torch.Generator())

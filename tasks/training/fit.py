@@ -24,13 +24,12 @@ import models
 from models import export
 from models.common import GenerativeModel
 from tasks.core import paths
-from tasks.core.datasets import describe, load_splits, require_family_fits
+from tasks.core.datasets import layout, load_splits, require_family_fits
 from tasks.core.errors import GenloopError
 from tasks.core.params import ModelParams, TrainParams
 from tasks.training.module import Optim, Trainee
 
 TRAIN = paths.ARTIFACTS / "train"
-EXPORT = TRAIN / "model"
 METRICS = TRAIN / "metrics.json"
 RECORD = paths.TRAINING_RECORD
 # Training figures are logged about every this many optimizer steps: a self.log costs ~0.5 ms.
@@ -42,7 +41,7 @@ def build(model_params: ModelParams, train: TrainParams, meta: dict) -> Trainee:
     family = models.family(model_params.family)
     require_family_fits(family.name, meta["kind"], f"data/processed (from {meta.get('source')})")
     try:
-        model = export.build(family.name, model_params.family_config(), describe(meta))
+        model = export.build(family.name, model_params.family_config(), layout(meta))
     except (ValueError, AssertionError) as err:
         raise GenloopError(f"model.{family.name}: {err}") from None
     if train.init_from:

@@ -45,6 +45,11 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def seed_of(seed: int, count: int, rank: int = 0) -> int:
+    """The seed of draw number `count` (an optimizer step, an epoch) on process `rank` of a run."""
+    return seed * 1_000_003 + count * 7919 + rank
+
+
 def _listed(x) -> list:
     return list(x) if isinstance(x, list | tuple) else [x]
 
@@ -112,7 +117,7 @@ class Trainee(pl.LightningModule):
         argument), per (seed, epoch, rank): at the epoch's first step, after Lightning's own set-up of the
         epoch, so a resumed run continues exactly as the uninterrupted one. Cheaper than
         torch.manual_seed, which also queues seeds for every other backend."""
-        seed = self.optim.seed * 1_000_003 + self.current_epoch * 7919 + self.global_rank
+        seed = seed_of(self.optim.seed, self.current_epoch, self.global_rank)
         torch.default_generator.manual_seed(seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)
@@ -130,7 +135,7 @@ class Trainee(pl.LightningModule):
         steps = data.steps_of(int(position))
         for step in steps:
             index = epoch * data.steps_per_epoch + step  # the optimizer step of the run
-            noise.manual_seed(seed * 1_000_003 + index * 7919 + rank)
+            noise.manual_seed(seed_of(seed, index, rank))
             losses = model.train_step(data.train_batch(epoch, step), self.update, noise)
         self.steps_done = epoch * data.steps_per_epoch + steps.stop
         if self.logging_step(batch_idx):  # in the units people read, only when written
