@@ -30,10 +30,40 @@ def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class Prior(nn.Module):
+    """p(z | class): a mixture of K diagonal Gaussians per class, means, scales and weights learned with
+    the rest (in the spirit of Tomczak & Welling's VampPrior, 2018). A fixed N(0, I) prior leaves holes
+    where the encoder puts no data, and samples drawn from them decode to blurs; a learned one samples
+    where the data is, and its ELBO stays a true bound."""
+
+    def __init__(self, latent: int, n_classes: int, components: int) -> None:
+        super().__init__()
+        k = max(n_classes, 1)
+        self.means = nn.Parameter(torch.randn(k, components, latent))  # spread out at the start
+        self.log_scales = nn.Parameter(torch.zeros(k, components, latent))
+        self.logits = nn.Parameter(torch.zeros(k, components))
+
+    def log_prob(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(z | y) in nats; z (..., B, Z), y (B,) -> (..., B)."""
+        m, log_s = self.means[y], self.log_scales[y].clamp(-6, 3)  # (B, K, Z)
+        err = (z.unsqueeze(-2) - m) * torch.exp(-log_s)  # (..., B, K, Z)
+        per_component = -(0.5 * err.pow(2) + log_s + LOG_SQRT_2PI).sum(-1)  # (..., B, K)
+        return torch.logsumexp(per_component + F.log_softmax(self.logits[y], -1), -1)
+
+    def sample(self, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """One z per class id in y (B,) -> (B, Z)."""
+        weights = F.softmax(self.logits[y], -1)  # (B, K)
+        k = torch.multinomial(weights, 1, generator=g).squeeze(1)
+        m = self.means[y, k]
+        s = torch.exp(self.log_scales[y, k].clamp(-6, 3))
+        return m + s * torch.randn(m.shape, generator=g, device=m.device, dtype=m.dtype)
+
+
 class VAENet(nn.Module):
     def __init__(self, cfg: Config, n_pixels: int, n_classes: int) -> None:
         super().__init__()
         self.n_classes = n_classes
+        self.prior = Prior(cfg.latent_dim, n_classes, cfg.prior_components) if cfg.prior_components else None
         h = cfg.hidden
         self.encoder = mlp([n_pixels + n_classes, *h], cfg.dropout)
         self.to_stats = nn.Linear(h[-1], 2 * cfg.latent_dim)  # -> (mu, log_var)
@@ -85,8 +115,28 @@ class Model(GenerativeModel):
         eps = torch.randn(mu.shape, generator=g, device=mu.device, dtype=mu.dtype)
         z = mu + eps * (0.5 * log_var).exp()  # reparameterisation
         rec = -self.net.log_px(v, self.net.decode(z, c))
-        kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).float().sum(1)
+        if self.net.prior is None:
+            kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).float().sum(1)
+        else:  # a mixture has no closed-form KL: its one-sample estimate, log q(z | v) - log p(z | y)
+            log_q = -(0.5 * eps.pow(2) + 0.5 * log_var + LOG_SQRT_2PI).float().sum(1)
+            kl = log_q - self.net.prior.log_prob(z.float(), self.prior_classes(y, len(v), v.device))
         return rec, kl
+
+    def prior_classes(self, y: torch.Tensor | None, n: int, device) -> torch.Tensor:
+        """The class ids the prior is indexed by (all 0 for a model without classes)."""
+        return y if self.net.n_classes and y is not None else torch.zeros(n, dtype=torch.long, device=device)
+
+    def log_pz(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """log p(z | y), nats; z (..., B, Z)."""
+        if self.net.prior is None:
+            return -(0.5 * z.pow(2) + LOG_SQRT_2PI).sum(-1)
+        return self.net.prior.log_prob(z, self.prior_classes(y, z.shape[-2], z.device))
+
+    def draw_z(self, y: torch.Tensor | None, n: int, g: torch.Generator) -> torch.Tensor:
+        """n latents from the prior (for class ids y)."""
+        if self.net.prior is None:
+            return torch.randn(n, self.cfg.latent_dim, generator=g, device=self.device)
+        return self.net.prior.sample(self.prior_classes(y, n, self.device), g)
 
     def bits_per_dim(self, nll_nats: torch.Tensor) -> torch.Tensor:
         """-log p(v) in nats per image -> an upper bound on the 8-bit image's NLL in bits per dimension."""
@@ -119,7 +169,7 @@ class Model(GenerativeModel):
         eps = torch.randn((k, *mu.shape), generator=g, device=mu.device)
         z = mu + eps * std  # (k, B, Z)
         out = self.net.decode(z.flatten(0, 1), c.repeat(k, 1)).view(k, len(v), -1)
-        log_pz = -(0.5 * z.pow(2) + LOG_SQRT_2PI).sum(-1)
+        log_pz = self.log_pz(z, y)
         log_qz = -(0.5 * eps.pow(2) + 0.5 * log_var + LOG_SQRT_2PI).sum(-1)
         log_w = self.net.log_px(v, out) + log_pz - log_qz  # (k, B)
         return -(torch.logsumexp(log_w, 0) - math.log(k))
@@ -139,7 +189,7 @@ class Model(GenerativeModel):
             n, g = job["n"], generator(job.get("seed"), self.device)
             y = class_ids(job.get("condition"), n, k, self.device) if k else None
             cs.append(self.net.onehot(y, n, self.device))
-            zs.append(torch.randn(n, self.cfg.latent_dim, generator=g, device=self.device))
+            zs.append(self.draw_z(y, n, g))
         logits = self.net.decode(torch.cat(zs), torch.cat(cs))[:, : self.n_pixels]
         images = torch.sigmoid(logits.float()).view(-1, *self.shape)
         return list(images.split([job["n"] for job in jobs]))
@@ -149,10 +199,11 @@ class Model(GenerativeModel):
         """A picture of the latent space: per row, decoder means along a straight line between two random
         latents (rows cycle through the classes). Returns (rows * steps, C, H, W) in [0, 1]."""
         g = generator(seed, self.device)
-        ends = torch.randn(2, rows, self.cfg.latent_dim, generator=g, device=self.device)
+        n_classes = self.net.n_classes
+        row_class = torch.arange(rows, device=self.device) % max(n_classes, 1)
+        ends = torch.stack([self.draw_z(row_class if n_classes else None, rows, g) for _ in range(2)])
         t = torch.linspace(0, 1, steps, device=self.device)[None, :, None]  # (1, steps, 1)
         z = (ends[0][:, None] * (1 - t) + ends[1][:, None] * t).flatten(0, 1)  # (rows * steps, Z)
-        n_classes = self.net.n_classes
-        y = (torch.arange(rows, device=self.device) % max(n_classes, 1)).repeat_interleave(steps)
+        y = row_class.repeat_interleave(steps)
         logits = self.net.decode(z, self.net.onehot(y if n_classes else None, len(z), self.device))
         return torch.sigmoid(logits[:, : self.n_pixels].float()).view(len(z), *self.shape)

@@ -60,23 +60,26 @@ def augment_images(x, p: ImageAugment, seed: int):  # uint8 (N, C, H, W) -> uint
     return np.stack(copies) if copies else np.empty((0, *x.shape[1:]), np.uint8)
 
 
-def preview(original, augmented, n: int, path: Path) -> None:
-    """A picture of what augmentation does: originals in the top row, their copies below."""
+def preview(original, labels, augmented, classes: list[str], path: Path, per_class: int = 3) -> Path:
+    """What augmentation does, for every class: a row per class, each original followed by its copies.
+    original uint8 (N, C, H, W) with class ids `labels`; augmented holds factor copies of all N, in turn."""
     import numpy as np
-    from PIL import Image
 
-    n = min(n, len(original))
-    rows = [original[:n]] + [
-        augmented[k * len(original) : k * len(original) + n]
-        for k in range(len(augmented) // max(len(original), 1))
-    ]
-    grid = np.concatenate(
-        [np.concatenate(list(r[:, 0] if r.shape[1] == 1 else r.mean(1)), axis=1) for r in rows], axis=0
+    from tasks.core.pictures import save_grid
+
+    n, factor = len(original), len(augmented) // max(len(original), 1)
+    rows, names = [], []
+    for c, name in enumerate(classes or [None]):
+        idx = np.flatnonzero(labels == c)[:per_class] if classes else np.arange(min(per_class, n))
+        tiles = [img for i in idx for img in (original[i], *(augmented[k * n + i] for k in range(factor)))]
+        blank = np.zeros_like(original[0])
+        rows.append(tiles + [blank] * ((1 + factor) * per_class - len(tiles)))  # a class with fewer images
+        names.append(str(name) if name is not None else "")
+    head = ["original", *(f"copy {k + 1}" for k in range(factor))] * per_class
+    images = np.stack([t for row in rows for t in row]).astype(np.float32) / 255
+    return save_grid(
+        images, path, cols=(1 + factor) * per_class, col_names=head, row_names=names if classes else None
     )
-    scale = max(1, 256 // grid.shape[0])
-    Image.fromarray(grid.astype(np.uint8), mode="L").resize(
-        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
-    ).save(path)
 
 
 def process_images(files: list[dict], p: AugmentParams, out: Path, raw: Path = paths.RAW) -> dict:
@@ -98,7 +101,7 @@ def process_images(files: list[dict], p: AugmentParams, out: Path, raw: Path = p
         xs, ys = x[idx], y[idx]
         if split == "train" and p.image.factor:
             extra = augment_images(xs, p.image, p.seed)
-            preview(xs, extra, 12, out / "preview.png")
+            preview(xs, ys, extra, classes, out / "preview.png")
             xs, ys = np.concatenate([xs, extra]), np.concatenate([ys] + [ys] * p.image.factor)
         np.save(out / f"{split}_x.npy", xs)
         np.save(out / f"{split}_y.npy", ys)

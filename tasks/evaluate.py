@@ -26,7 +26,7 @@ from tasks.core.storage import read_json, sha256_file, write_json
 
 OUT = paths.ARTIFACTS / "evaluate"
 METRICS, DECISION = OUT / "metrics.json", OUT / "decision.json"
-FEATURIZER, PICTURES = OUT / "featurizer", OUT / "pictures"
+FEATURIZER, BASELINE, PICTURES = OUT / "featurizer", OUT / "baseline", OUT / "pictures"
 MODEL = paths.EXPORT
 
 
@@ -43,11 +43,12 @@ def load_champion(tag: str | None, split) -> tuple[object | None, str]:
     return export.load(folder), ""
 
 
-def draw(model, out: Path, ev: EvaluateParams) -> list[Path]:
-    """Fixed-seed samples (and latent interpolations where the family has them): same weights, same
-    pictures."""
+def draw(model, out: Path, ev: EvaluateParams, split, samples, baseline_samples) -> list[Path]:
+    """The pictures of a version, fixed seeds (same weights, same pictures): its samples, a class to a
+    column; real test data, its samples and the baseline's side by side; and the latent interpolations
+    where the family has them, a class to a row."""
     import models
-    from tasks.core.pictures import columns, save_grid
+    from tasks.core.pictures import column_names, columns, save_grid
 
     out.mkdir(parents=True, exist_ok=True)
     kinds = models.family(model.family).pictures
@@ -55,13 +56,64 @@ def draw(model, out: Path, ev: EvaluateParams) -> list[Path]:
         texts = model.sample(8, seed=ev.seed, length=ev.text.length)
         path = out / "samples.txt"
         path.write_text("\n\n----\n\n".join(texts) + "\n")
-        return [path]
-    cols = columns(model)
-    made = [save_grid(model.sample(cols * 8, seed=ev.seed).cpu().numpy(), out / "samples.png", cols=cols)]
+        return [path, compare_texts(split, samples, baseline_samples, ev.text.length, out / "compare.txt")]
+    cols, names = columns(model), column_names(model)
+    made = [save_grid(model.sample(cols * 8, seed=ev.seed).cpu().numpy(), out / "samples.png", cols, names)]
+    made.append(compare_images(split, samples, baseline_samples, cols, names, out / "compare.png"))
     if "interpolation" in kinds:
         grid = model.interpolate(steps=10, rows=cols, seed=ev.seed).cpu().numpy()
-        made.append(save_grid(grid, out / "interpolation.png", cols=10))
+        made.append(save_grid(grid, out / "interpolation.png", 10, None, names))
     return made
+
+
+def compare_images(split, samples, baseline_samples, cols: int, names: list[str] | None, path: Path) -> Path:
+    """Real test images, the model's samples (drawn for the test images' classes) and the baseline's,
+    four rows each; with classes, four of each class, a class to a column."""
+    import numpy as np
+
+    from tasks.core.pictures import save_side_by_side
+
+    x, y = split.arrays["test"]
+    if names:
+        picks = []
+        for c in range(cols):
+            found = np.flatnonzero(y == c)
+            picks.append(np.resize(found, 4) if len(found) else np.full(4, -1))  # -1: no test image of it
+        index = np.stack(picks, axis=1).reshape(-1)  # row r holds the r-th pick of every class
+    else:
+        index = np.arange(min(len(x), 4 * cols))
+
+    def take(images: np.ndarray) -> np.ndarray:
+        chosen = np.asarray(images, dtype=np.float32)[np.maximum(index, 0)]
+        chosen[index < 0] = 0
+        return chosen
+
+    blocks = {
+        "real (test)": take(x / 255.0),
+        "this model": take(samples),
+        "baseline": baseline_samples[: len(index)],
+    }
+    return save_side_by_side(blocks, path, cols, names)
+
+
+def compare_texts(split, samples: list[str], baseline_samples: list[str], length: int, path: Path) -> Path:
+    """Three excerpts of the real test text, three of the model's texts and three of the baseline's."""
+    real = split.text["test"]
+    excerpts = [real[i : i + length] for i in range(0, max(1, len(real) - length), max(1, len(real) // 3))][
+        :3
+    ]
+    sections = {
+        "real text (test split)": excerpts,
+        "this model": samples[:3],
+        "baseline": baseline_samples[:3],
+    }
+    path.write_text(
+        "".join(
+            f"== {name} ==\n\n" + "\n\n----\n\n".join(t.strip() for t in texts) + "\n\n"
+            for name, texts in sections.items()
+        )
+    )
+    return path
 
 
 def run(params: Params) -> dict:
@@ -89,14 +141,14 @@ def run(params: Params) -> dict:
         )
 
     OUT.mkdir(parents=True, exist_ok=True)
-    measure = Measure(split, ev, FEATURIZER)
-    challenger, _ = measure.model(model)
-    baseline, floor = measure.baseline(family.baseline), measure.floor()
+    measure = Measure(split, ev, FEATURIZER, cache=BASELINE)
+    challenger, samples = measure.model(model)
+    (baseline, baseline_samples), floor = measure.baseline(family.baseline), measure.floor()
 
     name = store.name_of(model.family)
     weights = sha256_file(MODEL / export.WEIGHTS)
     tag = f"{name}:{weights[:16]}"  # the version is the weights' hash: same weights, same version
-    made = draw(model, PICTURES, ev)
+    made = draw(model, PICTURES, ev, split, samples, baseline_samples)
     trail = lineage.record(read_json(MODEL / paths.TRAINING_RECORD))
     labels = {"family": model.family, "source": str(trail["source"]), "git": str(trail["git"]["commit"])[:12]}
     for _ in range(3):  # a flow that promotes meanwhile changes the champion: judge against the new one

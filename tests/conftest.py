@@ -102,6 +102,11 @@ def new_project(root: Path) -> Project:
     return Project(root, {"BENTOML_HOME": str(root / ".genloop" / "bentoml")})
 
 
+# One quick Gaussian as the image baseline, for tests about something else than the baseline (the
+# default grid of mixtures takes half a minute on digits)
+SMALL_BASELINE = {"baseline": {"gmm_components": [1], "gmm_reg_covar": [1.0e-4]}}
+
+
 def undeclared_params(log: Path) -> dict[str, list[str]]:
     """Params each stage read (GENLOOP_PARAMS_LOG, written by `genloop stage`) that its `params:` list in
     dvc.yaml does not cover: {stage: keys}. A listed section covers every key under it."""

@@ -43,6 +43,48 @@ def test_challenger_against_champion() -> None:
     assert decide("vae", champion, base, FLOOR, champion, GATE, True)["decision"] == "keep"
 
 
+def test_a_model_that_wins_on_likelihood_but_draws_worse_samples_than_the_baseline_is_rejected() -> None:
+    """The digits VAE as it was: 5.04 bits/dim against the mixture's 6.02, yet a Fréchet distance of
+    111.8 against 89.9 and lower precision and recall. Its samples lose, so it is not served."""
+    model = {"nll_bits_per_dim": 5.04, "fd": 111.8, "precision": 0.59, "recall": 0.64, "memorised": 0.02}
+    mixture = {"nll_bits_per_dim": 6.02, "fd": 89.9, "precision": 0.70, "recall": 0.77, "memorised": 0.05}
+    floor = {"fd": 4.7, "precision": 0.95, "recall": 0.9, "memorised": 0.1}
+    d = decide("vae", model, mixture, floor, None, GATE)
+    assert d["decision"] == "reject"
+    failed = {c["check"] for c in d["checks"] if not c["passed"]}
+    assert failed == {
+        "samples vs baseline: fd",
+        "samples vs baseline: precision",
+        "samples vs baseline: recall",
+    }
+    fd = next(c for c in d["checks"] if c["check"] == "samples vs baseline: fd")
+    assert (fd["model"], fd["baseline"], fd["floor"], fd["champion"]) == (111.8, 89.9, 4.7, None)
+    better = dict(model, fd=40.0, precision=0.72, recall=0.75)  # recall 0.75 is within 10% of 0.77
+    assert decide("vae", better, mixture, floor, None, GATE)["decision"] == "promote"
+
+
+def test_a_degenerate_baseline_never_passes_a_model() -> None:
+    """A mixture that collapsed on 16x16 shapes (3,765 bits/dim, worse than independent pixels) is no
+    bar: the headline is compared with the per-pixel model instead, and a sample metric of a degenerate
+    baseline fails its check rather than pass one trivially."""
+    model = {"nll_bits_per_dim": 7.5, "fd": 10.0, "precision": 0.8, "recall": 0.8, "memorised": 0.0}
+    collapsed = {"nll_bits_per_dim": 3765.0, "per_pixel_bits_per_dim": 6.9, "fd": 10.6, "precision": 0.8,
+                 "recall": 0.8, "memorised": 0.0, "degenerate": ["nll_bits_per_dim"]}  # fmt: skip
+    d = decide("vae", model, collapsed, FLOOR, None, GATE)
+    assert d["decision"] == "reject"
+    assert d["reasons"] == ["beats baseline: nll_bits_per_dim 7.5 vs the per-pixel model's 6.9, the "
+                            "baseline's 3765 being degenerate"]  # fmt: skip
+    assert (
+        decide("vae", dict(model, nll_bits_per_dim=6.0), collapsed, FLOOR, None, GATE)["decision"]
+        == "promote"
+    )
+    broken = dict(collapsed, fd=float("nan"), degenerate=["nll_bits_per_dim", "fd"])
+    d = decide("vae", dict(model, nll_bits_per_dim=6.0), broken, FLOOR, None, GATE)
+    assert d["decision"] == "reject" and d["reasons"][0].startswith(
+        "samples vs baseline: fd: the baseline's fd"
+    )
+
+
 class CopyingModel:
     """A "generator" that returns training examples: the gate must catch it."""
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import undeclared_params
+from tests.conftest import SMALL_BASELINE, undeclared_params
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def ran(proc) -> set[str]:
 def test_repro_from_scratch_then_noop_then_only_what_changed(project, tmp_path):
     fresh = project.run("genloop", "deploy")  # a fresh clone: deploy says what to run first
     assert fresh.returncode == 1 and "nothing is packaged yet: run `dvc repro`" in fresh.stderr
-    project.set_params(train=QUICK_TRAIN)
+    project.set_params(train=QUICK_TRAIN, evaluate=SMALL_BASELINE)
     log = tmp_path / "params-read.jsonl"
     first = project.run("dvc", "repro", check=True, env={"GENLOOP_PARAMS_LOG": str(log)})
     assert ran(first) == {"collect", "validate", "augment", "train", "evaluate"}

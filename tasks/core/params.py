@@ -160,8 +160,11 @@ class EvaluateText(Section):
 
 
 class EvaluateBaseline(Section):
-    gmm_components: int = Field(ge=1)
-    ngram_order: int = Field(ge=1, le=8)
+    # images: the Gaussian mixtures tried (components x covariance regularisation); the best on the
+    # validation split is the baseline
+    gmm_components: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    gmm_reg_covar: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    ngram_max_order: int = Field(ge=1, le=10)  # text: orders 1 to this tried on the validation split
 
 
 class Gate(Section):

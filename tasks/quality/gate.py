@@ -1,21 +1,36 @@
 """The promotion gate: promote, reject or keep a challenger, with every check that led there.
 
-A pure function of figures already measured (tested without any I/O): the family's headline metric
-must beat the baseline's and the champion's; no sample metric the family guards may regress past a
-tolerance against the champion; memorisation may not exceed what real unseen data scores by more than
-a margin; and a version that a rollback demoted is not promoted again.
+A pure function of figures already measured (tested without any I/O). A challenger is promoted only if:
+- its headline metric beats the baseline's (a degenerate baseline figure is replaced by the per-pixel
+  model's, or fails the check: it never passes trivially) and the champion's;
+- none of the family's sample metrics is worse than the baseline's, nor the champion's, by more than
+  `max_regression` (relative): a model that wins on likelihood but draws worse samples than a classical
+  model is not served;
+- it memorises no more than real unseen data does, plus a margin;
+- a rollback has not demoted it.
+Each check names its metric and carries the challenger's, the baseline's, the champion's and real
+data's figure, so decision.json and the model card show all four.
 """
 
 from __future__ import annotations
+
+import math
 
 import models
 from tasks.core.params import Gate
 from tasks.quality.metrics import HIGHER_IS_BETTER
 
+# Baseline figures a degenerate one may be replaced by: the per-pixel model's likelihood is always sane.
+STAND_INS = {"nll_bits_per_dim": ("per_pixel_bits_per_dim", "the per-pixel model's")}
+
 
 def better(a: float, b: float, metric: str, margin: float = 0.0) -> bool:
     """Is a better than b by at least `margin` (in the metric's direction)?"""
     return a - b >= margin if metric in HIGHER_IS_BETTER else b - a >= margin
+
+
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4g}"
 
 
 def decide(
@@ -28,13 +43,20 @@ def decide(
     same_as_champion: bool = False,
     rolled_back: dict | None = None,
 ) -> dict:
-    """promote / reject / keep, with every check that led there (each: name, passed, detail)."""
+    """promote / reject / keep, with every check that led there (each: check, passed, detail, and the
+    metric with its four figures when it compares one)."""
     spec = models.family(family)
     headline = spec.headline
+    degenerate = set(baseline.get("degenerate", []))
+    rival = champion if champion is not None and not same_as_champion else None
     checks: list[dict] = []
 
-    def check(name: str, passed: bool, detail: str) -> None:
-        checks.append({"check": name, "passed": bool(passed), "detail": detail})
+    def check(name: str, passed: bool, detail: str, metric: str | None = None, **base) -> None:
+        row = {"check": name, "passed": bool(passed), "detail": detail}
+        if metric is not None:
+            row |= {"metric": metric, "model": challenger.get(metric), "baseline": base.get("value"),
+                    "champion": (champion or {}).get(metric), "floor": floor.get(metric)}  # fmt: skip
+        checks.append(row)
 
     if rolled_back is not None and not same_as_champion:
         check(
@@ -49,26 +71,68 @@ def decide(
         mem <= real + gate.max_memorised,
         f"{mem:.3f} of samples count as copies of training data; real unseen data {real:.3f}, "
         f"limit {real:.3f} + {gate.max_memorised}",
+        "memorised",
+        value=baseline.get("memorised"),
     )
+    # the headline against the baseline: strictly better
     if headline in baseline:
         a, b = challenger[headline], baseline[headline]
-        check("beats baseline", better(a, b, headline), f"{headline} {a:.4g} vs baseline {b:.4g}")
-    if champion is not None and not same_as_champion:
-        a, b = challenger[headline], champion[headline]
+        against = f"baseline {_num(b)}"
+        if headline in degenerate:
+            stand_in, whose = STAND_INS.get(headline, (None, ""))
+            replacement = baseline.get(stand_in, math.nan) if stand_in else math.nan
+            against = f"{whose} {_num(replacement)}, the baseline's {_num(b)} being degenerate"
+            b = replacement
+        if math.isfinite(b):
+            check(
+                "beats baseline",
+                better(a, b, headline),
+                f"{headline} {_num(a)} vs {against}",
+                headline,
+                value=b,
+            )
+        else:
+            check("beats baseline", False, f"{headline}: the baseline's figure is degenerate ({against})",
+                  headline, value=b)  # fmt: skip
+    # the sample metrics against the baseline: no worse than it beyond the tolerance
+    for metric in spec.sample_metrics:
+        if metric == headline or metric not in challenger or metric not in baseline:
+            continue
+        a, b = challenger[metric], baseline[metric]
+        if metric in degenerate or not math.isfinite(b):
+            check(f"samples vs baseline: {metric}", False,
+                  f"the baseline's {metric} ({_num(b)}) is degenerate: nothing to compare with",
+                  metric, value=b)  # fmt: skip
+            continue
+        allowed = abs(b) * gate.max_regression
+        check(
+            f"samples vs baseline: {metric}",
+            better(a, b, metric, -allowed),
+            f"{_num(a)} vs baseline {_num(b)} (at most {gate.max_regression:.0%} worse); "
+            f"real data {_num(floor.get(metric))}",
+            metric,
+            value=b,
+        )
+    if rival is not None:
+        a, b = challenger[headline], rival[headline]
         check(
             "beats champion",
             better(a, b, headline, gate.min_improvement),
-            f"{headline} {a:.4g} vs champion {b:.4g} (needs {gate.min_improvement} better)",
+            f"{headline} {_num(a)} vs champion {_num(b)} (needs {gate.min_improvement} better)",
+            headline,
+            value=baseline.get(headline),
         )
         for metric in spec.sample_metrics:
-            if metric == headline or metric not in challenger or metric not in champion:
+            if metric == headline or metric not in challenger or metric not in rival:
                 continue
-            a, b = challenger[metric], champion[metric]
+            a, b = challenger[metric], rival[metric]
             allowed = abs(b) * gate.max_regression
             check(
                 f"no regression: {metric}",
                 better(a, b, metric, -allowed),
-                f"{a:.4g} vs champion {b:.4g} (at most {gate.max_regression:.0%} worse)",
+                f"{_num(a)} vs champion {_num(b)} (at most {gate.max_regression:.0%} worse)",
+                metric,
+                value=baseline.get(metric),
             )
     passed = all(c["passed"] for c in checks)
     verdict = "keep" if same_as_champion else "promote" if passed else "reject"

@@ -6,6 +6,7 @@ champion, baseline and floor, so they are compared on the same data by the same 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,10 @@ import numpy as np
 from tasks.core import paths
 from tasks.core.datasets import SPLITS, load_splits
 from tasks.core.params import EvaluateParams
-from tasks.core.storage import write_json
+from tasks.core.storage import content_hash, read_json, sha256_bytes, write_json
+
+# the code a cached baseline was measured with: a change in it measures the baseline again
+CODE = ("baselines.py", "measure.py", "metrics.py", "featurizer.py")
 
 
 @dataclass
@@ -41,10 +45,12 @@ def load_split(processed: Path = paths.PROCESSED) -> Split:
 class Measure:
     """All metrics of models, baselines and real data on one split, with one evaluation's settings."""
 
-    def __init__(self, split: Split, ev: EvaluateParams, featurizer_dir: Path) -> None:
+    def __init__(
+        self, split: Split, ev: EvaluateParams, featurizer_dir: Path, cache: Path | None = None
+    ) -> None:
         from tasks.quality import metrics
 
-        self.split, self.ev = split, ev
+        self.split, self.ev, self.cache = split, ev, cache
         if split.kind == "image":
             from tasks.quality import featurizer
 
@@ -116,21 +122,72 @@ class Measure:
         starts = np.linspace(0, max(0, len(val) - length), n).astype(int)
         return self.texts([val[s : s + length] for s in starts])
 
-    def baseline(self, kind: str) -> dict:
-        """The family's classical baseline (models/families.py: baseline), fitted on the training split."""
+    def baseline(self, kind: str) -> tuple[dict, object]:
+        """The family's classical baseline (models/families.py: baseline), fitted on the training split
+        with its capacity chosen on the validation split, measured like the model, and its samples.
+        `degenerate` lists the figures that do not deserve the name (a mixture worse than independent
+        Gaussian pixels). It depends on the data and the evaluate settings only, not on the model, so it
+        is kept in `cache` and fitted again only when one of those (or its code) changes."""
+        stamp = content_hash(
+            {
+                "data": {
+                    s: [sha256_bytes(a.tobytes()) for a in xy if a is not None]
+                    for s, xy in self.split.arrays.items()
+                },
+                "kind": kind,
+                "evaluate": self.ev.model_dump(exclude={"gate"}),
+                "featurizer": self.featurizer.get("fingerprint"),
+                "code": [sha256_bytes(Path(__file__).with_name(f).read_bytes()) for f in CODE],
+            }
+        )
+        image = self.split.kind == "image"
+        figures_path = self.cache / "baseline.json" if self.cache else None
+        samples_path = self.cache / ("samples.npy" if image else "samples.json") if self.cache else None
+        if figures_path is not None and figures_path.is_file() and samples_path.is_file():
+            kept = read_json(figures_path)
+            if kept.get("fingerprint") == stamp:
+                drawn = np.load(samples_path) if image else read_json(samples_path)["samples"]
+                return kept["figures"], drawn
+        figures, drawn = self.fit_baseline(kind)
+        if figures_path is not None:
+            samples_path.parent.mkdir(parents=True, exist_ok=True)
+            if image:
+                np.save(samples_path, drawn.astype(np.float32))
+            else:
+                write_json(samples_path, {"samples": drawn})
+            write_json(figures_path, {"fingerprint": stamp, "figures": figures})
+        return figures, drawn
+
+    def fit_baseline(self, kind: str) -> tuple[dict, object]:
+        """The baseline's figures and its samples (images or texts)."""
         from tasks.quality import baselines
 
-        b = self.ev.baseline
+        b, (xtr, _), (xva, _), (xte, _) = self.ev.baseline, *(self.split.arrays[s] for s in SPLITS)
         if kind == "gaussian_mixture":
-            xtr, xte = self.split.arrays["train"][0], self.split.arrays["test"][0]
-            gmm = baselines.GaussianMixtureBaseline(b.gmm_components, self.ev.seed).fit(xtr)
-            out = {"model": f"Gaussian mixture, {b.gmm_components} components, full covariance"}
-            out |= {"nll_bits_per_dim": gmm.bits_per_dim(xte), **self.samples(gmm.sample(len(xte)))}
-            return out
+            gmm, tried = baselines.fit_gaussian_mixture(
+                xtr, xva, b.gmm_components, b.gmm_reg_covar, self.ev.seed
+            )
+            pixels = baselines.fit_independent_pixels(xtr, xva, b.gmm_reg_covar, self.ev.seed)
+            out = {"model": gmm.describe(), "tried": tried, "nll_bits_per_dim": gmm.bits_per_dim(xte)}
+            out["per_pixel_bits_per_dim"] = pixels.bits_per_dim(xte)
+            drawn = gmm.sample(len(xte))
+            out |= self.samples(drawn)
+            out["degenerate"] = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
+            if not out["nll_bits_per_dim"] < out["per_pixel_bits_per_dim"]:
+                out["degenerate"].append("nll_bits_per_dim")
+            return out, drawn
         if kind == "char_ngram":
-            ngram = baselines.CharNGram(b.ngram_order, self.split.meta["vocab"]).fit(self.split.text["train"])
-            return {
-                "model": f"character {b.ngram_order}-gram, Witten-Bell smoothing",
-                "bits_per_char": ngram.bits_per_char(self.split.text["test"]),
+            text = self.split.text
+            ngram, tried = baselines.fit_char_ngram(
+                text["train"], text["val"], self.split.meta["vocab"], b.ngram_max_order
+            )
+            drawn = ngram.sample(self.ev.text.samples, self.ev.text.length, self.ev.seed)
+            out = {
+                "model": f"character {ngram.order}-gram, Witten-Bell smoothing (order chosen on validation)",
+                "tried": tried,
+                "bits_per_char": ngram.bits_per_char(text["test"]),
+                **self.texts(drawn),
             }
+            out["degenerate"] = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
+            return out, drawn
         raise ValueError(f"unknown baseline {kind!r}")

@@ -32,9 +32,11 @@ def markdown(figures: dict, decision: dict, lineage: dict, pictures: list[Path])
         "| unit |",
         "|---|---|---|---|---|---|",
     ]
+    degenerate = set(baseline.get("degenerate", []))
     for metric, unit in figures["units"].items():
+        base = _num(baseline.get(metric)) + (" (degenerate)" if metric in degenerate else "")
         lines.append(
-            f"| {metric} | {_num(model.get(metric))} | {_num(baseline.get(metric))} "
+            f"| {metric} | {_num(model.get(metric))} | {base} "
             f"| {_num(champion.get(metric))} | {_num(floor.get(metric))} | {unit} |"
         )
     lines += [
@@ -42,12 +44,23 @@ def markdown(figures: dict, decision: dict, lineage: dict, pictures: list[Path])
         f"Baseline: {baseline.get('model')}. Real data: the validation split measured like samples "
         "(the best a sample metric can be on this data).",
     ]
+    if "per_pixel_bits_per_dim" in baseline:
+        lines.append(
+            "Every pixel an independent Gaussian scores "
+            f"{_num(baseline['per_pixel_bits_per_dim'])} bits/dim: a mixture worse than that is degenerate."
+        )
     if decision.get("champion_note"):
         lines.append(f"Champion: {decision['champion_note']}.")
-    lines += ["", "## Gate", "", "| check | passed | detail |", "|---|---|---|"]
     lines += [
-        f"| {c['check']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |" for c in decision["checks"]
+        "",
+        "## Gate",
+        "",
+        "| check | passed | this model | baseline | champion | real data | detail |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for c in decision["checks"]:
+        figures_of = " | ".join(_num(c.get(k)) for k in ("model", "baseline", "champion", "floor"))
+        lines.append(f"| {c['check']} | {'yes' if c['passed'] else 'NO'} | {figures_of} | {c['detail']} |")
     mem = model.get("memorised")
     lines += [
         "",

@@ -30,7 +30,7 @@ class SampleWriter(pl.Callback):
 
 def write_samples(model, folder: Path, name: str, live: Any = None) -> Path:
     """Fixed seed, so successive pictures show the model changing, not the noise."""
-    from tasks.core.pictures import columns, save_grid
+    from tasks.core.pictures import column_names, columns, save_grid
 
     was = model.training
     model.eval()
@@ -43,7 +43,7 @@ def write_samples(model, folder: Path, name: str, live: Any = None) -> Path:
         else:
             cols = columns(model)
             images = model.sample(cols * 8, seed=0).cpu().numpy()
-            path = save_grid(images, folder / f"{name}.png", cols=cols)
+            path = save_grid(images, folder / f"{name}.png", cols, column_names(model))
             if live is not None:
                 live.log_image("samples.png", str(path))
     finally:
