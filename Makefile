@@ -45,10 +45,14 @@ demo: setup  ## run the lifecycle on the defaults (digits, VAE), serve the champ
 	@echo "  genloop undeploy                           stop the service"
 	@echo "  dvc.lock                                   what DVC recorded; run 'dvc repro' again: nothing to do"
 
-# Test files run in parallel, each whole on one worker (its module-scoped servers started once).
+# Test files run in parallel, each whole on one worker (its module-scoped servers started once), and
+# each worker's math on one thread (TEST_THREADS): two workers with two threads each on two cores
+# slow the many small operations of the tests down by a large factor.
 TEST_WORKERS ?= 2
+TEST_THREADS ?= 1
 test: setup lint browser  ## lint, then the whole test suite (unit and end-to-end; TEST_WORKERS=2 in parallel)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) OPENBLAS_NUM_THREADS=$(TEST_THREADS) \
+	  $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 browser:  ## Debian's chromium for the web page test (apt-get, when run as root; else say how)
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

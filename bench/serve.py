@@ -10,7 +10,7 @@ Targets: no 5xx and no rejection below the configured concurrency limit; for the
 service's requests/s.
 
     python bench/serve.py                         # the champion of model.family in params.yaml
-    python bench/serve.py --model genloop-gpt:... --seconds 5
+    python bench/serve.py --model genloop-pydoc-topics-gpt:... --seconds 5
 """
 
 from __future__ import annotations
@@ -137,12 +137,13 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,64")
     a = parser.parse_args()
     os.chdir(ROOT)
+    from tasks.core.params import line
     from tasks.core.params import load as load_params
     from tasks.package import settings
     from tasks.registry import champions, store
 
     params = load_params()
-    tag = a.model or champions.champion(store.name_of(params.require("model").family))
+    tag = a.model or champions.champion(store.name_of(line(params)))
     if tag is None:
         raise SystemExit("no champion: run `dvc repro evaluate` first, or pass --model")
     from models import export

@@ -221,7 +221,7 @@ def cpu_bench(args) -> None:
         ks = sorted({base_k, *args.executions})
         p = overrides(
             p,
-            max_epochs=1,
+            max_steps=args.steps + args.warmup + max(ks),
             steps_per_epoch=args.steps + args.warmup + max(ks),
             early_stopping_patience=0,
             sample_every_n_epochs=0,
@@ -296,7 +296,7 @@ def gpu_bench(args) -> None:
     p = overrides(
         revised(p, {"model.family": "gpt"} | {f"model.gpt.{k}": v for k, v in shape.items()}),
         batch_size=16,
-        max_epochs=1,
+        max_steps=args.steps + args.warmup + p.train.steps_per_execution,
         early_stopping_patience=0,
         sample_every_n_epochs=0,
         val_batches=1,

@@ -106,12 +106,12 @@ def serve(
     `genloop deploy` runs the packaged Bento in the background instead.
     """
     from tasks import package
-    from tasks.core.params import load
+    from tasks.core.params import line, load
     from tasks.registry import champions, store
     from tasks.serving.process import SERVING
 
     params = load()
-    model = model or champions.champion(store.name_of(params.require("model").family))
+    model = model or champions.champion(store.name_of(line(params)))
     if model is None:
         raise GenloopError("no champion yet: run evaluate first, or pass --model")
     serve_params = params.require("serve")

@@ -27,5 +27,5 @@ class Limits(BaseModel):
 class Settings(Limits):
     """The Bento's arguments: the limits, the model version and whether the model asks for a GPU."""
 
-    model: str = Field(description="registered model version to serve, e.g. genloop-vae:<version>")
+    model: str = Field(description="registered version to serve, e.g. genloop-sklearn-digits-vae:<version>")
     gpu: bool  # the model service declares one GPU (package.gpu)

@@ -20,7 +20,7 @@ import os
 from prefect import task
 
 from tasks.core.errors import GenloopError
-from tasks.core.params import Params
+from tasks.core.params import Params, line
 from tasks.core.storage import read_json, write_json
 from tasks.registry import champions, store
 from tasks.serving import process
@@ -149,7 +149,7 @@ def rollback(params: Params) -> dict:
     package stage built) and deploy it. If that fails, the registry is put back as it was."""
     from tasks import package
 
-    name = store.name_of(params.require("model").family)
+    name = store.name_of(line(params))
     demoted, restored = champions.rollback(name)
     try:
         built = package.build(params, restored)

@@ -30,17 +30,32 @@ FEATURIZER, BASELINE, PICTURES = OUT / "featurizer", OUT / "baseline", OUT / "pi
 MODEL = paths.EXPORT
 
 
-def load_champion(tag: str | None, split) -> tuple[object | None, str]:
-    """The champion model, if it can be measured on this split (same data layout)."""
+def load_champion(tag: str | None, split, line: str) -> tuple[object | None, str]:
+    """The champion model of the line. A line is one family on one dataset layout: a model of another
+    layout (shape, classes or vocabulary) never replaces its champion, it belongs to a line of its own."""
     from models import export
     from tasks.registry import store
 
     if tag is None:
         return None, "no champion yet"
     folder = store.folder(tag)
-    if export.describe(folder)["data"] != layout(split.meta):
-        return None, f"champion {tag} was trained on data of another layout (shape, classes or vocabulary)"
+    theirs, ours = export.describe(folder)["data"], layout(split.meta)
+    if theirs != ours:
+        raise GenloopError(
+            f"model line {line} holds models of {summary(theirs)} (its champion {tag}); this model was "
+            f"trained on {summary(ours)}: give it a line of its own with model.name (auto names a line "
+            "after its data source and family)"
+        )
     return export.load(folder), ""
+
+
+def summary(data: dict) -> str:
+    """A data layout in a few words: '8x8 grey images of classes 0, 1, ...' or 'text of 97 characters'."""
+    if data["kind"] == "text":
+        return f"text of {len(data['vocab'])} characters"
+    c, h, w = data["shape"]
+    names = ", ".join(str(n) for n in data.get("classes") or []) or "no classes"
+    return f"{h}x{w} images with {c} channel(s), classes {names}"
 
 
 def draw(model, out: Path, ev: EvaluateParams, split, samples, baseline_samples) -> list[Path]:
@@ -91,7 +106,7 @@ def compare_images(split, samples, baseline_samples, cols: int, names: list[str]
     blocks = {
         "real (test)": take(x / 255.0),
         "this model": take(samples),
-        "baseline": baseline_samples[: len(index)],
+        "baseline (any class)": baseline_samples[: len(index)],
     }
     return save_side_by_side(blocks, path, cols, names)
 
@@ -145,15 +160,18 @@ def run(params: Params) -> dict:
     challenger, samples = measure.model(model)
     (baseline, baseline_samples), floor = measure.baseline(family.baseline), measure.floor()
 
-    name = store.name_of(model.family)
+    trained = read_json(MODEL / paths.TRAINING_RECORD)
+    line = trained["line"]  # the line the model was trained for (model.name at training time)
+    name = store.name_of(line)
     weights = sha256_file(MODEL / export.WEIGHTS)
     tag = f"{name}:{weights[:16]}"  # the version is the weights' hash: same weights, same version
     made = draw(model, PICTURES, ev, split, samples, baseline_samples)
-    trail = lineage.record(read_json(MODEL / paths.TRAINING_RECORD))
-    labels = {"family": model.family, "source": str(trail["source"]), "git": str(trail["git"]["commit"])[:12]}
+    trail = lineage.record(trained)
+    labels = {"family": model.family, "line": line, "source": str(trail["source"])}
+    labels["git"] = str(trail["git"]["commit"])[:12]
     for _ in range(3):  # a flow that promotes meanwhile changes the champion: judge against the new one
         champion_tag = champions.champion(name)
-        champion_model, champion_note = load_champion(champion_tag, split)
+        champion_model, champion_note = load_champion(champion_tag, split, line)
         champion = measure.model(champion_model)[0] if champion_model is not None else None
         decision = decide(
             model.family,
@@ -186,7 +204,7 @@ def run(params: Params) -> dict:
             "decision": decision["decision"],
         }
         extra = {p.relative_to(OUT).as_posix(): p for p in [*made, *card_files]}
-        store.register(MODEL, model.family, tag.split(":")[1], metadata, labels, extra)  # kept as first saved
+        store.register(MODEL, line, tag.split(":")[1], metadata, labels, extra)  # kept as first saved
         if decision["decision"] != "promote":
             break
         if champions.promote(tag, "; ".join(decision["reasons"]), over=champion_tag):

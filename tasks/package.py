@@ -17,7 +17,7 @@ from service.settings import Limits
 from tasks.core import paths
 from tasks.core.errors import GenloopError
 from tasks.core.orchestration import publish_table, repro
-from tasks.core.params import Params
+from tasks.core.params import Params, line
 from tasks.core.storage import content_hash, read_json, write_json
 from tasks.registry import champions, store
 
@@ -45,7 +45,7 @@ def settings(params: Params, model: str) -> dict:
 def build(params: Params, model: str | None = None, record: bool = True) -> dict:
     """Build (or find) the Bento for `model` (default: the champion of model.family); `record` writes
     artifacts/package/bento.json (the DVC stage's output)."""
-    name = store.name_of(params.require("model").family)
+    name = store.name_of(line(params))
     model = model or champions.champion(name)
     if model is None:
         raise GenloopError(f"{name} has no champion yet: run evaluate (dvc repro evaluate) first")
@@ -85,7 +85,7 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
 def run(params: Params) -> dict:
     """The champion's Bento; with no champion yet (the gate rejected every model so far) the stage
     records that there is nothing to package instead of failing the pipeline."""
-    name = store.name_of(params.require("model").family)
+    name = store.name_of(line(params))
     if champions.champion(name) is None:
         result = {"bento": None, "model": None, "reason": f"{name} has no champion yet (see decision.json)"}
         write_json(OUT, result)

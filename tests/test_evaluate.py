@@ -29,13 +29,13 @@ def aliases(project) -> dict:
 def test_evaluate_registers_gates_and_reports(project):
     project.set_params(
         model=SMALL_VAE,
-        train=QUICK | {"max_epochs": 4, "steps_per_epoch": 40},
+        train=QUICK | {"max_steps": 160, "steps_per_epoch": 40},
         evaluate=LENIENT,
     )
     project.run("dvc", "repro", "evaluate", check=True)
     m, d = read(project, "metrics.json"), read(project, "decision.json")
     version = d["challenger"]
-    assert version.startswith("genloop-vae:") and m["version"] == version
+    assert version.startswith("genloop-sklearn-digits-vae:") and m["version"] == version
     for key in ("nll_bits_per_dim", "fd", "precision", "recall", "diversity", "memorised"):
         assert isinstance(m["model"][key], float), key
     assert "nll_nats" not in m["model"] and "8-bit" in m["units"]["nll_bits_per_dim"]  # one scale
@@ -43,7 +43,7 @@ def test_evaluate_registers_gates_and_reports(project):
     # the first model is promoted when it beats the baseline
     assert m["model"]["nll_bits_per_dim"] < m["baseline"]["nll_bits_per_dim"]
     assert d["decision"] == "promote", d
-    assert aliases(project)["genloop-vae"]["champion"] == version
+    assert aliases(project)["genloop-sklearn-digits-vae"]["champion"] == version
     card = (project.root / "artifacts/evaluate/card.md").read_text()
     assert version in card and "sklearn:digits" in card and "Intended use" in card
     assert "data:image/png;base64" in (project.root / "artifacts/evaluate/card.html").read_text()
@@ -68,7 +68,7 @@ def test_evaluate_registers_gates_and_reports(project):
     d2 = read(project, "decision.json")
     assert d2["challenger"] != version
     assert d2["champion"] == version and any(c["check"] == "beats champion" for c in d2["checks"])
-    record = aliases(project)["genloop-vae"]
+    record = aliases(project)["genloop-sklearn-digits-vae"]
     if d2["decision"] == "promote":  # the old champion stays as the rollback target
         assert record["champion"] == d2["challenger"] and record["previous"] == [version]
     else:
@@ -86,9 +86,10 @@ def test_train_init_from_a_registered_version(project):
     project.set_params(train={"init_from": version, "seed": 3})
     proc = project.run("genloop", "stage", "train", check=True)
     assert '"family": "vae"' in proc.stdout
-    project.set_params(train={"init_from": "genloop-vae:nosuchversion"})
+    project.set_params(train={"init_from": "genloop-sklearn-digits-vae:nosuchversion"})
     proc = project.run("genloop", "stage", "train")
-    assert proc.returncode == 1 and "no model version 'genloop-vae:nosuchversion'" in proc.stderr
+    assert proc.returncode == 1
+    assert "no model version 'genloop-sklearn-digits-vae:nosuchversion'" in proc.stderr
 
 
 def test_evaluate_without_a_trained_model_says_what_to_run(project):
@@ -112,3 +113,32 @@ def test_lineage_records_the_params_the_model_was_trained_with(project):
     assert "lr: 0.003" in card and "lr: 0.0001" not in card and "beta: 1.0" in card
     trained = json.loads((project.root / "artifacts/train/model/training.json").read_text())
     assert trained["params"]["train"]["lr"] == 0.003
+
+
+def test_a_model_of_another_dataset_starts_its_own_line(project, shapes_folder):
+    """A champion belongs to a line: one family on one dataset layout. A model trained on another
+    folder becomes the champion of its own line, never of the digits'; forced into the digits' line by
+    name, it is refused with a message saying why."""
+    from tasks.core.datasets import line_of
+
+    project.set_params(
+        model=SMALL_VAE, train=QUICK | {"max_steps": 160, "steps_per_epoch": 40}, evaluate=LENIENT
+    )
+    project.run("dvc", "repro", "evaluate", check=True)
+    digits = aliases(project)["genloop-sklearn-digits-vae"]["champion"]
+
+    project.set_params(data={"source": str(shapes_folder)})
+    project.run("dvc", "repro", "evaluate", check=True)
+    shapes_line = f"genloop-{line_of(str(shapes_folder), 'vae')}"
+    record = aliases(project)
+    assert record["genloop-sklearn-digits-vae"]["champion"] == digits  # untouched
+    assert record[shapes_line]["champion"].startswith(f"{shapes_line}:")
+    status = project.run("genloop", "status", check=True).stdout
+    assert "genloop-sklearn-digits-vae" in status and shapes_line in status
+
+    project.set_params(model={"name": "sklearn-digits-vae"})  # the shapes model, into the digits' line
+    proc = project.run("dvc", "repro", "evaluate")
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode != 0 and "model line sklearn-digits-vae holds models of 8x8 images" in said
+    assert "give it a line of its own with model.name" in said and "Traceback" not in said
+    assert aliases(project)["genloop-sklearn-digits-vae"]["champion"] == digits

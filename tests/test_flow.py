@@ -52,7 +52,7 @@ def test_train_flow_runs_every_stage_through_dvc(harness, project):
 
     project.set_params(
         model={"vae": {"latent_dim": 4, "hidden": [32]}},
-        train={"max_epochs": 2, "steps_per_epoch": 5, "val_batches": 1, "sample_every_n_epochs": 0},
+        train={"max_steps": 10, "steps_per_epoch": 5, "val_batches": 1, "sample_every_n_epochs": 0},
         evaluate=SMALL_BASELINE,
     )
     result = train()

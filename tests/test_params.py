@@ -75,13 +75,13 @@ def test_a_misspelt_key_is_one_line_with_the_key_meant(project):
     import yaml
 
     raw = yaml.safe_load((project.root / "params.yaml").read_text())
-    raw["train"]["max_epoch"] = raw["train"].pop("max_epochs")
+    raw["train"]["max_step"] = raw["train"].pop("max_steps")
     raw["model"]["vae"]["latnt_dim"] = raw["model"]["vae"].pop("latent_dim")
     with pytest.raises(GenloopError) as err:
         parse(raw)
     assert sorted(str(err.value).splitlines()[1:]) == [
         "  model.vae.latnt_dim: unknown key (did you mean latent_dim?)",
-        "  train.max_epoch: unknown key (did you mean max_epochs?)",
+        "  train.max_step: unknown key (did you mean max_steps?)",
     ]
 
 

@@ -12,7 +12,7 @@ from tests.conftest import SMALL_BASELINE, undeclared_params
 pytestmark = pytest.mark.slow
 
 
-QUICK_TRAIN = {"max_epochs": 1, "steps_per_epoch": 5, "val_batches": 1, "sample_every_n_epochs": 0}
+QUICK_TRAIN = {"max_steps": 5, "steps_per_epoch": 5, "val_batches": 1, "sample_every_n_epochs": 0}
 
 
 def ran(proc) -> set[str]:

@@ -23,6 +23,7 @@ from tests.test_train import QUICK
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
+LINE = "genloop-sklearn-digits-vae"  # the registry's name of the line: data.source and model.family
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def site(tmp_path_factory):
     project = new_project(tmp_path_factory.mktemp("service") / "project")
     project.set_params(
         model=SMALL_VAE,
-        train=QUICK | {"max_epochs": 6, "steps_per_epoch": 40},
+        train=QUICK | {"max_steps": 240, "steps_per_epoch": 40},
         evaluate=LENIENT,  # a baseline and a gate the quick model passes: it is champion
         serve={"port": free_port(), "ready_timeout_s": 90, "max_concurrency": 2},
     )
@@ -58,7 +59,7 @@ def test_routes(site):
 
     assert httpx.get(site.url + "/readyz").status_code == 200
     version = httpx.get(site.url + "/version").json()
-    assert version["model"].startswith("genloop-vae:") and version["lineage"]["source"] == "sklearn:digits"
+    assert version["model"].startswith(f"{LINE}:") and version["lineage"]["source"] == "sklearn:digits"
     assert version["lineage"]["dvc"]["data/processed"]
 
     with bentoml.SyncHTTPClient(site.url) as client:  # BentoML's own client
@@ -255,14 +256,14 @@ def test_rollback_returns_to_the_previous_champion(site):
         check=True,
     )
     status = " ".join(site.run("genloop", "status", check=True).stdout.split())
-    assert f"Warning: the service serves {first}, but the champion of genloop-vae is {second}" in status
+    assert f"Warning: the service serves {first}, but the champion of {LINE} is {second}" in status
     site.run("genloop", "stage", "package", check=True)
     site.run("genloop", "deploy", check=True)
     assert httpx.get(site.url + "/version").json()["model"] == second
     proc = site.run("genloop", "rollback", check=True)
     assert first in proc.stdout
     assert httpx.get(site.url + "/version").json()["model"] == first
-    record = json.loads((site.root / ".genloop/bentoml/genloop-aliases.json").read_text())["genloop-vae"]
+    record = json.loads((site.root / ".genloop/bentoml/genloop-aliases.json").read_text())[LINE]
     assert record["champion"] == first and record["history"][-1]["event"] == "rollback"
     assert second in record["demoted"]
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 TINY_GPT = {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 64, "dropout": 0.1}
 QUICK = {
-    "max_epochs": 2,
+    "max_steps": 20,
     "steps_per_epoch": 10,
     "batch_size": 16,
     "val_batches": 2,
@@ -67,7 +67,7 @@ def test_dvc_repro_trains_exports_and_then_does_nothing(project):
 
 def test_killed_run_resumes_to_the_same_weights(project, tmp_path):
     # With the weight average on, whose state (the average and its update count) must resume too.
-    prepare(project, "pydoc:topics", "gpt", max_epochs=5, steps_per_epoch=30, sample_every_n_epochs=0,
+    prepare(project, "pydoc:topics", "gpt", max_steps=150, steps_per_epoch=30, sample_every_n_epochs=0,
             ema_decay=0.9)  # fmt: skip
     twin = tmp_path / "twin"
     shutil.copytree(project.root, twin)
@@ -121,7 +121,7 @@ def test_ddp_on_two_cpu_processes(project):
 
 
 def test_init_from_fine_tunes_an_exported_model(project, tmp_path):
-    prepare(project, "pydoc:topics", "gpt", max_epochs=1)
+    prepare(project, "pydoc:topics", "gpt", max_steps=10)
     project.run("genloop", "stage", "train", check=True)
     base = tmp_path / "pretrained"
     shutil.copytree(project.root / "artifacts/train/model", base)

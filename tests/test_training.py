@@ -121,8 +121,8 @@ def test_a_run_leaves_the_callers_generator_alone(tmp_path):
         np.save(tmp_path / f"{split}.npy", ids)
     (tmp_path / "meta.json").write_text(json.dumps({"kind": "text", "vocab": TEXT_DATA["vocab"]}))
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["model"] = {"family": "gpt", "gpt": raw["model"]["gpt"] | SMALL["gpt"] | {"dropout": 0.2}}
-    raw["train"] |= {"max_epochs": 1, "steps_per_epoch": 3, "val_batches": 1, "sample_every_n_epochs": 0}
+    raw["model"] |= {"family": "gpt", "gpt": raw["model"]["gpt"] | SMALL["gpt"] | {"dropout": 0.2}}
+    raw["train"] |= {"max_steps": 3, "steps_per_epoch": 3, "val_batches": 1, "sample_every_n_epochs": 0}
     p = parse(raw)
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -183,3 +183,21 @@ def test_weight_ema_exports_the_average_of_every_update(steps_per_execution):
     assert all(torch.allclose(final[k], expected[k], rtol=0, atol=1e-6) for k in final)  # float32 lerp
     if steps_per_execution == 1:
         assert not all(torch.allclose(final[k], seen[-1][k], rtol=0, atol=1e-5) for k in final)
+
+
+def test_the_budget_is_steps_whatever_the_dataset_size():
+    """A 300-image folder trains as long as the 1,797 digits do: one pass over its 720 training images
+    (with augmented copies) is 11 steps, so an epoch is at least 50, and the budget is in steps."""
+    import math
+
+    from tasks.core.params import load
+    from tasks.training.fit import steps_per_epoch
+    from tests.conftest import REPO
+
+    train = load(REPO / "params.yaml").train
+    digits, folder = steps_per_epoch("image", 4311, train), steps_per_epoch("image", 720, train)
+    assert (digits, folder) == (67, 50) and steps_per_epoch("text", 372_038, train) == 100
+    budget = {n: math.ceil(train.max_steps / n) * n for n in (digits, folder)}  # whole epochs
+    assert abs(budget[digits] - budget[folder]) <= digits and min(budget.values()) >= train.max_steps
+    fixed = train.model_copy(update={"steps_per_epoch": 30})
+    assert steps_per_epoch("image", 720, fixed) == steps_per_epoch("text", 10, fixed) == 30

@@ -60,6 +60,14 @@ def name(source: str) -> str:
     return f"{last[:40]}-{hashlib.sha256(address.encode()).hexdigest()[:6]}"
 
 
+def line_of(source: str, family: str, chosen: str = "auto") -> str:
+    """A model line's name: `chosen` (model.name), or for `auto` the dataset's name and the family, in
+    the lowercase letters, digits and '-._' a registry name takes."""
+    if chosen != "auto":
+        return chosen
+    return re.sub(r"[^a-z0-9._-]+", "-", f"{name(source)}-{family}".lower()).strip("-._")[:64]
+
+
 def require_family_fits(family: str, kind: str, where: str) -> None:
     """A GenloopError naming the families that fit, when model family `family` cannot model `kind`
     data (found at `where`)."""

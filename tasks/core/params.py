@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -102,6 +103,17 @@ def family_section(family: Family) -> type[Section]:
 
 class _ModelBase(Section):
     family: str
+    # the model line, whose champion is served: auto = the source's dataset name and the family
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _line_name(cls, v: str) -> str:
+        if v != "auto" and not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", v):
+            raise ValueError(
+                "a line name is auto, or lowercase letters, digits, '.', '_' and '-' (64 at most)"
+            )
+        return v
 
     @field_validator("family")
     @classmethod
@@ -129,8 +141,10 @@ ModelParams = create_model(
 
 class TrainParams(Section):
     seed: int
-    max_epochs: int = Field(ge=1)
-    steps_per_epoch: int | None = Field(ge=1)  # None: one pass over the training images (text: 100)
+    max_steps: int = Field(ge=1)  # the budget, in optimizer steps (rounded up to whole epochs)
+    # between validations and checkpoints; None: one pass over the training images, at least 50 steps
+    # (so a small folder trains as long as a large one), or 100 for text
+    steps_per_epoch: int | None = Field(ge=1)
     steps_per_execution: int = Field(ge=1)  # optimizer steps per Lightning step
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
@@ -148,7 +162,7 @@ class TrainParams(Section):
     early_stopping_patience: int = Field(ge=0)  # epochs without improvement; 0 = off
     sample_every_n_epochs: int = Field(ge=0)  # 0 = only at the end
     val_batches: int | None = Field(ge=1)  # None = the whole validation split
-    init_from: str | None  # an exported model folder, or a registered version (genloop-gpt:champion)
+    init_from: str | None  # an exported model folder, or a registered version (genloop-<line>:champion)
     ema_decay: float | None = Field(gt=0, lt=1)  # EMA of the weights per optimizer step; None = off
 
 
@@ -216,6 +230,15 @@ class Params(Section):
         return value
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+def line(params: Params) -> str:
+    """The model line these params train and serve: model.name, or with `auto` the source's dataset
+    name and the family (sklearn-digits-vae)."""
+    from tasks.core.datasets import line_of
+
+    model = params.require("model")
+    return line_of(params.data.source, model.family, model.name)
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

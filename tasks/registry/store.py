@@ -1,6 +1,7 @@
 """The versions: BentoML's model store holds every evaluated model.
 
-Every evaluated model is saved as a version of its model line (`genloop-<family>`) in the store
+Every evaluated model is saved as a version of its model line (`genloop-<line>`: one family trained on
+one dataset layout, tasks/core/params.py: line) in the store
 (`$BENTOML_HOME`, by default `.genloop/bentoml` in the project) with its lineage and metrics as
 metadata, its model card and pictures beside the weights. A version's metadata is fixed once saved:
 which version is champion lives in the alias record (champions.py).
@@ -34,18 +35,18 @@ def bentoml():
     return bentoml
 
 
-def name_of(family: str) -> str:
-    """The model line of a family's models."""
-    return f"{PREFIX}{family}"
+def name_of(line: str) -> str:
+    """The registry's name of a model line (tasks/core/params.py: line)."""
+    return f"{PREFIX}{line}"
 
 
 def register(
-    folder: Path, family: str, version: str, metadata: dict, labels: dict[str, str], extra: dict[str, Path]
+    folder: Path, line: str, version: str, metadata: dict, labels: dict[str, str], extra: dict[str, Path]
 ) -> str:
     """Save the exported model in `folder` (and `extra` files by relative name: card, pictures) as
-    version `version` of genloop-<family>; an existing version is left as it was. Returns the tag."""
+    version `version` of line `line`; an existing version is left as it was. Returns the tag."""
     bento = bentoml()
-    tag = f"{name_of(family)}:{version}"
+    tag = f"{name_of(line)}:{version}"
     try:
         bento.models.get(tag)
         return tag
@@ -113,7 +114,7 @@ def resolve(ref: str) -> Path:
     from tasks.registry import champions
 
     if ":" not in ref:
-        raise GenloopError(f"{ref!r} is not a model version (expected e.g. genloop-gpt:champion)")
+        raise GenloopError(f"{ref!r} is not a model version (expected e.g. genloop-<line>:champion)")
     name, version = ref.split(":", 1)
     if version == "champion":
         tag = champions.champion(name)

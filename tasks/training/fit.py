@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -24,7 +25,7 @@ import models
 from models import export
 from models.common import GenerativeModel
 from tasks.core import paths
-from tasks.core.datasets import layout, load_splits, require_family_fits
+from tasks.core.datasets import layout, line_of, load_splits, require_family_fits
 from tasks.core.errors import GenloopError
 from tasks.core.params import ModelParams, TrainParams
 from tasks.training.module import Optim, Trainee
@@ -53,8 +54,8 @@ def build(model_params: ModelParams, train: TrainParams, meta: dict) -> Trainee:
 
 
 def init_from(model, source: str) -> None:
-    """Fine-tune from an exported model folder or a registered version (`genloop-gpt:champion`,
-    `genloop-gpt:<version>`): same family, same data layout (shape or vocabulary)."""
+    """Fine-tune from an exported model folder or a registered version (`genloop-pydoc-topics-gpt:champion`,
+    `genloop-pydoc-topics-gpt:<version>`): same family, same data layout (shape or vocabulary)."""
     folder = Path(source)
     if not folder.exists() and ":" in source:
         from tasks.registry import store
@@ -120,6 +121,20 @@ def resolve_precision(train: TrainParams) -> str:
     return "bf16-mixed" if on_gpu else "32-true"
 
 
+MIN_STEPS_PER_EPOCH, TEXT_STEPS_PER_EPOCH = 50, 100
+
+
+def steps_per_epoch(kind: str, examples: int, train: TrainParams) -> int:
+    """Optimizer steps between validations: train.steps_per_epoch, or one pass over the training
+    images (at least MIN_STEPS_PER_EPOCH, so a 300-image folder does not validate every 11 steps), or
+    TEXT_STEPS_PER_EPOCH windows of text."""
+    if train.steps_per_epoch:
+        return train.steps_per_epoch
+    if kind == "text":
+        return TEXT_STEPS_PER_EPOCH
+    return max(MIN_STEPS_PER_EPOCH, examples // train.batch_size)
+
+
 def make_data(meta: dict, splits: dict, model, train: TrainParams):
     from tasks.training.data import DeviceData
 
@@ -128,7 +143,7 @@ def make_data(meta: dict, splits: dict, model, train: TrainParams):
         splits,
         batch_size=train.batch_size,
         seed=train.seed,
-        steps_per_epoch=train.steps_per_epoch,
+        steps_per_epoch=steps_per_epoch(meta["kind"], len(splits["train"][0]), train),
         block_size=model.cfg.block_size if meta["kind"] == "text" else 0,
         val_batches=train.val_batches,
         steps_per_execution=train.steps_per_execution,
@@ -227,7 +242,7 @@ def _fit(
     if progress:
         callbacks.append(StepProgressBar())
     trainer = pl.Trainer(
-        max_epochs=train.max_epochs,
+        max_epochs=math.ceil(train.max_steps / data.steps_per_epoch),  # the budget in whole epochs
         accelerator=train.accelerator,
         devices=train.devices,
         strategy=train.strategy,
@@ -291,6 +306,7 @@ def write_record(
                 "train": train.model_dump(),
             },
             "data": {k: meta.get(k) for k in ("source", "seed", "counts")},
+            "line": line_of(meta.get("source") or "", family, model_params.name),
             "git": git(),
             "result": {k: v for k, v in metrics.items() if k != "family"},
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
