@@ -23,9 +23,11 @@ class VAEConfig:
     hidden: list[int] = field(metadata={"min_length": 1})  # MLP widths, encoder order
     dropout: float = field(metadata={"ge": 0, "lt": 1})
     beta: float = field(metadata={"gt": 0})  # weight of the KL term; 1 is the true ELBO
-    # p(z | class): 0 = a standard normal; K = a learned mixture of K diagonal Gaussians per class,
+    # p(z | class): 0 = a standard normal; K = a learned mixture of K Gaussians per class,
     # which samples from where the encoder puts the data instead of from holes of a fixed prior
     prior_components: int = field(metadata={"ge": 0})
+    # of each component: full (the encoder's latents are correlated) | diag
+    prior_covariance: str = field(metadata={"choices": ("diag", "full")})
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ FAMILIES: dict[str, Family] = {
             baseline="gaussian_mixture",
             sample_metrics=IMAGE_SAMPLE_METRICS,
             pictures=("grid", "interpolation"),
-            legacy={"prior_components": 0},
+            legacy={"prior_components": 0, "prior_covariance": "diag"},
             intended_use="Generating small class-conditional images like the training data, smooth latent "
             "interpolation, and likelihood scoring of new images of the same kind (e.g. flagging unusual "
             "inputs).",

@@ -31,22 +31,37 @@ def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
 
 
 class Prior(nn.Module):
-    """p(z | class): a mixture of K diagonal Gaussians per class, means, scales and weights learned with
-    the rest (in the spirit of Tomczak & Welling's VampPrior, 2018). A fixed N(0, I) prior leaves holes
-    where the encoder puts no data, and samples drawn from them decode to blurs; a learned one samples
-    where the data is, and its ELBO stays a true bound."""
+    """p(z | class): a mixture of K Gaussians per class (diagonal or full covariances), means, scales
+    and weights learned with the rest (in the spirit of Tomczak & Welling's VampPrior, 2018). A fixed
+    N(0, I) prior leaves holes where the encoder puts no data, and samples drawn from them decode to
+    blurs; a learned one samples where the data is, and its ELBO stays a true bound."""
 
-    def __init__(self, latent: int, n_classes: int, components: int) -> None:
+    def __init__(self, latent: int, n_classes: int, components: int, full: bool) -> None:
         super().__init__()
         k = max(n_classes, 1)
         self.means = nn.Parameter(torch.randn(k, components, latent))  # spread out at the start
         self.log_scales = nn.Parameter(torch.zeros(k, components, latent))
         self.logits = nn.Parameter(torch.zeros(k, components))
+        # full covariances: the strictly lower triangle of each component's Cholesky factor (the encoder's
+        # latents are correlated, and a diagonal mixture spends components on what one rotation covers)
+        self.lower = nn.Parameter(torch.zeros(k, components, latent, latent)) if full else None
+
+    def scale_tril(self, y: torch.Tensor) -> torch.Tensor:
+        """Cholesky factors (B, K, Z, Z) of the components of classes y."""
+        diag = torch.diag_embed(torch.exp(self.log_scales[y].clamp(-6, 3)))
+        return diag if self.lower is None else diag + self.lower[y].tril(-1)
 
     def log_prob(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(z | y) in nats; z (..., B, Z), y (B,) -> (..., B)."""
         m, log_s = self.means[y], self.log_scales[y].clamp(-6, 3)  # (B, K, Z)
-        err = (z.unsqueeze(-2) - m) * torch.exp(-log_s)  # (..., B, K, Z)
+        diff = z.unsqueeze(-2) - m  # (..., B, K, Z)
+        if self.lower is None:
+            err = diff * torch.exp(-log_s)
+        else:  # err = L^-1 diff; one inverse per class and component, not one solve per example
+            classes = torch.arange(len(self.means), device=y.device)
+            eye = torch.eye(diff.shape[-1], device=diff.device, dtype=diff.dtype)
+            inverse = torch.linalg.solve_triangular(self.scale_tril(classes), eye, upper=False)[y]
+            err = (inverse @ diff.unsqueeze(-1)).squeeze(-1)
         per_component = -(0.5 * err.pow(2) + log_s + LOG_SQRT_2PI).sum(-1)  # (..., B, K)
         return torch.logsumexp(per_component + F.log_softmax(self.logits[y], -1), -1)
 
@@ -55,15 +70,17 @@ class Prior(nn.Module):
         weights = F.softmax(self.logits[y], -1)  # (B, K)
         k = torch.multinomial(weights, 1, generator=g).squeeze(1)
         m = self.means[y, k]
-        s = torch.exp(self.log_scales[y, k].clamp(-6, 3))
-        return m + s * torch.randn(m.shape, generator=g, device=m.device, dtype=m.dtype)
+        eps = torch.randn(m.shape, generator=g, device=m.device, dtype=m.dtype)
+        tril = self.scale_tril(y)[torch.arange(len(y), device=y.device), k]  # (B, Z, Z)
+        return m + (tril @ eps.unsqueeze(-1)).squeeze(-1)
 
 
 class VAENet(nn.Module):
     def __init__(self, cfg: Config, n_pixels: int, n_classes: int) -> None:
         super().__init__()
         self.n_classes = n_classes
-        self.prior = Prior(cfg.latent_dim, n_classes, cfg.prior_components) if cfg.prior_components else None
+        k, full = cfg.prior_components, cfg.prior_covariance == "full"
+        self.prior = Prior(cfg.latent_dim, n_classes, k, full) if k else None
         h = cfg.hidden
         self.encoder = mlp([n_pixels + n_classes, *h], cfg.dropout)
         self.to_stats = nn.Linear(h[-1], 2 * cfg.latent_dim)  # -> (mu, log_var)

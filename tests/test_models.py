@@ -193,3 +193,34 @@ def test_exports_from_before_a_config_key_existed_load_as_they_were(tmp_path):
     loaded = export.load(tmp_path)
     assert loaded.cfg.position == "learned" and loaded.cfg.fp32_residual is True
     assert model.sample(1, seed=1, length=8) == loaded.sample(1, seed=1, length=8)
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_vae_prior_is_the_mixture_torch_distributions_defines(covariance):
+    """log p(z | class) of the learned prior equals torch.distributions' mixture of Gaussians with the
+    same parameters, and its samples follow it (their mean and covariance are the mixture's)."""
+    from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+
+    model = make("vae", prior_components=3, prior_covariance=covariance)
+    prior = model.net.prior
+    with torch.no_grad():  # move away from the initial state: correlated, unequal components
+        prior.log_scales.normal_(0, 0.3)
+        prior.logits.normal_(0, 1)
+        if prior.lower is not None:
+            prior.lower.normal_(0, 0.5)
+    y = torch.tensor([0, 1, 2, 1])
+    z = torch.randn(5, 4, model.cfg.latent_dim)  # (importance samples, batch, latent)
+    with torch.no_grad():
+        tril = prior.scale_tril(y)
+        reference = MixtureSameFamily(
+            Categorical(logits=prior.logits[y]), MultivariateNormal(prior.means[y], scale_tril=tril)
+        )
+        assert torch.allclose(prior.log_prob(z, y), reference.log_prob(z), atol=1e-4)
+        draws = prior.sample(torch.full((20000,), 1), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        w, m, tril = torch.softmax(prior.logits[1], -1), prior.means[1], prior.scale_tril(y[1:2])[0]
+        mean = (w[:, None] * m).sum(0)
+        second = (w[:, None, None] * (tril @ tril.mT + m[:, :, None] * m[:, None, :])).sum(0)
+    assert torch.allclose(draws.mean(0), mean, atol=0.1)
+    assert torch.allclose(draws.T.cov(), second - mean[:, None] * mean[None, :], atol=0.15)
+    assert (prior.lower is None) == (covariance == "diag")
