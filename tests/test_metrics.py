@@ -139,3 +139,28 @@ def test_image_baselines_are_finite_and_sane(kind) -> None:
     assert min(v for v in tried.values() if v is not None) == pytest.approx(gmm.bits_per_dim(val), abs=1e-4)
     assert g < p  # chosen on held-out images, the mixture is a real baseline: better than independent pixels
     assert gmm.covariance == ("diag" if kind == "strokes" else "full")
+
+
+def test_image_sample_metrics_are_the_mean_over_draws_of_the_test_size(tmp_path) -> None:
+    """Samples are judged a test split's worth at a time, so a figure is measured at real data's sample
+    size, and the draws' figures are averaged: one draw's FD moves with the seed alone."""
+    from tasks.core.params import load
+    from tasks.quality.measure import Measure, Split
+    from tests.conftest import REPO
+
+    x = _images("shapes")
+    y = np.zeros(len(x), np.int64)  # one class: the features are the pixels, no featurizer to train
+    split = Split(
+        {"kind": "image"},
+        {"train": (x[:200], y[:200]), "val": (x[200:250], y[200:250]), "test": (x[250:], y[250:])},
+    )
+    measure = Measure(split, load(REPO / "params.yaml").evaluate, tmp_path)
+    rng = np.random.default_rng(1)
+    draws = [
+        np.clip(x[rng.choice(200, 50)] / 255 + rng.normal(0, s, (50, 1, 16, 16)), 0, 1) for s in (0.05, 0.2)
+    ]
+    one, two = measure.samples(draws[0]), measure.samples(draws[1])
+    both = measure.samples(np.concatenate(draws))
+    assert one["fd"] != pytest.approx(two["fd"], rel=0.1)  # the draws differ, so averaging matters
+    for key in ("fd", "precision", "recall", "diversity", "memorised"):
+        assert both[key] == pytest.approx((one[key] + two[key]) / 2)

@@ -192,6 +192,7 @@ class EvaluateParams(Section):
     importance_samples: int = Field(ge=1)  # VAE likelihood bound (IWAE k)
     knn_k: int = Field(ge=1)  # precision / recall neighbourhoods
     copy_quantile: float = Field(gt=0, lt=1)  # images: what counts as "as close as a copy"
+    image_draws: int = Field(ge=1)  # images: sample metrics averaged over this many draws
     text: EvaluateText
     baseline: EvaluateBaseline
     gate: Gate

@@ -69,18 +69,28 @@ class Measure:
             self.spans = metrics.SpanIndex(split.text["train"], ev.text.copy_span)
 
     def samples(self, images: np.ndarray) -> dict:
-        """Sample metrics of images (N, C, H, W) in [0, 1] against the test split."""
+        """Sample metrics of images (N, C, H, W) in [0, 1] against the test split: each the mean over
+        draws of the test split's size (as many as N holds), so that every figure is measured at the
+        same sample size as real data's, whose finite-sample bias (FD's above all) it shares, while the
+        noise of one draw averages out."""
         from tasks.quality import metrics
 
-        f = self.features(images)
-        precision, recall = metrics.precision_recall(self.test_features, f, self.ev.knn_k)
-        return {
-            "fd": metrics.frechet_distance(self.test_features, f),
-            "precision": precision,
-            "recall": recall,
-            "diversity": metrics.diversity(f),
-            "memorised": metrics.memorised_share(images, self.train_px, self.copy_threshold),
-        }
+        n = len(self.test_px)
+        per_draw = []
+        for start in range(0, max(len(images) - n, 0) + 1, n):
+            draw = images[start : start + n]
+            f = self.features(draw)
+            precision, recall = metrics.precision_recall(self.test_features, f, self.ev.knn_k)
+            per_draw.append(
+                {
+                    "fd": metrics.frechet_distance(self.test_features, f),
+                    "precision": precision,
+                    "recall": recall,
+                    "diversity": metrics.diversity(f),
+                    "memorised": metrics.memorised_share(draw, self.train_px, self.copy_threshold),
+                }
+            )
+        return {k: float(np.mean([d[k] for d in per_draw])) for k in per_draw[0]}
 
     def texts(self, texts: list[str]) -> dict:
         from tasks.quality import metrics
@@ -99,8 +109,10 @@ class Measure:
         if self.split.kind == "image":
             x, y = self.split.arrays["test"]
             condition = y.tolist() if model.data.get("classes") else None  # the test split's class mix
-            images = model.sample(len(x), condition=condition, seed=ev.seed).cpu().numpy()
+            draws = condition * ev.image_draws if condition else None
+            images = model.sample(len(x) * ev.image_draws, condition=draws, seed=ev.seed).cpu().numpy()
             out = self.samples(images)
+            images = images[: len(x)]  # one draw is the model's samples for pictures
             if hasattr(model, "nll"):  # a likelihood model: its bound on the 8-bit images' NLL
                 xt = torch.as_tensor(x, dtype=torch.float32) / 255
                 nll = model.nll(xt, torch.as_tensor(y) if condition else None, ev.importance_samples, ev.seed)
@@ -170,8 +182,9 @@ class Measure:
             pixels = baselines.fit_independent_pixels(xtr, xva, b.gmm_reg_covar, self.ev.seed)
             out = {"model": gmm.describe(), "tried": tried, "nll_bits_per_dim": gmm.bits_per_dim(xte)}
             out["per_pixel_bits_per_dim"] = pixels.bits_per_dim(xte)
-            drawn = gmm.sample(len(xte))
+            drawn = gmm.sample(len(xte) * self.ev.image_draws)
             out |= self.samples(drawn)
+            drawn = drawn[: len(xte)]
             out["degenerate"] = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
             if not out["nll_bits_per_dim"] < out["per_pixel_bits_per_dim"]:
                 out["degenerate"].append("nll_bits_per_dim")
