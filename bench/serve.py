@@ -9,7 +9,7 @@ Targets: no 5xx and no rejection below the configured concurrency limit; for the
 >= 5x the characters/s of no batching at concurrency 64; for the digits VAE, at least the plain
 service's requests/s.
 
-    python bench/serve.py                         # the champion of model.family in params.yaml
+    python bench/serve.py                         # the champion of params.yaml's model line
     python bench/serve.py --model genloop-pydoc-topics-gpt:... --seconds 5
 """
 
@@ -131,7 +131,7 @@ def _job(req: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="registered version (default: the champion of model.family)")
+    parser.add_argument("--model", help="registered version (default: the champion of the model line)")
     parser.add_argument("--seconds", type=float, default=4.0, help="load per concurrency level")
     parser.add_argument("--length", type=int, default=64, help="text: characters per request")
     parser.add_argument("--levels", default="1,8,64")

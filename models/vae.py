@@ -58,10 +58,11 @@ class Prior(nn.Module):
         if self.lower is None:
             err = diff * torch.exp(-log_s)
         else:  # err = L^-1 diff; one inverse per class and component, not one solve per example
-            classes = torch.arange(len(self.means), device=y.device)
-            eye = torch.eye(diff.shape[-1], device=diff.device, dtype=diff.dtype)
-            inverse = torch.linalg.solve_triangular(self.scale_tril(classes), eye, upper=False)[y]
-            err = (inverse @ diff.unsqueeze(-1)).squeeze(-1)
+            with torch.autocast(z.device.type, enabled=False):  # a density: fp32 even under bf16
+                classes = torch.arange(len(self.means), device=y.device)
+                eye = torch.eye(diff.shape[-1], device=diff.device)
+                inverse = torch.linalg.solve_triangular(self.scale_tril(classes), eye, upper=False)[y]
+                err = torch.einsum("bkij,...bkj->...bki", inverse, diff.float())  # no copy per sample
         per_component = -(0.5 * err.pow(2) + log_s + LOG_SQRT_2PI).sum(-1)  # (..., B, K)
         return torch.logsumexp(per_component + F.log_softmax(self.logits[y], -1), -1)
 
@@ -69,9 +70,11 @@ class Prior(nn.Module):
         """One z per class id in y (B,) -> (B, Z)."""
         weights = F.softmax(self.logits[y], -1)  # (B, K)
         k = torch.multinomial(weights, 1, generator=g).squeeze(1)
-        m = self.means[y, k]
+        m, s = self.means[y, k], torch.exp(self.log_scales[y, k].clamp(-6, 3))  # (B, Z)
         eps = torch.randn(m.shape, generator=g, device=m.device, dtype=m.dtype)
-        tril = self.scale_tril(y)[torch.arange(len(y), device=y.device), k]  # (B, Z, Z)
+        if self.lower is None:
+            return m + s * eps
+        tril = torch.diag_embed(s) + self.lower[y, k].tril(-1)  # (B, Z, Z): the chosen components only
         return m + (tril @ eps.unsqueeze(-1)).squeeze(-1)
 
 

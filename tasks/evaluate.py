@@ -30,16 +30,24 @@ FEATURIZER, BASELINE, PICTURES = OUT / "featurizer", OUT / "baseline", OUT / "pi
 MODEL = paths.EXPORT
 
 
-def load_champion(tag: str | None, split, line: str) -> tuple[object | None, str]:
+def load_champion(tag: str | None, split, line: str, family: str) -> tuple[object | None, str]:
     """The champion model of the line. A line is one family on one dataset layout: a model of another
-    layout (shape, classes or vocabulary) never replaces its champion, it belongs to a line of its own."""
+    family or layout (shape, classes or vocabulary) never replaces its champion, it belongs to a line
+    of its own."""
     from models import export
     from tasks.registry import store
 
     if tag is None:
         return None, "no champion yet"
     folder = store.folder(tag)
-    theirs, ours = export.describe(folder)["data"], layout(split.meta)
+    described = export.describe(folder)
+    if described["family"] != family:
+        raise GenloopError(
+            f"model line {line} holds {described['family']} models (its champion {tag}); this model is a "
+            f"{family}: give it a line of its own with model.name (auto names a line after its data "
+            "source and family)"
+        )
+    theirs, ours = described["data"], layout(split.meta)
     if theirs != ours:
         raise GenloopError(
             f"model line {line} holds models of {summary(theirs)} (its champion {tag}); this model was "
@@ -161,6 +169,8 @@ def run(params: Params) -> dict:
     (baseline, baseline_samples), floor = measure.baseline(family.baseline), measure.floor()
 
     trained = read_json(MODEL / paths.TRAINING_RECORD)
+    if "line" not in trained:
+        raise GenloopError(f"{MODEL} was trained before model lines existed: train it again")
     line = trained["line"]  # the line the model was trained for (model.name at training time)
     name = store.name_of(line)
     weights = sha256_file(MODEL / export.WEIGHTS)
@@ -171,7 +181,7 @@ def run(params: Params) -> dict:
     labels["git"] = str(trail["git"]["commit"])[:12]
     for _ in range(3):  # a flow that promotes meanwhile changes the champion: judge against the new one
         champion_tag = champions.champion(name)
-        champion_model, champion_note = load_champion(champion_tag, split, line)
+        champion_model, champion_note = load_champion(champion_tag, split, line, model.family)
         champion = measure.model(champion_model)[0] if champion_model is not None else None
         decision = decide(
             model.family,

@@ -43,8 +43,8 @@ def settings(params: Params, model: str) -> dict:
 
 
 def build(params: Params, model: str | None = None, record: bool = True) -> dict:
-    """Build (or find) the Bento for `model` (default: the champion of model.family); `record` writes
-    artifacts/package/bento.json (the DVC stage's output)."""
+    """Build (or find) the Bento for `model` (default: the champion of the params' model line); `record`
+    writes artifacts/package/bento.json (the DVC stage's output)."""
     name = store.name_of(line(params))
     model = model or champions.champion(name)
     if model is None:

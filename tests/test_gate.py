@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tasks.core.errors import GenloopError
 from tasks.core.params import Gate, load
 from tasks.quality import measure as measuring
 from tasks.quality.gate import decide
@@ -173,3 +174,35 @@ def test_bad_evaluate_params_are_named(tmp_path, bad) -> None:
             raw["evaluate"][key] = value
     with pytest.raises(GenloopError, match="evaluate"):
         parse(raw)
+
+
+@pytest.mark.parametrize(
+    ("family", "classes", "says"),
+    [("vae", ["0", "1"], "holds gan models"), ("gan", ["0", "1", "2"], "holds models of 8x8 images")],
+)
+def test_a_line_keeps_one_family_and_one_layout(tmp_path, monkeypatch, family, classes, says) -> None:
+    """A challenger of another family or data layout under a line's name is refused with the reason,
+    before it is compared with (or could replace) that line's champion."""
+    from models import export
+    from tasks import evaluate
+    from tasks.quality.measure import Split
+    from tasks.registry import store
+
+    champion = export.build(
+        "gan", models_config("gan"), {"kind": "image", "shape": [1, 8, 8], "classes": ["0", "1"]}
+    )
+    export.save(champion, tmp_path / "champion")
+    monkeypatch.setattr(store, "folder", lambda tag: tmp_path / "champion")
+    split = Split({"kind": "image", "shape": [1, 8, 8], "classes": classes}, {})
+    with pytest.raises(GenloopError, match=says):
+        evaluate.load_champion("genloop-x:1", split, "x", family)
+    same = Split({"kind": "image", "shape": [1, 8, 8], "classes": ["0", "1"]}, {})
+    assert evaluate.load_champion("genloop-x:1", same, "x", "gan")[0].family == "gan"
+
+
+def models_config(family: str) -> dict:
+    import yaml
+
+    from tests.conftest import REPO
+
+    return yaml.safe_load((REPO / "params.yaml").read_text())["model"][family]

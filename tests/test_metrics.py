@@ -85,6 +85,16 @@ def test_gaussian_mixture_baseline_scores_and_samples() -> None:
     assert samples.shape == (10, 1, 4, 4) and samples.min() >= 0 and samples.max() <= 1
 
 
+def test_any_slice_of_the_mixtures_samples_is_a_fair_draw() -> None:
+    """Sample metrics judge draws of the test split's size one after another: the mixture's samples
+    must not come grouped by component (sklearn draws them so), or a draw would see few of them."""
+    dark, light = np.full((100, 1, 2, 2), 20, np.uint8), np.full((100, 1, 2, 2), 230, np.uint8)
+    train = np.concatenate([dark, light]) + RNG.integers(0, 10, (200, 1, 2, 2), dtype=np.uint8)
+    gmm = baselines.GaussianMixtureBaseline(2, 1e-4, seed=0).fit(train)
+    first_half = gmm.sample(200)[:100].mean(axis=(1, 2, 3))
+    assert 20 < (first_half > 0.5).sum() < 80  # both components, about half each
+
+
 def test_char_ngram_order_is_chosen_on_validation_and_it_writes_text() -> None:
     from pydoc_data.topics import topics
 

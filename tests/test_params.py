@@ -102,3 +102,41 @@ def test_cli_version_is_the_package_version(project):
 
     proc = project.run("genloop", "--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"genloop {version('genloop')}"
+
+
+@pytest.mark.parametrize("bad", ["Digits", "-digits", "digits-", "a" * 56, "my line"])
+def test_a_line_name_must_make_a_registry_name(bad):
+    """genloop-<line> is a BentoML tag: lowercase, 63 characters at most, a letter or digit at each end."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["model"]["name"] = bad
+    with pytest.raises(GenloopError, match=r"model\.name"):
+        parse(raw)
+
+
+@pytest.mark.parametrize(
+    "source", ["sklearn:digits", "/data/" + "very-long-folder-name_" * 6 + "/", "s3://b/Shapes Set!/"]
+)
+def test_auto_line_names_are_valid_registry_names(source):
+    from bentoml._internal.tag import Tag
+
+    from tasks.core.datasets import line_of
+
+    for family in ("vae", "gan", "gpt"):
+        line = line_of(source, family)
+        assert Tag.from_taglike(f"genloop-{line}:v1").name == f"genloop-{line}"  # BentoML accepts it
+        assert parse_name(line) == line
+
+
+def parse_name(line: str) -> str:
+    """The line as model.name in params.yaml: valid there too."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["model"]["name"] = line
+    return parse(raw).model.name

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from tasks import augment, collect, validate
@@ -63,6 +64,14 @@ def test_dvc_repro_trains_exports_and_then_does_nothing(project):
     assert "up to date" in project.run("dvc", "repro", check=True).stdout
     shown = project.run("dvc", "metrics", "show", check=True)
     assert "val_loss" in shown.stdout
+    # forced again: DVC clears the outputs but keeps the checkpoints (persist); a finished run is not
+    # resumed with nothing left to train, it trains again and writes every output, to the same weights
+    before = weights(out / "model")
+    project.run("dvc", "repro", "--force", "--single-item", "train", check=True)
+    assert json.loads((out / "metrics.json").read_text())["resumed"] is False
+    assert (out / "samples/final.png").is_file()
+    after = weights(out / "model")
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_killed_run_resumes_to_the_same_weights(project, tmp_path):

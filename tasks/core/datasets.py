@@ -65,7 +65,8 @@ def line_of(source: str, family: str, chosen: str = "auto") -> str:
     the lowercase letters, digits and '-._' a registry name takes."""
     if chosen != "auto":
         return chosen
-    return re.sub(r"[^a-z0-9._-]+", "-", f"{name(source)}-{family}".lower()).strip("-._")[:64]
+    line = re.sub(r"[^a-z0-9._-]+", "-", f"{name(source)}-{family}".lower())
+    return line[:55].strip("-._")  # a registry name, genloop-<line>, is a BentoML tag: 63 at most
 
 
 def require_family_fits(family: str, kind: str, where: str) -> None:

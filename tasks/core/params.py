@@ -109,9 +109,12 @@ class _ModelBase(Section):
     @field_validator("name")
     @classmethod
     def _line_name(cls, v: str) -> str:
-        if v != "auto" and not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", v):
+        # the registry's names (genloop-<line>) are BentoML tags: 63 characters at most, ending in a
+        # letter or digit
+        if v != "auto" and not re.fullmatch(r"[a-z0-9]([a-z0-9._-]{0,53}[a-z0-9])?", v):
             raise ValueError(
-                "a line name is auto, or lowercase letters, digits, '.', '_' and '-' (64 at most)"
+                "a line name is auto, or lowercase letters, digits, '.', '_' and '-', starting and ending "
+                "with a letter or digit (55 at most)"
             )
         return v
 

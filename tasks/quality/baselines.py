@@ -59,7 +59,8 @@ class GaussianMixtureBaseline:
     def sample(self, n: int) -> np.ndarray:
         """n images (n, C, H, W) in [0, 1]."""
         self.gmm.random_state = self.seed + 2
-        x, _ = self.gmm.sample(n)
+        x, _ = self.gmm.sample(n)  # sklearn returns them grouped by component: shuffle, so that any
+        x = x[np.random.default_rng(self.seed + 3).permutation(n)]  # slice is a fair draw
         return np.clip(x, 0, 1).reshape(n, *self.shape).astype(np.float32)
 
     def describe(self) -> str:

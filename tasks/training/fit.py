@@ -98,10 +98,13 @@ def fingerprint(model_params: ModelParams, train: TrainParams, meta: dict) -> st
 
 
 def resumable(last: Path, stamp: str) -> bool:
-    """Was the checkpoint at `last` written by a run of exactly this fingerprint?"""
+    """Was the checkpoint at `last` written by a run of exactly this fingerprint that did not finish?
+    A finished run asked again (dvc repro --force) trains again from the start, to the same weights:
+    resumed, it would have nothing left to train, and write none of the outputs DVC just removed."""
     import torch
 
-    if not last.is_file():
+    finished = last.with_name(FINISHED)
+    if not last.is_file() or (finished.is_file() and finished.read_text() == stamp):
         return False
     try:
         saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("fingerprint")
@@ -122,12 +125,14 @@ def resolve_precision(train: TrainParams) -> str:
 
 
 MIN_STEPS_PER_EPOCH, TEXT_STEPS_PER_EPOCH = 50, 100
+FINISHED = "finished"  # beside the checkpoints: the fingerprint of the run that completed
 
 
 def steps_per_epoch(kind: str, examples: int, train: TrainParams) -> int:
     """Optimizer steps between validations: train.steps_per_epoch, or one pass over the training
     images (at least MIN_STEPS_PER_EPOCH, so a 300-image folder does not validate every 11 steps), or
-    TEXT_STEPS_PER_EPOCH windows of text."""
+    TEXT_STEPS_PER_EPOCH windows of text. Under DDP every replica draws its own batches, so an epoch
+    of one pass's steps sees the data once per replica; the budget stays in optimizer steps."""
     if train.steps_per_epoch:
         return train.steps_per_epoch
     if kind == "text":
@@ -283,6 +288,7 @@ def _fit(
         "parameters": sum(p.numel() for p in model.net.parameters()),
     }
     write_record(out / "model" / RECORD, model_params, train, meta, metrics)
+    (checkpoints / FINISHED).write_text(trainee.fingerprint)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
