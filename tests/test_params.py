@@ -2,6 +2,9 @@ import pytest
 
 from tasks.core.errors import GenloopError
 from tasks.core.params import load, parse
+from tests.conftest import REPO
+
+REPO_PRESETS = REPO / "presets"
 
 
 def test_default_params_file_loads(project):
@@ -140,3 +143,16 @@ def parse_name(line: str) -> str:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["model"]["name"] = line
     return parse(raw).model.name
+
+
+@pytest.mark.parametrize("preset", sorted((REPO_PRESETS).glob("*.yaml")), ids=lambda p: p.name)
+def test_a_preset_is_a_whole_params_file(preset):
+    """A preset is copied over params.yaml and run with dvc repro: every section must be there."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    sections = set(yaml.safe_load((REPO / "params.yaml").read_text()))
+    assert set(yaml.safe_load(preset.read_text())) == sections
+    parsed = load(preset)
+    assert all(getattr(parsed, s if s != "validate" else "validate_") is not None for s in sections)
