@@ -28,6 +28,7 @@ OUT = paths.ARTIFACTS / "evaluate"
 METRICS, DECISION = OUT / "metrics.json", OUT / "decision.json"
 FEATURIZER, BASELINE, PICTURES = OUT / "featurizer", OUT / "baseline", OUT / "pictures"
 MODEL = paths.EXPORT
+OWN_LINE = "give it a line of its own with model.name (auto names a line after its data source and family)"
 
 
 def load_champion(tag: str | None, split, line: str, family: str) -> tuple[object | None, str]:
@@ -44,15 +45,13 @@ def load_champion(tag: str | None, split, line: str, family: str) -> tuple[objec
     if described["family"] != family:
         raise GenloopError(
             f"model line {line} holds {described['family']} models (its champion {tag}); this model is a "
-            f"{family}: give it a line of its own with model.name (auto names a line after its data "
-            "source and family)"
+            f"{family}: {OWN_LINE}"
         )
     theirs, ours = described["data"], layout(split.meta)
     if theirs != ours:
         raise GenloopError(
             f"model line {line} holds models of {summary(theirs)} (its champion {tag}); this model was "
-            f"trained on {summary(ours)}: give it a line of its own with model.name (auto names a line "
-            "after its data source and family)"
+            f"trained on {summary(ours)}: {OWN_LINE}"
         )
     return export.load(folder), ""
 

@@ -12,6 +12,17 @@ from pathlib import Path
 import numpy as np
 
 BACKGROUND = 0.25  # between tiles: grey, so black and white images both stand out
+WIDTH = 640  # pixels, about, of a saved grid
+
+
+def _scale(width: int, cols: int) -> int:
+    """Pixels per image pixel for `cols` tiles `width` wide (plus padding) to fill about WIDTH."""
+    return max(1, WIDTH // ((width + 1) * cols))
+
+
+def _paper(mode: str):
+    """White, in a PIL image mode's terms: where names are written."""
+    return 255 if mode == "L" else (255,) * 3
 
 
 def read_pixels(path: str | Path) -> np.ndarray:
@@ -72,9 +83,7 @@ def labelled(
     left = max((measure.textlength(n, font=font) for n in row_names or []), default=0)
     left = int(left) + 8 if row_names else 0
     top = 16 if col_names else 0
-    canvas = Image.new(
-        img.mode, (img.width + left, img.height + top), color=255 if img.mode == "L" else (255,) * 3
-    )
+    canvas = Image.new(img.mode, (img.width + left, img.height + top), color=_paper(img.mode))
     canvas.paste(img, (left, top))
     draw = ImageDraw.Draw(canvas)
     ink = 0 if img.mode == "L" else (0, 0, 0)
@@ -100,7 +109,7 @@ def save_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = cols or math.ceil(math.sqrt(len(images)))
     h, w = images.shape[2:]
-    scale = max(1, 640 // ((w + 1) * cols))
+    scale = _scale(w, cols)
     tiles = grid(images, cols, scale=scale)
     labelled(tiles, ((h + 1) * scale, (w + 1) * scale), col_names, row_names).save(path)
     return path
@@ -117,7 +126,7 @@ def save_side_by_side(
     path.parent.mkdir(parents=True, exist_ok=True)
     first = next(iter(blocks.values()))
     h, w = first.shape[2:]
-    scale = max(1, 640 // ((w + 1) * cols))
+    scale = _scale(w, cols)
     rows_each = math.ceil(len(first) / cols)
     parts = []
     for i, (name, images) in enumerate(blocks.items()):
@@ -130,7 +139,7 @@ def save_side_by_side(
     canvas = Image.new(
         parts[0].mode,
         (width, sum(p.height for p in parts) + 6 * (len(parts) - 1)),
-        color=255 if parts[0].mode == "L" else (255,) * 3,
+        color=_paper(parts[0].mode),
     )
     y = 0
     for p in parts:

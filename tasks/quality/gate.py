@@ -29,6 +29,11 @@ def better(a: float, b: float, metric: str, margin: float = 0.0) -> bool:
     return a - b >= margin if metric in HIGHER_IS_BETTER else b - a >= margin
 
 
+def within(a: float, b: float, metric: str, gate: Gate) -> bool:
+    """Is a no worse than b by more than gate.max_regression (relative to b)?"""
+    return better(a, b, metric, -abs(b) * gate.max_regression)
+
+
 def _num(v: float | None) -> str:
     return "—" if v is None else f"{v:.4g}"
 
@@ -104,10 +109,9 @@ def decide(
                   f"the baseline's {metric} ({_num(b)}) is degenerate: nothing to compare with",
                   metric, value=b)  # fmt: skip
             continue
-        allowed = abs(b) * gate.max_regression
         check(
             f"samples vs baseline: {metric}",
-            better(a, b, metric, -allowed),
+            within(a, b, metric, gate),
             f"{_num(a)} vs baseline {_num(b)} (at most {gate.max_regression:.0%} worse); "
             f"real data {_num(floor.get(metric))}",
             metric,
@@ -126,10 +130,9 @@ def decide(
             if metric == headline or metric not in challenger or metric not in rival:
                 continue
             a, b = challenger[metric], rival[metric]
-            allowed = abs(b) * gate.max_regression
             check(
                 f"no regression: {metric}",
-                better(a, b, metric, -allowed),
+                within(a, b, metric, gate),
                 f"{_num(a)} vs champion {_num(b)} (at most {gate.max_regression:.0%} worse)",
                 metric,
                 value=baseline.get(metric),
