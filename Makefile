@@ -33,7 +33,7 @@ demo: setup  ## run the lifecycle on the defaults (digits, VAE), serve the champ
 	@echo "  data/raw/manifest.json                     what was collected (sha256, size, source, label)"
 	@echo "  artifacts/validate/summary.json            the validation gate's verdict"
 	@echo "  artifacts/validate/data_docs/index.html    Great Expectations data docs"
-	@echo "  data/processed/preview.png                 every class: originals, each followed by its copies"
+	@echo "  data/processed/preview.png                 a few training images of every class"
 	@echo "  artifacts/train/samples/final.png          samples of the trained model, one column per class"
 	@echo "  artifacts/train/metrics.json               training result ('dvc metrics show', 'dvc plots show')"
 	@echo "  artifacts/train/model/                     the exported model (safetensors + JSON)"

@@ -6,8 +6,9 @@ the facts that evaluate, the model card, `genloop status` and the service rely o
 headline metric, baseline, how its samples are pictured, what it is for). Adding a family is a new file
 and a new entry in FAMILIES; tests/test_models.py checks every entry is complete.
 
-Bounds live in each field's metadata (`ge`, `gt`, `lt`, `min_length`, `choices`): params loading turns
-them into its checks, so this module needs nothing beyond the standard library.
+Bounds live in each field's metadata (`ge`, `gt`, `lt`, `min_length`, `choices`: of a list field, of
+each item): params loading turns them into its checks, so this module needs nothing beyond the standard
+library.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class VAEConfig:
+    # conv: convolutional encoder and decoder | mlp: fully connected
+    arch: str = field(metadata={"choices": ("conv", "mlp")})
     latent_dim: int = field(metadata={"ge": 1})
+    channels: list[int] = field(metadata={"min_length": 2, "max_length": 2})  # conv widths, encoder order
     hidden: list[int] = field(metadata={"min_length": 1})  # MLP widths, encoder order
     dropout: float = field(metadata={"ge": 0, "lt": 1})
     beta: float = field(metadata={"gt": 0})  # weight of the KL term; 1 is the true ELBO
@@ -37,6 +41,9 @@ class GANConfig:
     d_steps: int = field(metadata={"ge": 1})  # discriminator updates per generator update
     lr_d_factor: float = field(metadata={"gt": 0})  # discriminator learning rate = train.lr * this
     dropout: float = field(metadata={"ge": 0, "lt": 1})  # in the discriminator
+    # DiffAugment (Zhao et al. 2020): what the discriminator sees of real and generated images alike,
+    # so it cannot memorise a small training set, and nothing of it leaks into the samples
+    diff_augment: list[str] = field(metadata={"choices": ("translation", "cutout")})
 
 
 @dataclass(frozen=True)
@@ -92,11 +99,12 @@ FAMILIES: dict[str, Family] = {
             baseline="gaussian_mixture",
             sample_metrics=IMAGE_SAMPLE_METRICS,
             pictures=("grid", "interpolation"),
-            legacy={"prior_components": 0, "prior_covariance": "diag"},
+            legacy={"prior_components": 0, "prior_covariance": "diag", "arch": "mlp", "channels": [32, 64]},
             intended_use="Generating small class-conditional images like the training data, smooth latent "
             "interpolation, and likelihood scoring of new images of the same kind (e.g. flagging unusual "
             "inputs).",
-            limitations="Decoder means are smooth averages: samples look blurrier than real images. "
+            limitations="Each pixel is drawn from the decoder's Gaussian: samples can be blurrier and "
+            "grainier than real images, and fine detail varies more than class and layout. "
             "Likelihoods are only comparable on images of the same size and preprocessing.",
         ),
         Family(
@@ -109,6 +117,7 @@ FAMILIES: dict[str, Family] = {
             baseline="gaussian_mixture",
             sample_metrics=IMAGE_SAMPLE_METRICS,
             pictures=("grid",),
+            legacy={"diff_augment": []},
             intended_use="Generating small class-conditional images like the training data.",
             limitations="A GAN has no likelihood: it can drop modes without any held-out loss showing it; "
             "watch recall and diversity. Not for scoring or detecting unusual inputs.",

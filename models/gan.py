@@ -2,7 +2,8 @@
 
 Stability choices: spectral norm on every discriminator layer (Miyato et al. 2018), the hinge loss
 (Lim & Ye 2017), a projection discriminator for the class condition (Miyato & Koyama 2018), and Adam
-with beta1 = 0.5 and two discriminator steps per generator step (TTUR-like). A GAN has no likelihood:
+with beta1 = 0.5 and two discriminator steps per generator step (TTUR-like), and DiffAugment (Zhao et
+al. 2020) so the discriminator cannot memorise a small training set. A GAN has no likelihood:
 its held-out figure is the squared MMD (Gaussian kernel, pixel space) between samples and the
 validation images, lower is better.
 """
@@ -17,7 +18,9 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from models.common import GenerativeModel, OptimizerGroup, Update, class_ids, generator
-from models.families import GANConfig as Config  # latent_dim, width, d_steps, lr_d_factor, dropout
+
+# latent_dim, width, d_steps, lr_d_factor, dropout, diff_augment: types and bounds in models/families.py
+from models.families import GANConfig as Config
 
 
 class Generator(nn.Module):
@@ -75,6 +78,31 @@ class GANNet(nn.Module):
         self.D = Discriminator(cfg, shape, n_classes)
 
 
+def diff_augment(x: torch.Tensor, policy: list[str], g: torch.Generator) -> torch.Tensor:
+    """DiffAugment (Zhao et al. 2020): random translations and cutouts, differentiable in x, applied to
+    real and generated images alike before the discriminator. x: (B, C, H, W) in [0, 1]."""
+    B, _, H, W = x.shape
+    rows = torch.arange(H, device=x.device)[None, :, None]  # (1, H, 1)
+    cols = torch.arange(W, device=x.device)[None, None, :]  # (1, 1, W)
+
+    def offsets(low: int, high: int) -> torch.Tensor:
+        return torch.randint(low, high + 1, (B, 1, 1), generator=g, device=x.device)
+
+    if "translation" in policy:  # by up to 1/8 of each side, the emptied border black
+        ry, rx = max(1, H // 8), max(1, W // 8)
+        src_y, src_x = rows - offsets(-ry, ry), cols - offsets(-rx, rx)  # (B, H, 1), (B, 1, W)
+        inside = ((src_y >= 0) & (src_y < H) & (src_x >= 0) & (src_x < W)).unsqueeze(1)
+        flat = src_y.clamp(0, H - 1) * W + src_x.clamp(0, W - 1)  # (B, H, W)
+        moved = x.flatten(2).gather(2, flat.flatten(1).unsqueeze(1).expand(-1, x.shape[1], -1))
+        x = moved.view_as(x) * inside
+    if "cutout" in policy:  # a black square half the side, centred anywhere in the image
+        sy, sx = max(1, H // 2), max(1, W // 2)
+        dy, dx = rows - (offsets(0, H - 1) - sy // 2), cols - (offsets(0, W - 1) - sx // 2)
+        hole = (dy >= 0) & (dy < sy) & (dx >= 0) & (dx < sx)  # clipped at the border
+        x = x * (~hole).unsqueeze(1)
+    return x
+
+
 def mmd2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Squared maximum mean discrepancy with a Gaussian kernel (median-distance bandwidth)."""
     a, b = a.flatten(1).float(), b.flatten(1).float()
@@ -114,11 +142,16 @@ class Model(GenerativeModel):
         backward left in the discriminator."""
         x, y = batch
         y = self.labels(y, len(x))
+
+        def judge(images: torch.Tensor) -> torch.Tensor:  # the discriminator, through DiffAugment
+            policy = self.cfg.diff_augment
+            return self.net.D(diff_augment(images, policy, noise) if policy else images, y)
+
         for _ in range(self.cfg.d_steps):
             fake = self.net.G(self.latents(len(x), noise), y).detach()
-            loss_d = F.relu(1 - self.net.D(x, y)).mean() + F.relu(1 + self.net.D(fake, y)).mean()
+            loss_d = F.relu(1 - judge(x)).mean() + F.relu(1 + judge(fake)).mean()
             update(0, loss_d)
-        loss_g = -self.net.D(self.net.G(self.latents(len(x), noise), y), y).mean()
+        loss_g = -judge(self.net.G(self.latents(len(x), noise), y)).mean()
         update(1, loss_g)
         return {"loss_d": loss_d, "loss_g": loss_g}  # hinge losses, as training_figures shows them
 

@@ -1,4 +1,5 @@
-"""Class-conditional VAE (Kingma & Welling 2014; conditional as in Sohn et al. 2015), MLP encoder/decoder.
+"""Class-conditional VAE (Kingma & Welling 2014; conditional as in Sohn et al. 2015), with a convolutional
+or an MLP encoder and decoder.
 
 The decoder is a proper density, so its likelihood compares with any other density model: each pixel is
 a Gaussian whose mean and scale the decoder predicts (a calibrated decoder, Rybkin et al. 2021), over
@@ -18,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import GenerativeModel, class_ids, generator
-from models.families import VAEConfig as Config  # latent_dim, hidden, dropout, beta
+
+# arch, latent_dim, channels, hidden, dropout, beta, prior_*: types and bounds in models/families.py
+from models.families import VAEConfig as Config
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -78,12 +81,71 @@ class Prior(nn.Module):
         return m + (tril @ eps.unsqueeze(-1)).squeeze(-1)
 
 
-class VAENet(nn.Module):
-    def __init__(self, cfg: Config, n_pixels: int, n_classes: int) -> None:
+def padded(side: int) -> int:
+    """Two stride-2 stages need sides divisible by 4: other sizes are zero-padded up to the next."""
+    return -(-side // 4) * 4
+
+
+class ConvEncoder(nn.Module):
+    """(B, C + classes, H, W) -> (B, out): two stride-2 convolutions, then a linear map."""
+
+    def __init__(self, shape: tuple[int, int, int], n_classes: int, widths: list[int], out: int) -> None:
         super().__init__()
-        self.n_classes = n_classes
+        C, H, W = shape
+        H, W = padded(H), padded(W)
+        a, b = widths[0], widths[-1]
+        self.body = nn.Sequential(
+            nn.Conv2d(C + n_classes, a, 3, 1, 1),
+            nn.SiLU(),
+            nn.Conv2d(a, a, 4, 2, 1),  # (H/2, W/2)
+            nn.SiLU(),
+            nn.Conv2d(a, b, 4, 2, 1),  # (H/4, W/4)
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(b * (H // 4) * (W // 4), out),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        return self.body(F.pad(x, (0, padded(W) - W, 0, padded(H) - H)))
+
+
+class ConvDecoder(nn.Module):
+    """(B, latent + classes) -> (B, 2 C H W): the mirror of ConvEncoder; mean logits, then log scales."""
+
+    def __init__(self, shape: tuple[int, int, int], n_in: int, widths: list[int]) -> None:
+        super().__init__()
+        C, H, W = shape
+        a, b = widths[0], widths[-1]
+        self.shape, self.start = shape, (b, padded(H) // 4, padded(W) // 4)
+        self.body = nn.Sequential(
+            nn.Linear(n_in, math.prod(self.start)),
+            nn.SiLU(),
+            nn.Unflatten(1, self.start),
+            nn.ConvTranspose2d(b, a, 4, 2, 1),  # (H/2, W/2)
+            nn.SiLU(),
+            nn.ConvTranspose2d(a, a, 4, 2, 1),  # (H, W)
+            nn.SiLU(),
+            nn.Conv2d(a, 2 * C, 3, 1, 1),  # channels 0..C-1: mean logits; C..2C-1: log scales
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        _, H, W = self.shape
+        return self.body(h)[:, :, :H, :W].flatten(1)  # the padding cropped off
+
+
+class VAENet(nn.Module):
+    def __init__(self, cfg: Config, shape: tuple[int, int, int], n_classes: int) -> None:
+        super().__init__()
+        self.n_classes, self.shape, self.conv = n_classes, shape, cfg.arch == "conv"
         k, full = cfg.prior_components, cfg.prior_covariance == "full"
         self.prior = Prior(cfg.latent_dim, n_classes, k, full) if k else None
+        n_pixels = math.prod(shape)
+        if self.conv:  # translation-equivariant: shapes anywhere in the picture, from few images
+            self.encoder = ConvEncoder(shape, n_classes, cfg.channels, 2 * cfg.latent_dim)
+            self.to_stats = nn.Identity()
+            self.decoder = ConvDecoder(shape, cfg.latent_dim + n_classes, cfg.channels)
+            return
         h = cfg.hidden
         self.encoder = mlp([n_pixels + n_classes, *h], cfg.dropout)
         self.to_stats = nn.Linear(h[-1], 2 * cfg.latent_dim)  # -> (mu, log_var)
@@ -97,17 +159,29 @@ class VAENet(nn.Module):
         return F.one_hot(y, self.n_classes).float()
 
     def encode(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, log_var = self.to_stats(self.encoder(torch.cat([x, c], 1))).chunk(2, dim=1)  # (B, Z) each
+        """x: (B, P) flattened pixels, c: (B, classes) one-hot."""
+        if self.conv:  # the class as constant extra channels
+            image = x.view(len(x), *self.shape)
+            planes = c[:, :, None, None].expand(-1, -1, *self.shape[1:])
+            inputs = torch.cat([image, planes], 1)
+        else:
+            inputs = torch.cat([x, c], 1)
+        mu, log_var = self.to_stats(self.encoder(inputs)).chunk(2, dim=1)  # (B, Z) each
         return mu, log_var.clamp(-12, 12)
 
     def decode(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self.decoder(torch.cat([z, c], 1))  # (B, 2P): mean logits, log scales
 
+    @staticmethod
+    def pixel_gaussians(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's output (..., 2P) -> each pixel's mean and log scale (..., P) each."""
+        logits, log_s = out.float().chunk(2, dim=-1)
+        return torch.sigmoid(logits), log_s.clamp(-9.0, 2.0)
+
     def log_px(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """log p(v | z) per example, nats: independent Gaussians, mean sigmoid(logits). v: (..., P)."""
-        logits, log_s = out.float().chunk(2, dim=-1)
-        log_s = log_s.clamp(-9.0, 2.0)
-        err = (v - torch.sigmoid(logits)) * torch.exp(-log_s)
+        mean, log_s = self.pixel_gaussians(out)
+        err = (v - mean) * torch.exp(-log_s)
         return -(0.5 * err.pow(2) + log_s + LOG_SQRT_2PI).sum(-1)
 
 
@@ -118,7 +192,7 @@ class Model(GenerativeModel):
         super().__init__(config, data)
         self.shape = tuple(data["shape"])  # (C, H, W)
         self.n_pixels = math.prod(self.shape)
-        self.net = VAENet(self.cfg, self.n_pixels, len(data.get("classes") or []))
+        self.net = VAENet(self.cfg, self.shape, len(data.get("classes") or []))
 
     def dequantise(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         """x in [0, 1] (k / 255) -> v = (k + u) / 256, flattened to (B, P)."""
@@ -196,23 +270,31 @@ class Model(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, condition=None, seed: int | None = None) -> torch.Tensor:
-        """n images (n, C, H, W) in [0, 1], the decoder's means (its pixel noise would only add grain);
+        """n images (n, C, H, W) in [0, 1] drawn from the model: z from the prior, then each pixel from
+        the decoder's Gaussian, clipped to [0, 1]. The decoder's means alone are smoother than any real
+        image (further from real data on FD and recall, see the README); `interpolate` shows them.
         `condition` is a class id, a list of them or None (classes cycle 0, 1, 2, ...)."""
         return self.sample_batch([{"n": n, "condition": condition, "seed": seed}])[0]
 
     @torch.no_grad()
     def sample_batch(self, jobs: list[dict]) -> list[torch.Tensor]:
-        """Each job's latents come from its own seeded generator; one decoder pass for all of them."""
+        """Each job's latents and pixel noise come from its own seeded generator; one decoder pass for
+        all of them."""
         k = self.net.n_classes
-        zs, cs = [], []
+        zs, cs, gens = [], [], []
         for job in jobs:
             n, g = job["n"], generator(job.get("seed"), self.device)
             y = class_ids(job.get("condition"), n, k, self.device) if k else None
             cs.append(self.net.onehot(y, n, self.device))
             zs.append(self.draw_z(y, n, g))
-        logits = self.net.decode(torch.cat(zs), torch.cat(cs))[:, : self.n_pixels]
-        images = torch.sigmoid(logits.float()).view(-1, *self.shape)
-        return list(images.split([job["n"] for job in jobs]))
+            gens.append(g)
+        out = self.net.decode(torch.cat(zs), torch.cat(cs)).float()
+        images = []
+        for part, g in zip(out.split([job["n"] for job in jobs]), gens, strict=True):
+            mean, log_s = self.net.pixel_gaussians(part)
+            pixels = mean + torch.randn(mean.shape, generator=g, device=mean.device) * log_s.exp()
+            images.append(pixels.clamp(0, 1).view(-1, *self.shape))
+        return images
 
     @torch.no_grad()
     def interpolate(self, steps: int = 10, rows: int = 8, seed: int | None = None) -> torch.Tensor:

@@ -4,7 +4,8 @@ Images -> data/processed/{split}_x.npy (uint8, N x C x H x W) and {split}_y.npy 
 Text   -> data/processed/{split}.npy (uint16 character ids) over the vocabulary in meta.json.
 
 Images are split per class (stratified) with a seeded shuffle; each training image gets
-`augment.image.factor` extra copies with a small random shift, rotation and Gaussian noise.
+`augment.image.factor` extra copies with a small random shift, rotation and Gaussian noise (none by
+default: a generative model would learn to draw the copies, see params.yaml).
 Text is split contiguously (documents in name order; the test split is the corpus's tail) so no
 window of held-out text leaks into training. Text gets no augmentation here: the trainer draws
 windows at random offsets every step, which is the augmentation a character model benefits from.
@@ -61,7 +62,7 @@ def augment_images(x, p: ImageAugment, seed: int):  # uint8 (N, C, H, W) -> uint
 
 
 def preview(original, labels, augmented, classes: list[str], path: Path, per_class: int = 3) -> Path:
-    """What augmentation does, for every class: a row per class, each original followed by its copies.
+    """The training images of every class: a row per class, each original followed by its copies (if any).
     original uint8 (N, C, H, W) with class ids `labels`; augmented holds factor copies of all N, in turn."""
     import numpy as np
 
@@ -99,7 +100,7 @@ def process_images(files: list[dict], p: AugmentParams, out: Path, raw: Path = p
     counts = {}
     for split, idx in parts.items():
         xs, ys = x[idx], y[idx]
-        if split == "train" and p.image.factor:
+        if split == "train":
             extra = augment_images(xs, p.image, p.seed)
             preview(xs, ys, extra, classes, out / "preview.png")
             xs, ys = np.concatenate([xs, extra]), np.concatenate([ys] + [ys] * p.image.factor)

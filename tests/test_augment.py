@@ -62,6 +62,7 @@ def test_rerun_is_byte_identical(project):
 def test_factor_zero_means_no_copies(project):
     meta = prepare(project, image={"factor": 0})
     assert meta["counts"]["train"] == meta["originals"]["train"]
+    assert (paths.PROCESSED / "preview.png").is_file()  # the classes are still shown
 
 
 def test_text_split_is_contiguous(project):

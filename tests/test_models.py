@@ -20,7 +20,7 @@ TEXT_DATA = {"kind": "text", "vocab": sorted(set(TEXT))}
 # params.yaml's model sections (the one place their values live), shrunk for tests
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())["model"]
 SMALL = {
-    "vae": {"latent_dim": 4, "hidden": [32]},
+    "vae": {"latent_dim": 4, "hidden": [32], "channels": [8, 16]},
     "gan": {"latent_dim": 8, "width": 16, "d_steps": 1},
     "gpt": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32, "dropout": 0.0},
 }
@@ -224,3 +224,69 @@ def test_vae_prior_is_the_mixture_torch_distributions_defines(covariance):
     assert torch.allclose(draws.mean(0), mean, atol=0.1)
     assert torch.allclose(draws.T.cov(), second - mean[:, None] * mean[None, :], atol=0.15)
     assert (prior.lower is None) == (covariance == "diag")
+
+
+def test_diff_augment_translates_and_cuts_out_differentiably():
+    """DiffAugment's translation moves each image by at most 1/8 of a side, filling black; its cutout
+    blacks out at most a square of half the side; gradients reach every pixel that stays visible."""
+    from models.gan import diff_augment
+
+    x = torch.rand(64, 1, 8, 8) * 0.9 + 0.1  # no black pixel of its own
+    g = torch.Generator().manual_seed(0)
+    moved = diff_augment(x, ["translation"], g)
+    shifts = set()
+    for a, b in zip(x, moved, strict=True):
+        found = [
+            (dy, dx)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            if torch.equal(torch.roll(a, (dy, dx), (1, 2))[b > 0], b[b > 0])
+        ]
+        assert found, "every image is its original moved by at most one pixel"
+        shifts.add(found[0])
+    assert len(shifts) > 3  # the shifts vary across the batch
+    x.requires_grad_(True)
+    cut = diff_augment(x, ["cutout"], g)
+    black = (cut == 0).sum((1, 2, 3))
+    assert black.max() <= 16 and black.min() >= 4 and torch.equal(cut[cut > 0], x[cut > 0])
+    cut.sum().backward()
+    assert torch.equal(x.grad > 0, cut > 0)
+
+
+@pytest.mark.parametrize("arch", ["conv", "mlp"])
+@pytest.mark.parametrize("shape", [[1, 8, 8], [3, 10, 14]])
+def test_vae_architectures_take_any_image_size(arch, shape):
+    """The convolutional VAE pads sides that are not multiples of 4 and crops its output back: the
+    likelihood covers exactly the image's pixels, and samples have the image's shape."""
+    data = {"kind": "image", "shape": shape, "classes": ["a", "b"]}
+    model = export.build("vae", config("vae", arch=arch), data)
+    x, y = torch.rand(3, *shape), torch.tensor([0, 1, 0])
+    out = model.net.decode(torch.zeros(3, 4), model.net.onehot(y, 3, "cpu"))
+    assert out.shape == (3, 2 * int(np.prod(shape)))
+    loss = model.training_loss((x, y), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and model.nll(x, y, k=4).shape == (3,)
+    images = model.sample(5, seed=0)
+    assert images.shape == (5, *shape) and images.min() >= 0 and images.max() <= 1
+
+
+def test_vae_samples_are_drawn_from_the_decoder_not_its_means():
+    """A VAE sample is z from the prior, then pixels from the decoder's Gaussians: with the decoder's
+    scales set large, samples spread around the means; set tiny, they are the means."""
+    model = make("vae")
+    last = model.net.decoder.body[-1]  # the conv decoder's output layer: means, then log scales
+    with torch.no_grad():
+        last.bias[1:].fill_(2.0)  # log scale 2: wide
+    wide = model.sample(64, seed=0)
+    with torch.no_grad():
+        last.bias[1:].fill_(-20.0)  # clamped to -9: a scale of 1e-4
+        last.weight[1:].zero_()
+    narrow = model.sample(64, seed=0)
+    y = torch.arange(64) % 3
+    means, _ = model.net.pixel_gaussians(
+        model.net.decode(
+            model.draw_z(y, 64, torch.Generator().manual_seed(0)), model.net.onehot(y, 64, "cpu")
+        )
+    )
+    assert torch.allclose(narrow.flatten(1), means, atol=1e-3)
+    assert (wide.flatten(1) - means).abs().mean() > 0.2

@@ -26,6 +26,7 @@ def test_default_params_file_loads(project):
         ({"data": {"source": "http://example.invalid/x"}}, "data.source"),
         ({"data": {"source": "s3:///prefix"}}, "data.source"),
         ({"validate": {"text": {"charset": "latin"}}}, "validate.text.charset"),
+        ({"model": {"family": "gan", "gan": {"diff_augment": ["flip"]}}}, "model.gan.diff_augment.0"),
     ],
 )
 def test_bad_keys_are_named(raw, named):

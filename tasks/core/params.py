@@ -97,7 +97,10 @@ def family_section(family: Family) -> type[Section]:
     for f in dataclasses.fields(family.config):
         bounds = dict(f.metadata)
         choices = bounds.pop("choices", None)
-        fields[f.name] = (Literal[choices] if choices else hints[f.name], Field(**bounds))
+        hint = hints[f.name]
+        if choices:  # of the value, or of each item of a list
+            hint = list[Literal[choices]] if typing.get_origin(hint) is list else Literal[choices]
+        fields[f.name] = (hint, Field(**bounds))
     return create_model(f"{family.name.upper()}Params", __base__=Section, **fields)
 
 

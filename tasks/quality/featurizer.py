@@ -7,6 +7,7 @@ Without class labels there is nothing to learn: features are then the pixels the
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -20,7 +21,7 @@ WEIGHTS, INFO = "featurizer.safetensors", "featurizer.json"
 def fingerprint(train_x: np.ndarray, train_y: np.ndarray, seed: int) -> str:
     import models.classifier
 
-    code = Path(models.classifier.__file__).read_bytes()
+    code = Path(models.classifier.__file__).read_bytes() + Path(__file__).read_bytes()  # net and training
     return content_hash(
         {
             "x": sha256_bytes(train_x.tobytes()),
@@ -90,8 +91,10 @@ def _load(folder: Path, info: dict):
     return net.eval()
 
 
-def _train(x: np.ndarray, y: np.ndarray, test: tuple, classes: int, seed: int, epochs: int = 15):
-    """Plain, seeded, CPU: a few seconds on digits."""
+def _train(x: np.ndarray, y: np.ndarray, test: tuple, classes: int, seed: int, steps: int = 1000):
+    """Plain, seeded, CPU: a few seconds on digits. A budget in steps, not epochs, so a small training
+    split gets as sharp an eye as a large one (15 epochs of 1,439 digits: 88% test accuracy; 1,000
+    steps: 98%). A weak eye blurs FD, precision and recall towards "looks alike"."""
     import torch
     import torch.nn.functional as F
 
@@ -103,12 +106,15 @@ def _train(x: np.ndarray, y: np.ndarray, test: tuple, classes: int, seed: int, e
     xs = torch.as_tensor(x, dtype=torch.float32) / 255
     ys = torch.as_tensor(y, dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xs), generator=g).split(128):
-            loss = F.cross_entropy(net(xs[idx]), ys[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    per_pass = -(-len(xs) // 128)
+    batches = (
+        idx for _ in range(-(-steps // per_pass)) for idx in torch.randperm(len(xs), generator=g).split(128)
+    )  # a fresh shuffle every pass over the data
+    for idx in itertools.islice(batches, steps):
+        loss = F.cross_entropy(net(xs[idx]), ys[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
     net.eval()
     with torch.no_grad():
         tx = torch.as_tensor(test[0], dtype=torch.float32) / 255
