@@ -6,9 +6,9 @@ the facts that evaluate, the model card, `genloop status` and the service rely o
 headline metric, baseline, how its samples are pictured, what it is for). Adding a family is a new file
 and a new entry in FAMILIES; tests/test_models.py checks every entry is complete.
 
-Bounds live in each field's metadata (`ge`, `gt`, `lt`, `min_length`, `choices`: of a list field, of
-each item): params loading turns them into its checks, so this module needs nothing beyond the standard
-library.
+Bounds live in each field's metadata (`ge`, `gt`, `lt`, `min_length`, `max_length`, `choices`: of a
+list field, of each item): params loading turns them into its checks, so this module needs nothing
+beyond the standard library.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def preview(original, labels, augmented, classes: list[str], path: Path, per_cla
         blank = np.zeros_like(original[0])
         rows.append(tiles + [blank] * ((1 + factor) * per_class - len(tiles)))  # a class with fewer images
         names.append(str(name) if name is not None else "")
-    head = ["original", *(f"copy {k + 1}" for k in range(factor))] * per_class
+    head = ["original", *(f"copy {k + 1}" for k in range(factor))] * per_class if factor else None
     images = np.stack([t for row in rows for t in row]).astype(np.float32) / 255
     return save_grid(
         images, path, cols=(1 + factor) * per_class, col_names=head, row_names=names if classes else None

@@ -195,6 +195,25 @@ def test_exports_from_before_a_config_key_existed_load_as_they_were(tmp_path):
     assert model.sample(1, seed=1, length=8) == loaded.sample(1, seed=1, length=8)
 
 
+@pytest.mark.parametrize(
+    ("family", "added"), [("vae", {"arch": "mlp"}), ("gan", {"diff_augment": []})], ids=["vae", "gan"]
+)
+def test_image_exports_from_before_a_config_key_existed_load_as_they_were(family, added, tmp_path):
+    """A VAE exported before `arch` and `channels` existed was an MLP; a GAN before `diff_augment`
+    trained without it. Their weights load into the same modules and sample the same."""
+    import json
+
+    model = make(family, **added).eval()
+    export.save(model, tmp_path)
+    description = json.loads((tmp_path / "model.json").read_text())
+    for key in ("arch", "channels") if family == "vae" else ("diff_augment",):
+        del description["config"][key]
+    (tmp_path / "model.json").write_text(json.dumps(description))
+    loaded = export.load(tmp_path)
+    assert all(getattr(loaded.cfg, key) == value for key, value in added.items())
+    assert torch.equal(model.sample(4, seed=3), loaded.sample(4, seed=3))
+
+
 @pytest.mark.parametrize("covariance", ["diag", "full"])
 def test_vae_prior_is_the_mixture_torch_distributions_defines(covariance):
     """log p(z | class) of the learned prior equals torch.distributions' mixture of Gaussians with the
