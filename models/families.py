@@ -6,9 +6,9 @@ the facts that evaluate, the model card, `genloop status` and the service rely o
 headline metric, baseline, how its samples are pictured, what it is for). Adding a family is a new file
 and a new entry in FAMILIES; tests/test_models.py checks every entry is complete.
 
-Bounds live in each field's metadata (`ge`, `gt`, `lt`, `min_length`, `max_length`, `choices`: of a
-list field, of each item): params loading turns them into its checks, so this module needs nothing
-beyond the standard library.
+Bounds live in each field's metadata (`ge`, `gt`, `lt`, `choices`, and `min_length`, `max_length` of a
+list; of a list field, the others bound each item): params loading turns them into its checks, so this
+module needs nothing beyond the standard library.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ class VAEConfig:
     # conv: convolutional encoder and decoder | mlp: fully connected
     arch: str = field(metadata={"choices": ("conv", "mlp")})
     latent_dim: int = field(metadata={"ge": 1})
-    channels: list[int] = field(metadata={"min_length": 2, "max_length": 2})  # conv widths, encoder order
-    hidden: list[int] = field(metadata={"min_length": 1})  # MLP widths, encoder order
+    channels: list[int] = field(metadata={"min_length": 2, "max_length": 2, "ge": 1})  # conv widths
+    hidden: list[int] = field(metadata={"min_length": 1, "ge": 1})  # MLP widths, encoder order
     dropout: float = field(metadata={"ge": 0, "lt": 1})
     beta: float = field(metadata={"gt": 0})  # weight of the KL term; 1 is the true ELBO
     # p(z | class): 0 = a standard normal; K = a learned mixture of K Gaussians per class,

@@ -27,6 +27,9 @@ def test_default_params_file_loads(project):
         ({"data": {"source": "s3:///prefix"}}, "data.source"),
         ({"validate": {"text": {"charset": "latin"}}}, "validate.text.charset"),
         ({"model": {"family": "gan", "gan": {"diff_augment": ["flip"]}}}, "model.gan.diff_augment.0"),
+        ({"model": {"family": "vae", "vae": {"channels": [32, 0]}}}, "model.vae.channels.1"),
+        ({"model": {"family": "vae", "vae": {"hidden": [-5]}}}, "model.vae.hidden.0"),
+        ({"model": {"family": "vae", "vae": {"channels": [32]}}}, "model.vae.channels"),
     ],
 )
 def test_bad_keys_are_named(raw, named):

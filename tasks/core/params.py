@@ -98,8 +98,12 @@ def family_section(family: Family) -> type[Section]:
         bounds = dict(f.metadata)
         choices = bounds.pop("choices", None)
         hint = hints[f.name]
-        if choices:  # of the value, or of each item of a list
-            hint = list[Literal[choices]] if typing.get_origin(hint) is list else Literal[choices]
+        if typing.get_origin(hint) is list:  # choices and number bounds hold for each item
+            item = Literal[choices] if choices else typing.get_args(hint)[0]
+            each = {k: bounds.pop(k) for k in ("ge", "gt", "le", "lt") if k in bounds}
+            hint = list[Annotated[item, Field(**each)]]
+        elif choices:
+            hint = Literal[choices]
         fields[f.name] = (hint, Field(**bounds))
     return create_model(f"{family.name.upper()}Params", __base__=Section, **fields)
 
