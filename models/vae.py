@@ -288,7 +288,7 @@ class Model(GenerativeModel):
             cs.append(self.net.onehot(y, n, self.device))
             zs.append(self.draw_z(y, n, g))
             gens.append(g)
-        out = self.net.decode(torch.cat(zs), torch.cat(cs)).float()
+        out = self.net.decode(torch.cat(zs), torch.cat(cs))
         images = []
         for part, g in zip(out.split([job["n"] for job in jobs]), gens, strict=True):
             mean, log_s = self.net.pixel_gaussians(part)
@@ -307,5 +307,7 @@ class Model(GenerativeModel):
         t = torch.linspace(0, 1, steps, device=self.device)[None, :, None]  # (1, steps, 1)
         z = (ends[0][:, None] * (1 - t) + ends[1][:, None] * t).flatten(0, 1)  # (rows * steps, Z)
         y = row_class.repeat_interleave(steps)
-        logits = self.net.decode(z, self.net.onehot(y if n_classes else None, len(z), self.device))
-        return torch.sigmoid(logits[:, : self.n_pixels].float()).view(len(z), *self.shape)
+        mean, _ = self.net.pixel_gaussians(
+            self.net.decode(z, self.net.onehot(y if n_classes else None, len(z), self.device))
+        )
+        return mean.view(len(z), *self.shape)

@@ -106,10 +106,9 @@ def _train(x: np.ndarray, y: np.ndarray, test: tuple, classes: int, seed: int, s
     xs = torch.as_tensor(x, dtype=torch.float32) / 255
     ys = torch.as_tensor(y, dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
-    per_pass = -(-len(xs) // 128)
-    batches = (
-        idx for _ in range(-(-steps // per_pass)) for idx in torch.randperm(len(xs), generator=g).split(128)
-    )  # a fresh shuffle every pass over the data
+    batches = (  # a fresh shuffle every pass over the data, as many passes as the steps take
+        idx for _ in itertools.count() for idx in torch.randperm(len(xs), generator=g).split(128)
+    )
     for idx in itertools.islice(batches, steps):
         loss = F.cross_entropy(net(xs[idx]), ys[idx])
         opt.zero_grad(set_to_none=True)
