@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup demo test browser lint format bench up down clean
+.PHONY: help setup demo test browser postgres lint format bench up down clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -50,7 +50,7 @@ demo: setup  ## run the lifecycle on the defaults (digits, VAE), serve the champ
 # slow the many small operations of the tests down by a large factor.
 TEST_WORKERS ?= 2
 TEST_THREADS ?= 1
-test: setup lint browser  ## lint, then the whole test suite (unit and end-to-end; TEST_WORKERS=2 in parallel)
+test: setup lint browser postgres  ## lint, then the whole test suite (unit and end-to-end; TEST_WORKERS=2 in parallel)
 	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) OPENBLAS_NUM_THREADS=$(TEST_THREADS) \
 	  $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
@@ -58,6 +58,11 @@ browser:  ## Debian's chromium for the web page test (apt-get, when run as root;
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; }; } || \
 	  echo "note: no /usr/bin/chromium (sudo apt-get install chromium); the browser test will be skipped"
+
+postgres:  ## Debian's postgresql for the test of a study shared through PostgreSQL (apt-get, as root)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -qq postgresql >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }; }; } || \
+	  echo "note: no postgresql (sudo apt-get install postgresql); the PostgreSQL study test will be skipped"
 
 lint: setup  ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -70,6 +75,7 @@ format: setup  ## apply ruff's fixes and formatting
 bench: setup  ## benchmarks: side-by-side ratios
 	$(BIN)/python bench/pipeline_noop.py
 	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/tune_pruning.py
 	$(BIN)/python bench/serve.py  # needs a champion: run make demo first
 
 up: setup  ## start the local Prefect server (UI at http://127.0.0.1:4200), a worker and the deployments

@@ -187,18 +187,9 @@ def load_preset(args):
 
 def revised(params, changes: dict):
     """`params` with dotted keys replaced (model.gpt.dropout: 0.2), validated again as params.yaml is."""
-    from tasks.core.params import Params
+    from tasks.core.params import with_values
 
-    raw = params.model_dump(by_alias=True)
-    for key, value in changes.items():
-        *path, last = key.split(".")
-        node = raw
-        for part in path:
-            node = node.get(part, {})
-        if last not in node:
-            raise SystemExit(f"{key} is not a parameter")
-        node[last] = value
-    return Params.model_validate(raw)
+    return with_values(params, changes, "the bench's settings")
 
 
 def overrides(params, **train):

@@ -36,7 +36,7 @@ def _main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """genloop: collect, validate, augment, train, evaluate, package and deploy a generative model, with
+    """genloop: collect, validate, augment, tune, train, evaluate, package and deploy a generative model, with
     DVC (what changed reruns) and Prefect (schedules, retries, a UI)."""
 
 
@@ -44,6 +44,7 @@ class Stage(StrEnum):
     collect = "collect"
     validate = "validate"
     augment = "augment"
+    tune = "tune"
     train = "train"
     evaluate = "evaluate"
     package = "package"
@@ -51,6 +52,7 @@ class Stage(StrEnum):
 
 class FlowName(StrEnum):
     data = "data"
+    tune = "tune"
     train = "train"
     deploy = "deploy"
 
@@ -94,6 +96,45 @@ def flow(
     module = importlib.import_module(f"flows.{name.value}")
     result = module.FLOW(force_collect=force_collect) if name != FlowName.deploy else module.FLOW()
     typer.echo(json.dumps(_brief(result), indent=2, default=str))
+
+
+tune_app = typer.Typer(help="The tuning study: its dashboard, and workers joining it.", no_args_is_help=True)
+app.add_typer(tune_app, name="tune")
+
+
+@tune_app.command("worker")
+def tune_worker(
+    params_file: Annotated[str, typer.Option("--params", help="Parameters file.")] = "params.yaml",
+    study: Annotated[str | None, typer.Option(help="Study name (default: what tune.study gives).")] = None,
+) -> None:
+    """Run trials of the study until it has had tune.n_trials (on another machine: with tune.storage a
+    PostgreSQL URL, in a checkout of the same project and data)."""
+    from tasks.core.params import load
+    from tasks.tuning.study import work
+
+    params = load(params_file)
+    if not params.require("tune").enabled:
+        raise GenloopError("tune.enabled is false in params.yaml: set it to true to run trials")
+    ran = work(params, study, progress=True)
+    typer.echo(f"this worker ran {ran} trials")
+
+
+@tune_app.command("dashboard")
+def tune_dashboard(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Open the study's storage (tune.storage) in optuna-dashboard, at http://127.0.0.1:8080."""
+    from optuna_dashboard import run_server
+
+    from tasks.core.params import load
+    from tasks.tuning.study import JOURNAL, open_storage
+
+    tune = load().require("tune")
+    if tune.storage == "journal" and not JOURNAL.is_file():
+        raise GenloopError(f"no study yet ({JOURNAL} is missing): run `genloop stage tune` first")
+    typer.echo(f"optuna-dashboard: http://{host}:{port}  (Ctrl+C stops)")
+    run_server(open_storage(tune.storage), host=host, port=port)
 
 
 @app.command()

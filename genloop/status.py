@@ -22,6 +22,7 @@ def show(console: Console | None = None) -> None:
     if not console.is_terminal:
         console.width = 160  # a log or a pipe: no need to squeeze the table into 80 columns
     deployment(console)
+    study(console)
     use = usage(console)
     versions = store.versions()
     if not versions:
@@ -84,6 +85,28 @@ def deployment(console: Console) -> None:
     for event in deploy.history(5):
         detail = event.get("why") or event.get("reason") or event.get("url") or ""
         console.print(f"  {event['at']}  {event['event']:<14} {event.get('bento', '')}  {detail}")
+
+
+def study(console: Console) -> None:
+    """The last tuning study: its best value and params (artifacts/tune/)."""
+    from tasks.core.space import read_tuned
+    from tasks.core.storage import read_json
+    from tasks.tuning.report import REPORT, SUMMARY
+
+    summary = read_json(SUMMARY) if SUMMARY.is_file() else {}
+    if not summary.get("enabled"):
+        console.print("Tuning: no study yet (tune.enabled: true, then `dvc repro tune`)")
+        return
+    best, trials = read_tuned(), summary["trials"]
+    value = summary.get("best_value")
+    console.print(
+        f"Tuning: study {summary['study']}: best {summary['unit']} "
+        f"{'—' if value is None else f'{value:.4g}'} (trial {summary.get('best_trial')}) of "
+        f"{sum(trials.values())} trials ({trials['complete']} complete, {trials['pruned']} pruned, "
+        f"{trials['fail']} failed); report {REPORT}"
+    )
+    for key, v in best.get("params", {}).items():
+        console.print(f"  {key}: {_fmt(v)}")
 
 
 def usage(console: Console) -> dict[str, dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prefect import task
 
+from tasks.core.errors import GenloopError
 from tasks.core.orchestration import publish_table, repro
 from tasks.core.params import Params
 from tasks.core.storage import read_json
@@ -18,7 +19,28 @@ from tasks.core.storage import read_json
 def run(params: Params) -> dict:
     from tasks.training.fit import fit
 
-    return fit(params.require("model"), params.require("train"))
+    tuned = None
+    if params.require("train").use_tuned:
+        params, tuned = apply_tuned(params)
+    return fit(params.require("model"), params.require("train"), tuned=tuned)
+
+
+def apply_tuned(params: Params) -> tuple[Params, dict]:
+    """params.yaml with the tune stage's best values over it, and the record of which came from where."""
+    from tasks.core.params import with_values
+    from tasks.core.paths import TUNED
+    from tasks.core.space import active, read_tuned
+
+    best = read_tuned()
+    if not best.get("params"):
+        raise GenloopError(
+            f"train.use_tuned is true but {TUNED} holds no tuned values: set tune.enabled: true and run "
+            "the tune stage (dvc repro tune), or set train.use_tuned: false"
+        )
+    family = params.require("model").family
+    values = active(best["params"], family)  # a study of another family tuned nothing of this one
+    tuned = {k: best[k] for k in ("study", "trial", "value", "unit") if k in best} | {"values": values}
+    return with_values(params, values, str(TUNED)), tuned
 
 
 @task(name="train")

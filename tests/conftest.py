@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -200,3 +201,42 @@ def text_folder(tmp_path: Path) -> Path:
     for name in sorted(topics)[:20]:
         (root / f"{name}.txt").write_text(topics[name], encoding="utf-8")
     return root
+
+
+# a study of a few short VAE runs on digits: 10 epochs of 10 steps each
+SMALL_TUNE = {
+    "enabled": True,
+    "n_trials": 4,
+    "max_steps": 100,
+    "startup_trials": 2,
+    "warmup_epochs": 1,
+    "space": {
+        "train.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "model.vae.latent_dim": {"type": "int", "low": 4, "high": 16, "step": 4},
+        "model.gan.width": {"type": "int", "low": 16, "high": 64},  # another family's: ignored
+    },
+}
+SMALL_MODEL = {"vae": {"arch": "mlp", "hidden": [64], "latent_dim": 8, "prior_components": 0}}
+SMALL_TRAIN = {"steps_per_epoch": 10, "val_batches": 2, "sample_every_n_epochs": 0}
+
+
+def set_space(project, space: dict) -> None:
+    """Replace tune.space whole (set_params merges sections)."""
+    path = project.root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["tune"]["space"] = space
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def digits_project(project):
+    """A project whose data/processed holds the digits, with a small model and study (tests of tune)."""
+    project.set_params(model=SMALL_MODEL, train=SMALL_TRAIN, tune=SMALL_TUNE)
+    set_space(project, SMALL_TUNE["space"])
+    project.run("dvc", "repro", "augment", check=True)
+    return project
+
+
+def read_tune(project, name: str):
+    path = project.root / "artifacts/tune" / name
+    return yaml.safe_load(path.read_text()) if name.endswith(".yaml") else json.loads(path.read_text())

@@ -60,3 +60,28 @@ def test_train_flow_runs_every_stage_through_dvc(harness, project):
     assert result["evaluate"]["decision"] in ("promote", "reject")  # the gate ran and said why
     assert result["evaluate"]["reasons"]
     assert "up to date" in project.run("dvc", "repro", "evaluate", check=True).stdout
+
+
+def test_tune_flow_runs_two_workers_on_one_study(harness, project):
+    import json
+
+    from flows.tune import tune
+
+    project.set_params(
+        model={"vae": {"arch": "mlp", "hidden": [32], "latent_dim": 4, "prior_components": 0}},
+        train={"steps_per_epoch": 5, "val_batches": 1, "sample_every_n_epochs": 0},
+        tune={"enabled": True, "workers": 2, "n_trials": 5, "max_steps": 20, "startup_trials": 2},
+    )
+    summary = tune()
+    trials = json.loads((project.root / "artifacts/tune/trials.json").read_text())
+    assert sorted(t["number"] for t in trials) == [0, 1, 2, 3, 4]  # each once, the budget not exceeded
+    assert sum(summary["trials"].values()) == 5
+    complete = [t["value"] for t in trials if t["state"] == "complete"]
+    assert summary["best_value"] == min(complete)
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = JournalStorage(JournalFileBackend(str(project.root / "artifacts/tune/study/journal.log")))
+    study = optuna.load_study(study_name=summary["study"], storage=storage)
+    assert len({t.user_attrs["owner"]["pid"] for t in study.trials}) == 2  # two processes took trials

@@ -107,7 +107,7 @@ class CopyingTextModel:
     def __init__(self, train: str) -> None:
         self.train = train
 
-    def sample(self, n, condition=None, seed=None, length=200):
+    def sample(self, n, condition=None, seed=None, length=200, temperature=None, top_k=None):
         starts = np.random.default_rng(seed).integers(0, len(self.train) - length, n)
         return ["\n" + self.train[s : s + length] for s in starts]
 

@@ -18,7 +18,9 @@ QUICK_TRAIN = {"max_steps": 5, "steps_per_epoch": 5, "val_batches": 1, "sample_e
 def ran(proc) -> set[str]:
     out = proc.stdout + proc.stderr
     return {
-        s for s in ("collect", "validate", "augment", "train", "evaluate") if f"Running stage '{s}'" in out
+        s
+        for s in ("collect", "validate", "augment", "tune", "train", "evaluate")
+        if f"Running stage '{s}'" in out
     }
 
 
@@ -28,9 +30,9 @@ def test_repro_from_scratch_then_noop_then_only_what_changed(project, tmp_path):
     project.set_params(train=QUICK_TRAIN, evaluate=SMALL_BASELINE)
     log = tmp_path / "params-read.jsonl"
     first = project.run("dvc", "repro", check=True, env={"GENLOOP_PARAMS_LOG": str(log)})
-    assert ran(first) == {"collect", "validate", "augment", "train", "evaluate"}
+    assert ran(first) == {"collect", "validate", "augment", "tune", "train", "evaluate"}
     # every stage lists in dvc.yaml each param it read (what it records in lineage included)
-    assert len(log.read_text().splitlines()) == 6 and undeclared_params(log) == {}
+    assert len(log.read_text().splitlines()) == 7 and undeclared_params(log) == {}
     assert (project.root / "dvc.lock").is_file()
     lock = (project.root / "dvc.lock").read_text()
     # a model this brief loses to the baseline: rejected, so there is no champion to package or deploy
@@ -47,10 +49,11 @@ def test_repro_from_scratch_then_noop_then_only_what_changed(project, tmp_path):
 
     project.set_params(augment={"seed": 7})
     changed = project.run("dvc", "repro", check=True)
-    assert ran(changed) == {"augment", "train", "evaluate"}  # new data: retrain; collect, validate untouched
+    # new data: retrain (tune is off: it runs no trials); collect and validate untouched
+    assert ran(changed) == {"augment", "tune", "train", "evaluate"}
 
     project.set_params(train={"lr": 0.001})
-    assert ran(project.run("dvc", "repro", check=True)) == {"train", "evaluate"}
+    assert ran(project.run("dvc", "repro", check=True)) == {"tune", "train", "evaluate"}
 
     project.set_params(validate={"image": {"min_per_class": 10}})
     assert ran(project.run("dvc", "repro", check=True)) == {"validate"}  # same summary: augment skipped

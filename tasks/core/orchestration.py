@@ -26,19 +26,29 @@ def _logger():
 def repro(stage: str, force: bool = False) -> None:
     """`dvc repro --single-item <stage>` in the current project, its output streamed to the run log."""
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
-    log = _logger()
     tail: deque[str] = deque(maxlen=30)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    code = stream(cmd, tail=tail)
+    if code != 0:
+        raise GenloopError(f"stage {stage} failed (dvc repro exit {code}):\n" + "\n".join(tail))
+
+
+def stream(
+    cmd: list[str], prefix: str = "", tail: deque[str] | None = None, env: dict[str, str] | None = None
+) -> int:
+    """Run `cmd`, its output line by line to the run log (or stdout outside a run); returns its exit code."""
+    log = _logger()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip()
-            tail.append(line)
+            if tail is not None:
+                tail.append(line)
+            line = f"{prefix}: {line}" if prefix else line
             if log:
                 log.info(line)
             else:
                 print(line, flush=True)
-    if proc.returncode != 0:
-        raise GenloopError(f"stage {stage} failed (dvc repro exit {proc.returncode}):\n" + "\n".join(tail))
+    return proc.returncode
 
 
 def publish_table(key: str, rows: list[dict], description: str) -> None:

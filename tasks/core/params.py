@@ -174,6 +174,7 @@ class TrainParams(Section):
     val_batches: int | None = Field(ge=1)  # None = the whole validation split
     init_from: str | None  # an exported model folder, or a registered version (genloop-<line>:champion)
     ema_decay: float | None = Field(gt=0, lt=1)  # EMA of the weights per optimizer step; None = off
+    use_tuned: bool  # apply the tune stage's best values (artifacts/tune/best_params.yaml)
 
 
 class EvaluateText(Section):
@@ -181,6 +182,7 @@ class EvaluateText(Section):
     length: int = Field(ge=10)  # characters per text
     ngram: int = Field(ge=1)  # n of the character n-gram distributions compared
     copy_span: int = Field(ge=8)  # a verbatim training span this long counts as a copy
+    temperature: float = Field(gt=0)  # of the samples judged (1: the model's own distribution)
 
 
 class EvaluateBaseline(Section):
@@ -208,6 +210,40 @@ class EvaluateParams(Section):
     gate: Gate
 
 
+class SpaceEntry(Section):
+    """One dimension of the search space: a float or int range (log scale or a step), or choices."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: Any = None  # a list (checked with the rest in check_space, for a clearer message)
+
+
+class TuneParams(Section):
+    enabled: bool
+    study: str  # auto: the line and a fingerprint of what the trials train on
+    storage: str  # journal | an SQLAlchemy URL of PostgreSQL (postgresql+psycopg://...)
+    n_trials: int = Field(ge=1)
+    workers: int = Field(ge=1, le=64)
+    max_steps: int = Field(ge=1)  # each trial's budget in optimizer steps
+    seed: int
+    startup_trials: int = Field(ge=0)
+    pruner: Literal["median", "percentile", "hyperband", "none"]
+    percentile: float = Field(gt=0, lt=100)  # percentile: the share of trials kept at each epoch
+    warmup_epochs: int = Field(ge=0)
+    patience: int = Field(ge=0)  # 0: prune as soon as the pruner says so
+    space: dict[str, SpaceEntry] = Field(min_length=1)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if v != "journal" and not v.startswith(("postgresql://", "postgresql+")):
+            raise ValueError("journal (a file, one machine) or a PostgreSQL URL: postgresql+psycopg://...")
+        return v
+
+
 class PackageParams(Section):
     gpu: bool  # the model service asks for one GPU (and uses it when present)
 
@@ -230,6 +266,7 @@ class Params(Section):
     # the sections of the later stages may be left out where only the data stages run
     model: ModelParams | None = None
     train: TrainParams | None = None
+    tune: TuneParams | None = None
     evaluate: EvaluateParams | None = None
     package: PackageParams | None = None
     serve: ServeParams | None = None
@@ -302,9 +339,31 @@ def _describe(err: ValidationError) -> str:
 def parse(raw: dict, origin: str = PARAMS_FILE) -> Params:
     """Validate a parsed params mapping; every offending key is named in the error."""
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
         raise GenloopError(f"invalid parameters in {origin}:\n{_describe(err)}") from None
+    if params.tune is not None:
+        from tasks.core.space import check_space
+
+        mistakes = check_space(params.tune.space)
+        if mistakes:
+            raise GenloopError(f"invalid parameters in {origin}:\n" + "\n".join(f"  {m}" for m in mistakes))
+    return params
+
+
+def with_values(params: Params, values: dict[str, Any], origin: str = "the values given") -> Params:
+    """`params` with dotted keys replaced (`train.lr: 0.003`, `model.vae.latent_dim: 16`), validated again
+    as params.yaml is."""
+    raw = params.model_dump(by_alias=True)
+    for key, value in values.items():
+        *path, last = key.split(".")
+        node = raw
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            raise GenloopError(f"{origin}: {key} is not a parameter")
+        node[last] = value
+    return parse(raw, origin)
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:

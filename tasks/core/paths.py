@@ -16,6 +16,8 @@ VALIDATE = ARTIFACTS / "validate"
 VALIDATION_SUMMARY = VALIDATE / "summary.json"
 DATA_DOCS = VALIDATE / "data_docs"
 REJECTED = VALIDATE / "rejected"
+# the tune stage's best values, what train applies with train.use_tuned
+TUNED = ARTIFACTS / "tune" / "best_params.yaml"
 # the exported model of the train stage, what evaluate registers
 EXPORT = ARTIFACTS / "train" / "model"
 

@@ -119,7 +119,11 @@ class Measure:
                 out["nll_bits_per_dim"] = float(model.bits_per_dim(nll).mean())
             return out, images
         ids = torch.as_tensor(self.split.arrays["test"][0].astype(np.int64))
-        raw = model.sample(ev.text.samples, seed=ev.seed, length=ev.text.length)
+        # at evaluate.text.temperature, not the serving default (model.gpt.temperature): the n-gram
+        # baseline's samples are drawn from its own distribution, and so are these
+        raw = model.sample(
+            ev.text.samples, seed=ev.seed, length=ev.text.length, temperature=ev.text.temperature, top_k=0
+        )
         prompt_len = len(raw[0]) - ev.text.length
         texts = [t[prompt_len:] for t in raw]  # judge what the model wrote, not the prompt
         return {"bits_per_char": model.bits_per_char(ids), **self.texts(texts)}, texts

@@ -95,6 +95,7 @@ def markdown(figures: dict, decision: dict, lineage: dict, pictures: list[Path])
         _yaml(lineage["params"]).rstrip(),
         "```",
         "",
+        *_tuned(lineage.get("tuned")),
         "## Samples",
         "",
     ]
@@ -115,6 +116,19 @@ def markdown(figures: dict, decision: dict, lineage: dict, pictures: list[Path])
         "",
     ]
     return "\n".join(lines)
+
+
+def _tuned(tuned: dict | None) -> list[str]:
+    """Which of the parameters above came from the tune stage (train.use_tuned), and from which trial."""
+    if not tuned:
+        return ["Every parameter is from params.yaml (no tuned values: train.use_tuned is false).", ""]
+    value = tuned.get("value")
+    lines = [
+        f"From tuning (study `{tuned.get('study')}`, trial {tuned.get('trial')}, validation "
+        f"{tuned.get('unit', 'loss')} {_num(value)} in its short run):",
+        "",
+    ]
+    return lines + [f"- `{k}`: {_num(v)}" for k, v in tuned["values"].items()] + [""]
 
 
 def _yaml(obj: dict) -> str:

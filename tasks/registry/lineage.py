@@ -51,5 +51,6 @@ def record(training: dict) -> dict:
         "manifest_sha256": sha256_file(paths.MANIFEST) if paths.MANIFEST.is_file() else None,
         "validation": {"success": summary.get("success"), "files": summary.get("files")},
         "params": training["params"],
+        "tuned": training.get("tuned"),  # the values of params that came from a tuning study
         "trained": training.get("finished"),
     }

@@ -178,16 +178,23 @@ def fit(
     out: Path = TRAIN,
     live_metrics: bool = True,
     progress: bool = True,
+    callbacks: list | None = None,
+    samples: bool = True,
+    tuned: dict | None = None,
 ) -> dict:
     """Train (or resume) and export. Returns the metrics written to metrics.json.
 
+    `callbacks` join Lightning's (a tuning trial's pruning); `samples: False` writes no sample pictures;
+    `tuned` (which values came from a tuning study) goes into the training record.
     The run seeds torch's global generator (initial weights, dropout) inside a fork of it: the caller's
     generator state is the same afterwards, so runs in one process do not disturb each other."""
     import torch
 
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        return _fit(model_params, train, processed, out, live_metrics, progress)
+        return _fit(
+            model_params, train, processed, out, live_metrics, progress, callbacks or [], samples, tuned
+        )
 
 
 def _fit(
@@ -197,6 +204,9 @@ def _fit(
     out: Path,
     live_metrics: bool,
     progress: bool,
+    extra_callbacks: list,
+    samples: bool,
+    tuned: dict | None,
 ) -> dict:
     import torch
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
@@ -241,7 +251,9 @@ def _fit(
 
         # before SampleWriter: at the end of training the average is in place when the last samples are drawn
         callbacks.append(WeightEMA(train.ema_decay, train.steps_per_execution))
-    callbacks += [SampleWriter(train.sample_every_n_epochs, out / "samples", live), ReplicaCheck()]
+    if samples:
+        callbacks.append(SampleWriter(train.sample_every_n_epochs, out / "samples", live))
+    callbacks += [ReplicaCheck(), *extra_callbacks]
     if train.early_stopping_patience:
         callbacks.append(EarlyStopping("val_loss", patience=train.early_stopping_patience, mode="min"))
     if progress:
@@ -287,14 +299,14 @@ def _fit(
         "seconds": round(seconds, 2),
         "parameters": sum(p.numel() for p in model.net.parameters()),
     }
-    write_record(out / "model" / RECORD, model_params, train, meta, metrics)
+    write_record(out / "model" / RECORD, model_params, train, meta, metrics, tuned)
     (checkpoints / FINISHED).write_text(trainee.fingerprint)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
 
 def write_record(
-    path: Path, model_params: ModelParams, train: TrainParams, meta: dict, metrics: dict
+    path: Path, model_params: ModelParams, train: TrainParams, meta: dict, metrics: dict, tuned: dict | None
 ) -> None:
     """What this model was trained with, exported beside its weights: the registry's lineage reads it,
     not params.yaml, which may have changed since."""
@@ -315,6 +327,7 @@ def write_record(
             "line": line_of(meta.get("source") or "", family, model_params.name),
             "git": git(),
             "result": {k: v for k, v in metrics.items() if k != "family"},
+            "tuned": tuned,  # None, or the study, trial and values train took from the tune stage
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     )

@@ -1,0 +1,153 @@
+"""tune: an Optuna study of short training runs on data/processed, whose best values train can use.
+
+Each trial is a run of the same `fit` as train (tasks/training/), with the sampled values over params.yaml
+and a budget of tune.max_steps, pruned when its validation loss lags (tasks/tuning/). Outputs in
+artifacts/tune/: best_params.yaml, trials.json, summary.json, report.html, and study/ (the journal and
+the trials' folders, kept so that a killed run continues the same study). With tune.enabled false it
+runs no trials. The pieces live in tasks/tuning/.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from prefect import task
+
+from tasks.core.errors import GenloopError
+from tasks.core.orchestration import publish_markdown, publish_table, repro
+from tasks.core.params import Params
+
+
+def run(params: Params) -> dict:
+    """The DVC stage: tune.workers worker processes (or this one) on the study, then its outputs."""
+    from tasks.tuning import report, study
+
+    tune = params.require("tune")
+    if not tune.enabled:
+        return report.write_disabled()
+    import models
+
+    name = study.study_name(params)
+    study.STUDY_DIR.mkdir(parents=True, exist_ok=True)  # a declared output, even when PostgreSQL holds it all
+    prepare(params, name)
+    if tune.workers == 1:
+        study.work(params, name, progress=True)
+    else:
+        workers(params, tune.workers, name)
+    unit = models.family(params.require("model").family).heldout_unit
+    return report.write(study.open_study(params, name=name), unit, study.shown(tune.storage))
+
+
+def prepare(params: Params, name: str | None = None) -> str:
+    """Create the study (and PostgreSQL's tables) once, before workers start side by side, and queue
+    its first trial; returns its name."""
+    from tasks.tuning import study
+
+    name = name or study.study_name(params)
+    study.seed_first_trial(study.open_study(params, name=name), params)
+    return name
+
+
+def workers(params: Params, count: int, name: str) -> None:
+    """Run `count` worker processes on the study and wait for them (a failed one fails the stage)."""
+    with params_file(params) as path:
+        procs = [subprocess.Popen(worker_command(path, name), env=worker_env(count, i)) for i in range(count)]
+        codes = [p.wait() for p in procs]
+    if any(codes):
+        raise GenloopError(f"tune workers exited with {codes}: see their output above")
+
+
+def worker_env(count: int, index: int) -> dict[str, str]:
+    """The machine shared out between the workers: the CPU cores (each with all of them, their math
+    threads wait on each other: a 2-core machine ran a trial 10x slower so), and the GPUs, one each in
+    turn. Settings already in the environment are kept."""
+    threads = str(max(1, (os.cpu_count() or 1) // count))
+    env = dict(os.environ)
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(key, threads)
+    gpus = visible_gpus()
+    if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    return env
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices' indices, from nvidia-smi (without starting CUDA in this process)."""
+    import shutil
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return [str(i) for i, line in enumerate(proc.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+def worker_command(params_path: str | Path, name: str | None = None) -> list[str]:
+    study = ["--study", name] if name else []
+    return [sys.executable, "-m", "genloop.cli", "tune", "worker", "--params", str(params_path), *study]
+
+
+class params_file:
+    """These params as a temporary YAML file, for worker processes to load exactly the same."""
+
+    def __init__(self, params: Params) -> None:
+        self.text = yaml.safe_dump(params.model_dump(by_alias=True), sort_keys=False)
+
+    def __enter__(self) -> str:
+        fd, self.path = tempfile.mkstemp(prefix="genloop-tune-", suffix=".yaml")
+        with os.fdopen(fd, "w") as f:
+            f.write(self.text)
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        os.unlink(self.path)
+
+
+@task(name="tune-study")
+def tune_study_task() -> dict:
+    """Create or load the study of params.yaml, for the workers to share: {enabled, workers, study}."""
+    from tasks.core.params import load
+
+    params = load()
+    tune = params.require("tune")
+    if not tune.enabled:
+        return {"enabled": False, "workers": 0, "study": None}
+    return {"enabled": True, "workers": tune.workers, "study": prepare(params)}
+
+
+@task(name="tune-worker")
+def tune_worker_task(index: int, count: int, name: str) -> int:
+    """One worker process on the study; returns its exit code (0: the budget is reached)."""
+    from tasks.core.orchestration import stream
+
+    return stream(worker_command("params.yaml", name), f"worker {index}", env=worker_env(count, index))
+
+
+@task(name="tune")
+def tune_task() -> dict:
+    """Run the DVC stage `tune` (trials left in the budget, then the outputs) and show the trials."""
+    from tasks.core.space import read_tuned
+    from tasks.core.storage import read_json
+    from tasks.tuning import report
+
+    repro("tune")
+    summary = read_json(report.SUMMARY)
+    if summary.get("enabled"):
+        rows = [
+            {k: str(r[k]) for k in ("number", "state", "value", "epochs", "params", "reason")}
+            for r in read_json(report.TRIALS)
+        ]
+        publish_table("tune-trials", rows, f"Trials of study {summary['study']}")
+        best = read_tuned()
+        lines = [f"- `{k}`: {v}" for k, v in best.get("params", {}).items()]
+        publish_markdown(
+            "tune-best",
+            f"**Best {summary['unit']}: {summary['best_value']:.5g}** (trial {summary['best_trial']} of "
+            f"study `{summary['study']}`)\n\n" + "\n".join(lines),
+            "Best trial",
+        )
+    return summary

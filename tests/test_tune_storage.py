@@ -1,0 +1,160 @@
+"""The tune study's storage and workers: a study killed with SIGKILL and resumed, failed trials recorded
+with their reason, and a study in PostgreSQL shared by two workers."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, read_tune, set_space
+
+
+def study_of(project):
+    """The study in the project's journal, read as another process would."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    journal = project.root / "artifacts/tune/study/journal.log"
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+@pytest.mark.slow
+def test_a_study_killed_with_sigkill_continues_where_it_stopped(digits_project):
+    from optuna.trial import TrialState
+
+    project = digits_project
+    project.set_params(tune={"n_trials": 4, "max_steps": 400, "pruner": "none"})
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "genloop"), "stage", "tune"],
+        cwd=project.root,
+        env={**os.environ, **project.env, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline, running = time.monotonic() + 300, None
+    try:
+        while time.monotonic() < deadline:  # one trial done, the next with a checkpoint of its own
+            time.sleep(0.5)
+            if not (project.root / "artifacts/tune/study/journal.log").is_file():
+                continue
+            trials = study_of(project).get_trials(deepcopy=False)
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            running = next((t for t in trials if t.state == TrialState.RUNNING), None)
+            folder = running and running.user_attrs.get("folder")
+            if done and folder and (project.root / folder / "checkpoints/last.ckpt").is_file():
+                break
+        else:
+            pytest.fail("no trial finished and none was running with a checkpoint within 5 minutes")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {t.number: t.value for t in study_of(project).get_trials() if t.state == TrialState.COMPLETE}
+
+    project.run("genloop", "stage", "tune", check=True)
+    trials = read_tune(project, "trials.json")
+    for number, value in before.items():  # finished trials are kept as they were
+        assert trials[number]["state"] == "complete" and trials[number]["value"] == value
+    killed = trials[running.number]
+    assert killed["state"] == "fail" and "died" in killed["reason"]
+    (retry,) = [t for t in trials if t["source"] == f"retry of trial {running.number}"]
+    assert retry["params"] == killed["params"] and retry["state"] == "complete"
+    assert retry["resumed"] is True  # from the killed trial's last checkpoint
+    # the budget holds over the whole study: the retry takes the killed trial's place
+    assert [t["number"] for t in trials] == list(range(5))
+    assert [t["state"] for t in trials].count("complete") == 4
+    assert read_tune(project, "summary.json")["trials"] == {
+        "complete": 4, "pruned": 0, "fail": 1, "running": 0, "waiting": 0
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_failed_trials_are_recorded_with_their_reason_and_the_study_goes_on(digits_project, monkeypatch):
+    from tasks.core.params import load
+    from tasks.tuning import study as tuning
+
+    project = digits_project
+    # an accelerator this machine does not have makes Lightning raise; a huge step makes the loss NaN
+    project.set_params(tune={"n_trials": 3, "max_steps": 20}, train={"grad_clip": 0.0})
+    set_space(
+        project,
+        {
+            "train.accelerator": {"type": "categorical", "choices": ["cpu", "mps"]},
+            "train.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e30, "log": True},
+        },
+    )
+    params = load(project.root / "params.yaml")
+    name = tuning.study_name(params)
+    study = tuning.open_study(params, name=name)
+    study.enqueue_trial({"train.accelerator": "mps", "train.lr": 0.002})
+    study.enqueue_trial({"train.accelerator": "cpu", "train.lr": 1.0e30})
+    study.enqueue_trial({"train.accelerator": "cpu", "train.lr": 0.002})
+    assert tuning.work(params, name) == 3
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[0].state.name == "FAIL" and "mps" in trials[0].user_attrs["reason"].lower()
+    assert trials[1].state.name == "FAIL"
+    assert "nan" in trials[1].user_attrs["reason"].lower() or "inf" in trials[1].user_attrs["reason"]
+    assert trials[2].state.name == "COMPLETE" and math.isfinite(trials[2].value)
+
+
+def start_postgres() -> tuple[str, callable]:
+    """A throwaway PostgreSQL cluster on loopback (Debian's binaries, run as its `postgres` user when
+    this is root, in a folder of its own that user can reach); returns its URL and a function that
+    stops and removes it."""
+    import tempfile
+
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    if not bins:
+        pytest.skip("Debian's postgresql is not installed (make test installs it with apt-get as root)")
+    bin_dir, port = bins[-1], free_port()
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="genloop-pg-"))
+    if as_user:
+        shutil.chown(root, "postgres")
+    data = root / "data"
+
+    def pg(*args) -> None:
+        proc = subprocess.run([*as_user, *map(str, args)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{args[0]} failed: {proc.stdout}{proc.stderr}"
+
+    def stop() -> None:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
+
+    try:
+        pg(bin_dir / "initdb", "-D", data, "-U", "postgres", "-A", "trust")
+        opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}"
+        pg(bin_dir / "pg_ctl", "-D", data, "-o", opts, "-w", "-l", root / "log", "start")
+    except AssertionError:
+        stop()
+        raise
+    return f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", stop
+
+
+@pytest.mark.slow
+def test_a_study_in_postgresql_shared_by_two_workers(digits_project):
+    project = digits_project
+    url, stop = start_postgres()
+    try:
+        project.set_params(tune={"storage": url, "workers": 2, "n_trials": 4, "max_steps": 30})
+        out = project.run("genloop", "stage", "tune", check=True).stdout
+        summary = read_tune(project, "summary.json")
+        assert summary["storage"] == url and sum(summary["trials"].values()) == 4
+        trials = read_tune(project, "trials.json")
+        assert sorted(t["number"] for t in trials) == [0, 1, 2, 3]
+        complete = [t["value"] for t in trials if t["state"] == "complete"]
+        assert summary["best_value"] == min(complete)
+        assert not (project.root / "artifacts/tune/study/journal.log").exists()  # all of it in PostgreSQL
+        assert "password" not in out
+    finally:
+        stop()
