@@ -37,6 +37,7 @@ demo: setup  ## run the lifecycle on the defaults (digits, VAE), serve the champ
 	@echo "  artifacts/train/samples/final.png          samples of the trained model, one column per class"
 	@echo "  artifacts/train/metrics.json               training result ('dvc metrics show', 'dvc plots show')"
 	@echo "  artifacts/train/model/                     the exported model (safetensors + JSON)"
+	@echo "  artifacts/tune/report.html                 an Optuna study, with tune.enabled: true in params.yaml"
 	@echo "  artifacts/evaluate/card.html               the model card: metrics beside baseline and champion"
 	@echo "  artifacts/evaluate/decision.json           the promotion gate's verdict, with every check"
 	@echo "  genloop status                             what is deployed, registered versions, the champion's card"

@@ -32,6 +32,7 @@ STUDY_DIR = TUNE / "study"  # the journal and each trial's folder: kept between 
 JOURNAL = STUDY_DIR / "journal.log"
 TRIALS_DIR = STUDY_DIR / "trials"
 HEARTBEAT_S, GRACE_S = 20, 60  # PostgreSQL: a trial silent for a minute belongs to a dead worker
+JOURNAL_GRACE_S = 5
 # what every trial trains with, whatever params.yaml says (max_steps: tune.max_steps): one device, as
 # trials spread over processes and machines rather than over DDP ranks
 TRIAL_FIXED = {"max_steps": None, "devices": 1, "num_nodes": 1, "strategy": "auto"}
@@ -42,10 +43,19 @@ def open_storage(storage: str):
     import optuna
 
     if storage == "journal":
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
         STUDY_DIR.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(JOURNAL)))
+        # An absolute path: Optuna's lock is a symlink to the journal, and a relative target dangles
+        # from the link's folder, so the lock left by a worker killed while writing was never seen as
+        # stale and the next worker spun forever. A write holds the lock for milliseconds: after
+        # JOURNAL_GRACE_S a lock belongs to a dead worker and is released.
+        path = str(JOURNAL.resolve())
+        left = Path(path + ".lock")
+        if left.is_symlink() and not left.exists():  # dangling: made with a relative path, stale
+            left.unlink(missing_ok=True)
+        lock = JournalFileSymlinkLock(path, grace_period=JOURNAL_GRACE_S)
+        return JournalStorage(JournalFileBackend(path, lock_obj=lock))
     try:
         return optuna.storages.RDBStorage(
             storage,
