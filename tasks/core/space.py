@@ -4,6 +4,7 @@ typed params (so a trial never samples a value that params.yaml would refuse) an
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ FIXED = {
 }
 
 
+@functools.cache
 def section_of(key: str):
     """The params model holding a tunable key (TrainParams, or a family's section), or None."""
     from models.families import FAMILIES
@@ -37,14 +39,19 @@ def section_of(key: str):
     return None
 
 
-def _probe(section, name: str, value: Any) -> str | None:
-    """Why the typed params would refuse `value` for `section.name`, or None."""
+@functools.cache
+def _probe_model(section, name: str):
+    """A one-field model with `section.name`'s type and bounds (built once: params load often)."""
     from tasks.core.params import Section
 
     field = section.model_fields[name]
-    probe = create_model("Probe", __base__=Section, value=(field.annotation, field))
+    return create_model("Probe", __base__=Section, value=(field.annotation, field))
+
+
+def _probe(section, name: str, value: Any) -> str | None:
+    """Why the typed params would refuse `value` for `section.name`, or None."""
     try:
-        probe.model_validate({"value": value})
+        _probe_model(section, name).model_validate({"value": value})
     except ValidationError as err:
         return "; ".join(e["msg"] for e in err.errors())
     return None
