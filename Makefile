@@ -43,6 +43,8 @@ demo: setup  ## run the lifecycle on the defaults (digits, VAE), serve the champ
 	@echo "  genloop status                             what is deployed, registered versions, the champion's card"
 	@echo "  http://127.0.0.1:3000/ui                   the service's page: generate digits, rate them"
 	@echo "  http://127.0.0.1:3000/                     BentoML's API docs (POST /generate, /feedback)"
+	@echo "  genloop flow monitor                       the drift monitor, once the service has served"
+	@echo "                                             (artifacts/monitor/: report.html, history, chart)"
 	@echo "  genloop undeploy                           stop the service"
 	@echo "  dvc.lock                                   what DVC recorded; run 'dvc repro' again: nothing to do"
 
@@ -77,6 +79,7 @@ bench: setup  ## benchmarks: side-by-side ratios
 	$(BIN)/python bench/pipeline_noop.py
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/tune_pruning.py
+	$(BIN)/python bench/drift.py
 	$(BIN)/python bench/serve.py  # needs a champion: run make demo first
 
 up: setup  ## start the local Prefect server (UI at http://127.0.0.1:4200), a worker and the deployments

@@ -55,6 +55,7 @@ class FlowName(StrEnum):
     tune = "tune"
     train = "train"
     deploy = "deploy"
+    monitor = "monitor"
 
 
 @app.command()
@@ -94,7 +95,8 @@ def flow(
     With a Prefect server running (`make up`) and PREFECT_API_URL set, the run shows in its UI.
     """
     module = importlib.import_module(f"flows.{name.value}")
-    result = module.FLOW(force_collect=force_collect) if name != FlowName.deploy else module.FLOW()
+    takes_collect = name not in (FlowName.deploy, FlowName.monitor)
+    result = module.FLOW(force_collect=force_collect) if takes_collect else module.FLOW()
     typer.echo(json.dumps(_brief(result), indent=2, default=str))
 
 

@@ -23,6 +23,7 @@ def show(console: Console | None = None) -> None:
         console.width = 160  # a log or a pipe: no need to squeeze the table into 80 columns
     deployment(console)
     study(console)
+    drift(console)
     use = usage(console)
     versions = store.versions()
     if not versions:
@@ -107,6 +108,24 @@ def study(console: Console) -> None:
     )
     for key, v in best.get("params", {}).items():
         console.print(f"  {key}: {_fmt(v)}")
+
+
+def drift(console: Console, last: int = 5) -> None:
+    """The drift monitor's last verdicts (artifacts/monitor/history.jsonl)."""
+    from tasks.monitor import history
+
+    runs = history(last)
+    if not runs:
+        console.print("Drift monitor: no runs yet (`genloop flow monitor` once the service has served)")
+        return
+    table = Table(title="Drift monitor (last runs; scores are score / threshold, 1 or more: drift)")
+    for col in ("run at", "version", "verdict", "samples", "scores"):
+        table.add_column(col, no_wrap=col != "scores")
+    for run in reversed(runs):
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in run["scores"].items() if v is not None)
+        verdict = run["verdict"] + (f": {', '.join(run['drifted_checks'])}" if run["drifted_checks"] else "")
+        table.add_row(run["at"][:16].replace("T", " "), run["version"], verdict, str(run["samples"]), scores)
+    console.print(table)
 
 
 def usage(console: Console) -> dict[str, dict]:

@@ -49,8 +49,8 @@ class GenerativeModel(nn.Module):
     def __init__(self, config: dict[str, Any], data: dict[str, Any]) -> None:
         super().__init__()
         spec = registered(self.family)
-        keys = set(spec.config_keys())
-        unknown, missing = set(config) - keys, keys - set(config)
+        unknown = set(config) - set(spec.config_keys())
+        missing = set(spec.required_keys()) - set(config)
         if unknown:
             raise ValueError(f"unknown {self.family} config keys: {', '.join(sorted(unknown))}")
         if missing:

@@ -59,6 +59,8 @@ class GPTConfig:
     fp32_residual: bool = field()  # False: under bf16 autocast the residual stream is bf16 too
     temperature: float = field(metadata={"ge": 0})  # sampling default
     top_k: int = field(metadata={"ge": 0})  # sampling default; 0 = no top-k filter
+    # dropout of the attention weights; None = `dropout` (models exported before this key had that)
+    attn_dropout: float | None = field(default=None, metadata={"ge": 0, "lt": 1})
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,12 @@ class Family:
 
     def config_keys(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self.config)]
+
+    def required_keys(self) -> list[str]:
+        """The config keys without a default: every exported model has them."""
+        missing = dataclasses.MISSING
+        fields = dataclasses.fields(self.config)
+        return [f.name for f in fields if f.default is missing and f.default_factory is missing]
 
 
 IMAGE_SAMPLE_METRICS = ("fd", "precision", "recall")

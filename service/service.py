@@ -6,7 +6,8 @@
 - `Genloop` is the public API: `POST /generate`, `POST /feedback`, `GET /version`, the web page at
   `/ui`, and BentoML's own `/livez`, `/readyz`, `/metrics` and API docs at `/`. It validates requests
   against bodies shaped by the served model (service/requests.py: 400 with the reason), logs every
-  request and stores feedback durably (service/store.py), and sits behind service/guard.py (API key,
+  sample (seed, condition, features: models/features.py) and stores feedback durably
+  (service/store.py), and sits behind service/guard.py (API key,
   JSON only, body size, concurrency, timeout, one error shape).
 
 Serve from source with `genloop serve` (it passes every setting of params.yaml's `serve` section as a
@@ -15,6 +16,7 @@ Serve from source with `genloop serve` (it passes every setting of params.yaml's
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from pathlib import Path
@@ -44,24 +46,6 @@ CLASSES = [str(c) for c in DESCRIBED["data"].get("classes") or []]
 GenerateRequest = generate_request(SETTINGS, KIND, CLASSES, list(DESCRIBED["data"].get("vocab") or []))
 
 
-def _features(samples, kind: str) -> dict:
-    """Summary features of a response's outputs, for the drift monitor."""
-    import numpy as np
-
-    if kind == "image":
-        x = np.asarray(samples)
-        return {"mean": float(x.mean()), "std": float(x.std()), "ink": float((x > 0.5).mean())}
-    text = "".join(samples)
-    n = max(len(text), 1)
-    words = text.split()
-    return {
-        "chars": len(text),
-        "letters": sum(c.isalpha() for c in text) / n,
-        "spaces": sum(c.isspace() for c in text) / n,
-        "word_length": sum(map(len, words)) / max(len(words), 1),
-    }
-
-
 @bentoml.service(
     resources={"gpu": 1} if SETTINGS.gpu else {"cpu": "1"},
     workers=1,
@@ -80,19 +64,28 @@ class Generator:
         self.device = "cuda" if torch.cuda.is_available() and SETTINGS.gpu else "cpu"
         self.model = export.load(self.model_ref.path, map_location=self.device).to(self.device)
         self.kind = KIND
+        self.featurizer = None
+        if KIND == "image":  # the drift monitor's eye, kept with the version (tasks/monitoring/reference.py)
+            from models.features import FEATURIZER_INFO, ImageFeaturizer
+
+            folder = Path(self.model_ref.path) / "reference"
+            exists = (folder / FEATURIZER_INFO).is_file()
+            self.featurizer = ImageFeaturizer.load(folder) if exists else ImageFeaturizer(None)
 
     def _run(self, jobs: list[dict]) -> list[dict]:
         import torch
 
         with torch.inference_mode():
             results = self.model.sample_batch(jobs)
+        from models.features import features
+
         out = []
         for samples in results:
             if self.kind == "image":
-                arr = samples.cpu().numpy()
-                out.append({"samples": [png(img) for img in arr], "features": _features(arr, "image")})
-            else:
-                out.append({"samples": samples, "features": _features(samples, "text")})
+                samples = samples.cpu().numpy()
+            stats, embedding = features(self.kind, samples, self.featurizer)
+            shown = [png(img) for img in samples] if self.kind == "image" else samples
+            out.append({"samples": shown, "stats": stats.tolist(), "embedding": embedding.tolist()})
         return out
 
     @bentoml.api(
@@ -162,9 +155,9 @@ class Genloop:
         self.store = Store()
         self.info = model_info()
 
-    def _job(self, req) -> dict:
+    def _job(self, req, seed: int) -> dict:
         """The model's arguments for a request its body model has already checked."""
-        job: dict = {"n": req.n, "seed": req.seed}
+        job: dict = {"n": req.n, "seed": seed}
         if KIND == "image":
             if req.label is not None:
                 job["condition"] = CLASSES.index(req.label)
@@ -193,19 +186,38 @@ class Genloop:
     async def generate(self, **fields) -> dict:
         """Draw `n` samples: images (base64 PNG) for a `label`, or texts continuing a `prompt`."""
         req = GenerateRequest(**fields)
-        job = self._job(req)
+        # a request without a seed gets one drawn here and logged: every sample can be made again
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**62)
+        job = self._job(req, seed)
         start = time.perf_counter()
         result = await self._sample(job)
         latency = (time.perf_counter() - start) * 1000
         request_id = uuid.uuid4().hex
         ids = [f"{request_id}-{i}" for i in range(len(result["samples"]))]  # see Store.known_sample
+        rows = [
+            {"id": i, "stats": st, "embedding": emb}
+            for i, st, emb in zip(ids, result["stats"], result["embedding"], strict=True)
+        ]
+        if KIND == "image":  # the class drawn: the one asked for, or the classes in turn (models/common.py)
+            for i, row in enumerate(rows):
+                row["label"] = (
+                    req.label if req.label is not None else (CLASSES[i % len(CLASSES)] if CLASSES else None)
+                )
+        elif req.prompt:
+            from models.features import text_features
+
+            stats, embedding = text_features([req.prompt])
+            for row in rows:
+                row |= {"prompt_stats": stats[0].tolist(), "prompt_embedding": embedding[0]}
+                row["prompt"] = req.prompt if SETTINGS.log_prompts else None
         self.store.log_request(
-            request_id, self.info["model"], req.model_dump(), latency, result["features"], ids
+            request_id, self.info["model"], req.model_dump() | {"seed": seed}, latency, rows
         )
         key = "image" if KIND == "image" else "text"
         return {
             "model": self.info["model"],
             "request_id": request_id,
+            "seed": seed,
             "samples": [{"id": i, key: s} for i, s in zip(ids, result["samples"], strict=True)],
         }
 

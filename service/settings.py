@@ -22,6 +22,7 @@ class Limits(BaseModel):
     timeout_s: float = Field(gt=0)  # a request running longer gets 504
     max_body_bytes: int = Field(ge=256)  # larger request bodies get 413
     docs: bool  # BentoML's API docs page at / (it loads a third-party script into the browser)
+    log_prompts: bool  # keep each prompt's text in serving.db (its features are always kept)
 
 
 class Settings(Limits):

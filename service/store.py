@@ -1,4 +1,5 @@
-"""Durable records of the service: feedback and a request log, in one SQLite file.
+"""Durable records of the service: feedback, and a log of requests and of each sample served, in one
+SQLite file.
 
 Each write is a committed transaction with synchronous=FULL in WAL mode, so a 200 is only sent after
 the row is on disk: killing the server right after loses nothing. The drift monitor and the retrain
@@ -14,17 +15,51 @@ import threading
 import time
 from pathlib import Path
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    id TEXT PRIMARY KEY, at REAL NOT NULL, model TEXT NOT NULL, n INTEGER, seed INTEGER,
-    label TEXT, prompt_chars INTEGER, temperature REAL, length INTEGER, latency_ms REAL,
-    features TEXT NOT NULL, sample_ids TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS feedback (
-    sample_id TEXT NOT NULL, at REAL NOT NULL, rating INTEGER NOT NULL, comment TEXT NOT NULL,
-    model TEXT NOT NULL
-);
-"""
+# Version 0: requests and feedback. Version 1 adds a row per served sample (what the drift monitor reads)
+# and indexes for its windows; each migration only adds, so the rows of older versions stay.
+MIGRATIONS = (
+    """
+    CREATE TABLE IF NOT EXISTS requests (
+        id TEXT PRIMARY KEY, at REAL NOT NULL, model TEXT NOT NULL, n INTEGER, seed INTEGER,
+        label TEXT, prompt_chars INTEGER, temperature REAL, length INTEGER, latency_ms REAL,
+        features TEXT NOT NULL, sample_ids TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS feedback (
+        sample_id TEXT NOT NULL, at REAL NOT NULL, rating INTEGER NOT NULL, comment TEXT NOT NULL,
+        model TEXT NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS samples (
+        id TEXT PRIMARY KEY, request_id TEXT NOT NULL, at REAL NOT NULL, model TEXT NOT NULL,
+        seed INTEGER NOT NULL, position INTEGER NOT NULL, n INTEGER NOT NULL, label TEXT,
+        prompt TEXT, prompt_stats TEXT, prompt_embedding BLOB, temperature REAL, length INTEGER,
+        stats TEXT NOT NULL, embedding BLOB NOT NULL, latency_ms REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS samples_at ON samples (at);
+    CREATE INDEX IF NOT EXISTS feedback_at ON feedback (at);
+    CREATE INDEX IF NOT EXISTS feedback_sample ON feedback (sample_id);
+    """,
+)
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring the file to the newest schema, one transaction per step (PRAGMA user_version counts
+    them). Returns the version it found."""
+    found = db.execute("PRAGMA user_version").fetchone()[0]
+    for version in range(found, len(MIGRATIONS)):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] == version:  # not done by another process
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return found
 
 
 def default_dir() -> Path:
@@ -44,7 +79,7 @@ class Store:
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # fsync at each commit: durable once we answer
-        self.db.executescript(SCHEMA)
+        migrate(self.db)
 
     def _write(self, sql: str, row: tuple) -> None:
         with self.lock:
@@ -56,17 +91,44 @@ class Store:
                 self.db.execute("ROLLBACK")
                 raise
 
-    def log_request(self, request_id: str, model: str, req: dict, latency_ms: float, features: dict,
-                    sample_ids: list[str]) -> None:  # fmt: skip
-        self._write(
-            "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                request_id, time.time(), model, req.get("n"), req.get("seed"),
-                None if req.get("label") is None else str(req["label"]), len(req.get("prompt") or ""),
-                req.get("temperature"), req.get("length"), latency_ms,
-                json.dumps(features), json.dumps(sample_ids),
-            ),
-        )  # fmt: skip
+    def log_request(
+        self, request_id: str, model: str, req: dict, latency_ms: float, samples: list[dict]
+    ) -> None:
+        """The request and a row per sample, in one transaction. `req` holds the seed actually used; each
+        sample holds its label or prompt, its prompt's features, and its own (stats, embedding) from
+        models/features.py: a sample can be generated again from its row and the model version."""
+        import numpy as np
+
+        now = time.time()
+        ids = [s["id"] for s in samples]
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute(
+                    "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        request_id, now, model, req.get("n"), req.get("seed"),
+                        None if req.get("label") is None else str(req["label"]),
+                        len(req.get("prompt") or ""), req.get("temperature"), req.get("length"),
+                        latency_ms, "{}", json.dumps(ids),
+                    ),
+                )  # fmt: skip
+                self.db.executemany(
+                    "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            s["id"], request_id, now, model, req["seed"], i, len(samples), s.get("label"),
+                            s.get("prompt"), json.dumps(s["prompt_stats"]) if s.get("prompt_stats") else None,
+                            _blob(s.get("prompt_embedding"), np), req.get("temperature"), req.get("length"),
+                            json.dumps(s["stats"]), _blob(s["embedding"], np), latency_ms,
+                        )
+                        for i, s in enumerate(samples)
+                    ],
+                )  # fmt: skip
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
 
     def known_sample(self, sample_id: str) -> bool:
         """Sample ids are `<request id>-<index>`: one primary-key lookup, however long the log."""
@@ -81,6 +143,11 @@ class Store:
         self._write(
             "INSERT INTO feedback VALUES (?,?,?,?,?)", (sample_id, time.time(), rating, comment, model)
         )
+
+
+def _blob(vector, np) -> bytes | None:
+    """An embedding as float32 bytes: a quarter of its JSON, read back with np.frombuffer."""
+    return None if vector is None else np.asarray(vector, dtype=np.float32).tobytes()
 
 
 def usage(path: Path, recent_s: float = 86_400.0) -> dict:

@@ -4,7 +4,8 @@ register it; decide whether it becomes the champion; write its model card.
 Outputs in artifacts/evaluate/: metrics.json (DVC metrics: `dvc metrics diff`), decision.json (promote,
 reject or keep, with every check), pictures/ (samples.png or samples.txt with a fixed seed;
 interpolation.png for the VAE), card.md and card.html (the model card), featurizer/ (the image
-metrics' classifier, reused while the training data stays the same).
+metrics' classifier, reused while the training data stays the same), reference/ (the drift monitor's
+reference, registered with the version: tasks/monitoring/reference.py).
 
 The champion is measured again on this run's split, so challenger and champion are compared on the
 same data by the same featurizer, never against figures from an older split. The measuring is in
@@ -27,6 +28,7 @@ from tasks.core.storage import read_json, sha256_file, write_json
 OUT = paths.ARTIFACTS / "evaluate"
 METRICS, DECISION = OUT / "metrics.json", OUT / "decision.json"
 FEATURIZER, BASELINE, PICTURES = OUT / "featurizer", OUT / "baseline", OUT / "pictures"
+REFERENCE = OUT / "reference"  # the drift monitor's, registered with the version
 MODEL = paths.EXPORT
 OWN_LINE = "give it a line of its own with model.name (auto names a line after its data source and family)"
 
@@ -141,6 +143,7 @@ def compare_texts(split, samples: list[str], baseline_samples: list[str], length
 def run(params: Params) -> dict:
     import models
     from models import export
+    from tasks.monitoring import reference
     from tasks.quality.gate import decide
     from tasks.quality.measure import Measure, load_split
     from tasks.quality.metrics import UNITS
@@ -175,6 +178,9 @@ def run(params: Params) -> dict:
     weights = sha256_file(MODEL / export.WEIGHTS)
     tag = f"{name}:{weights[:16]}"  # the version is the weights' hash: same weights, same version
     made = draw(model, PICTURES, ev, split, samples, baseline_samples)
+    # the drift monitor's reference, registered with the version (tasks/monitoring/reference.py)
+    featurizer_dir = FEATURIZER if split.kind == "image" else None
+    kept = reference.build(split, model, samples, featurizer_dir, ev.text.length, REFERENCE)
     trail = lineage.record(trained)
     labels = {"family": model.family, "line": line, "source": str(trail["source"])}
     labels["git"] = str(trail["git"]["commit"])[:12]
@@ -212,7 +218,7 @@ def run(params: Params) -> dict:
             "baseline": baseline,
             "decision": decision["decision"],
         }
-        extra = {p.relative_to(OUT).as_posix(): p for p in [*made, *card_files]}
+        extra = {p.relative_to(OUT).as_posix(): p for p in [*made, *card_files, *reference.files(kept)]}
         store.register(MODEL, line, tag.split(":")[1], metadata, labels, extra)  # kept as first saved
         if decision["decision"] != "promote":
             break

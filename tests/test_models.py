@@ -171,8 +171,11 @@ def test_every_registered_family_provides_its_facts():
         assert family.sample_metrics and set(family.sample_metrics) <= set(UNITS)
         assert family.pictures and set(family.pictures) <= {"grid", "interpolation", "text"}
         assert dataclasses.is_dataclass(family.config) and family.config_keys()
-        for field in dataclasses.fields(family.config):  # params.yaml holds every value
-            assert field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        for field in dataclasses.fields(family.config):  # params.yaml holds every value; a default of
+            # None only lets a model exported before its key load as it was trained
+            assert (
+                field.default in (dataclasses.MISSING, None) and field.default_factory is dataclasses.MISSING
+            )
         assert set(DEFAULTS[name]) == set(family.config_keys()), name  # params.yaml has every key
         model = export.build(name, DEFAULTS[name], TEXT_DATA if family.kind == "text" else IMAGE_DATA)
         assert model.family == name and model.config == DEFAULTS[name]
@@ -309,3 +312,31 @@ def test_vae_samples_are_drawn_from_the_decoder_not_its_means():
     )
     assert torch.allclose(narrow.flatten(1), means, atol=1e-3)
     assert (wide.flatten(1) - means).abs().mean() > 0.2
+
+
+def test_a_gpt_exported_before_attn_dropout_loads_with_its_dropout(tmp_path):
+    older = config("gpt", dropout=0.3)
+    del older["attn_dropout"]  # what models exported before the key hold
+    model = export.build("gpt", older, TEXT_DATA)
+    assert model.net.blocks[0].attn.attn_dropout == 0.3
+    assert make("gpt", dropout=0.3, attn_dropout=0.0).net.blocks[0].attn.attn_dropout == 0.0
+
+
+def test_cpu_attention_and_dropout_match_the_fused_kernels():
+    """The CPU paths of models/gpt.py (matmul attention in bf16, dropout from 16-bit draws) compute what
+    F.scaled_dot_product_attention and F.dropout do."""
+    import torch.nn.functional as F
+
+    from models.gpt import attend, dropout
+
+    q, k, v = (torch.randn(2, 4, 100, 32, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    fused = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    ours = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.0).float()
+    assert (ours - fused).abs().max() < 0.05  # bf16 inputs: about 3 significant digits
+    x = torch.ones(1000, 1000)
+    y = dropout(x, 0.2)
+    assert abs((y == 0).float().mean().item() - 0.2) < 0.005 and abs(y.mean().item() - 1.0) < 0.01
+    torch.manual_seed(0)
+    a = dropout(x, 0.5)
+    torch.manual_seed(0)
+    assert torch.equal(a, dropout(x, 0.5))  # from torch's generator: seeded runs repeat

@@ -76,10 +76,24 @@ def test_routes(site):
     assert (sample, 4, "a fine 7") in feedback_rows(site)
 
     db = sqlite3.connect(site.root / ".genloop/serving/serving.db")
-    logged = db.execute("SELECT n, seed, label, features, sample_ids FROM requests WHERE seed = 5").fetchall()
+    logged = db.execute("SELECT n, seed, label, sample_ids FROM requests WHERE seed = 5").fetchall()
+    rows = db.execute(
+        "SELECT id, seed, position, n, label, stats, embedding FROM samples WHERE seed = 5"
+    ).fetchall()
+    unseeded = httpx.post(site.url + "/generate", json={"n": 2}).json()
+    drawn = db.execute(
+        "SELECT seed, label FROM samples WHERE request_id = ?", (unseeded["request_id"],)
+    ).fetchall()
     db.close()
-    assert len(logged) == 2 and logged[0][:3] == (3, 5, "7")  # every request, for the drift monitor
-    assert set(json.loads(logged[0][3])) == {"mean", "std", "ink"} and sample in logged[0][4] + logged[1][4]
+    assert len(logged) == 2 and logged[0][:3] == (3, 5, "7") and sample in logged[0][3] + logged[1][3]
+    # a row per sample, for the drift monitor: seed, position, class, its statistics and embedding
+    assert len(rows) == 6 and sample in {r[0] for r in rows}
+    assert {r[1:5] for r in rows} == {(5, i, 3, "7") for i in range(3)}
+    assert len(json.loads(rows[0][5])) == 3 and len(rows[0][6]) % 4 == 0 and len(rows[0][6]) > 0
+    # a request without a seed gets one drawn, returned and logged: its samples can be made again
+    assert isinstance(unseeded["seed"], int) and drawn == [(unseeded["seed"], "0"), (unseeded["seed"], "1")]
+    again = httpx.post(site.url + "/generate", json={"n": 2, "seed": unseeded["seed"]}).json()
+    assert [s["image"] for s in again["samples"]] == [s["image"] for s in unseeded["samples"]]
 
     metrics = httpx.get(site.url + "/metrics")
     assert metrics.status_code == 200 and "bentoml_" in metrics.text
@@ -354,5 +368,36 @@ def test_a_text_model_served_end_to_end(project):
         assert r.status_code == 400 and r.json() == {
             "error": "this model writes text: send `prompt`, not `label`"
         }
+        # the drift monitor on prompts: pieces of the training text, then another corpus (SQL)
+        raw = "".join(p.read_text() for p in sorted((project.root / "data/raw").rglob("*.txt")))
+        project.set_params(monitor={"window_samples": 100, "min_samples": 100})
+        for i in range(100):
+            start = (i * 7919) % (len(raw) - 64)
+            prompt = raw[start : start + 8 + i % 48]
+            assert (
+                httpx.post(url + "/generate", json={"n": 1, "prompt": prompt, "length": 20}).status_code
+                == 200
+            )
+        quiet = json.loads(project.run("python", "-c", MONITOR, check=True).stdout.splitlines()[-1])
+        assert quiet["checks"]["request"]["status"] == "ok", quiet["checks"]["request"]
+        for i in range(100):
+            prompt = f"SELECT ID, NAME FROM T{i} WHERE X = {i * 37} AND Y < {i};"[: 8 + i % 48]
+            assert (
+                httpx.post(url + "/generate", json={"n": 1, "prompt": prompt, "length": 20}).status_code
+                == 200
+            )
+        moved = json.loads(project.run("python", "-c", MONITOR, check=True).stdout.splitlines()[-1])
+        assert "request" in moved["drifted_checks"], moved["checks"]["request"]
+        assert set(moved["checks"]["request"]["drifted"]) <= {"characters", "bigrams"}
+        db = sqlite3.connect(project.root / ".genloop/serving/serving.db")
+        stored = db.execute("SELECT COUNT(*), COUNT(prompt), COUNT(prompt_stats) FROM samples").fetchone()
+        db.close()
+        assert stored[0] >= 200 and stored[1] == 0 and stored[2] >= 200  # serve.log_prompts is false
     finally:
         project.run("genloop", "undeploy")
+
+
+MONITOR = (
+    "import json; from tasks.core.params import load; from tasks.monitor import run; "
+    "print(json.dumps(run(load())))"
+)

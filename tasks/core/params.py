@@ -244,6 +244,43 @@ class TuneParams(Section):
         return v
 
 
+class DriftMethod(Section):
+    method: str  # an Evidently drift method (wasserstein, psi, jensenshannon, ...; mmd for embeddings)
+    threshold: float = Field(gt=0)  # an effect size: drift at or above it
+
+
+class MonitorMethods(Section):
+    numeric: DriftMethod  # per-sample statistics
+    categorical: DriftMethod  # distributions: labels, characters, bigrams
+    embedding: DriftMethod
+
+    @field_validator("embedding")
+    @classmethod
+    def _mmd(cls, v: DriftMethod) -> DriftMethod:
+        if v.method != "mmd":
+            raise ValueError("embeddings are compared by mmd (maximum mean discrepancy)")
+        return v
+
+
+class MonitorRatings(Section):
+    low: int = Field(ge=1, le=5)  # a rating at or below it is low
+    max_mean_drop: float = Field(gt=0)  # drift: the mean rating fell this much from the previous window
+    max_low_share_rise: float = Field(gt=0, le=1)  # drift: the share of low ratings rose this much
+    min_ratings: int = Field(ge=1)  # per window, else "not enough data"
+
+
+class MonitorParams(Section):
+    window_hours: float = Field(gt=0)  # the window: the last N hours...
+    window_samples: int | None = Field(ge=1)  # ...or, when set, the last N samples
+    min_samples: int = Field(ge=1)  # fewer in a window: "not enough data", not a verdict
+    max_rows: int = Field(ge=100)  # rows a side of the embedding comparison (MMD is quadratic)
+    methods: MonitorMethods
+    ratings: MonitorRatings
+    logs: list[str]  # serving.db files or glob patterns (replicas); [] = the local deployment's
+    embedding_plot: bool  # Evidently's t-SNE of the embeddings in the report (slow)
+    keep_reports: int = Field(ge=1)  # run folders whose HTML is kept; older ones keep decision.json
+
+
 class PackageParams(Section):
     gpu: bool  # the model service asks for one GPU (and uses it when present)
 
@@ -270,6 +307,7 @@ class Params(Section):
     evaluate: EvaluateParams | None = None
     package: PackageParams | None = None
     serve: ServeParams | None = None
+    monitor: MonitorParams | None = None
 
     def require(self, section: str):
         value = getattr(self, section)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from models.features import FEATURIZER_INFO as INFO
+from models.features import FEATURIZER_WEIGHTS as WEIGHTS
 from tasks.core.storage import content_hash, sha256_bytes, write_json
-
-WEIGHTS, INFO = "featurizer.safetensors", "featurizer.json"
 
 
 def fingerprint(train_x: np.ndarray, train_y: np.ndarray, seed: int) -> str:
@@ -34,22 +34,17 @@ def fingerprint(train_x: np.ndarray, train_y: np.ndarray, seed: int) -> str:
 
 
 class Features:
-    """images (N, C, H, W) in [0, 1] -> features (N, D) as numpy."""
+    """images (N, C, H, W) in [0, 1] -> features (N, D) as float64 numpy (the drift monitor's
+    embedding of images, models/features.py, in the precision the metrics want)."""
 
     def __init__(self, net=None) -> None:
+        from models.features import ImageFeaturizer
+
         self.net = net
+        self._featurize = ImageFeaturizer(net)
 
     def __call__(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
-        if self.net is None:
-            return images.reshape(len(images), -1).astype(np.float64)
-        import torch
-
-        with torch.no_grad():
-            out = [
-                self.net.features(torch.as_tensor(images[i : i + batch], dtype=torch.float32)).numpy()
-                for i in range(0, len(images), batch)
-            ]
-        return np.concatenate(out).astype(np.float64)
+        return self._featurize(images, batch).astype(np.float64)
 
 
 def ensure(
@@ -83,12 +78,9 @@ def ensure(
 
 
 def _load(folder: Path, info: dict):
-    from models.classifier import Classifier, Config
-    from models.export import load_weights
+    from models.features import ImageFeaturizer
 
-    net = Classifier(Config(**info["config"]))
-    load_weights(net, folder / WEIGHTS)
-    return net.eval()
+    return ImageFeaturizer.load(folder).net
 
 
 def _train(x: np.ndarray, y: np.ndarray, test: tuple, classes: int, seed: int, steps: int = 1000):

@@ -1,0 +1,79 @@
+"""What the service logged, read through one interface whatever holds it.
+
+Each replica of the service writes its own `serving.db` (service/store.py). `ServingLogs` reads one or
+many of them, read-only, as one log: the monitor gives it the files its replicas wrote (monitor.logs:
+paths or glob patterns; by default the local deployment's). A shared store for many machines would
+implement the same two methods (`samples`, `ratings`) over a PostgreSQL table or Parquet files on S3.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = "id, at, model, seed, position, n, label, prompt_stats, prompt_embedding, stats, embedding"
+
+
+def files(patterns: list[str], default: Path) -> list[Path]:
+    """The serving.db files named by paths or glob patterns (a folder means its serving.db)."""
+    found: list[Path] = []
+    for pattern in patterns or [str(default)]:
+        for hit in sorted(glob.glob(pattern)) or ([pattern] if not glob.has_magic(pattern) else []):
+            path = Path(hit)
+            path = path / "serving.db" if path.is_dir() else path
+            if path.is_file() and path not in found:
+                found.append(path)
+    return found
+
+
+class ServingLogs:
+    """The served samples and ratings of several serving.db files, as one log."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def _query(self, sql: str, args: tuple) -> list[tuple]:
+        rows: list[tuple] = []
+        for path in self.paths:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'samples'").fetchone():
+                    rows.extend(db.execute(sql, args).fetchall())
+            finally:
+                db.close()
+        return rows
+
+    def samples(
+        self, prefix: str, since: float | None = None, until: float | None = None, last: int | None = None
+    ) -> list[dict]:
+        """The samples of the model versions whose tag starts with `prefix`, served in [since, until),
+        or the `last` ones before `until`: newest first. Both use the index on `at`."""
+        until = until if until is not None else float("inf")
+        sql = f"SELECT {COLUMNS} FROM samples WHERE at < ? AND at >= ? AND model >= ? AND model < ?"
+        args: tuple = (until, since if since is not None else 0.0, prefix, prefix + "\uffff")
+        sql += " ORDER BY at DESC" + (f" LIMIT {int(last)}" if last else "")
+        rows = sorted(self._query(sql, args), key=lambda r: r[1], reverse=True)
+        rows = rows[:last] if last else rows
+        keys = COLUMNS.split(", ")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def ratings(self, prefix: str, since: float, until: float) -> list[tuple[float, int]]:
+        """(time, rating) of the ratings given in [since, until) to samples of `prefix`'s versions."""
+        sql = "SELECT at, rating FROM feedback WHERE at >= ? AND at < ? AND model >= ? AND model < ?"
+        return self._query(sql, (since, until, prefix, prefix + "\uffff"))
+
+
+def arrays(
+    rows: list[dict], stats: str = "stats", embedding: str = "embedding"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' (stats (N, k), embedding (N, D)) as float32; rows without them are left out."""
+    kept = [r for r in rows if r.get(stats) is not None and r.get(embedding) is not None]
+    if not kept:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    s = np.array([json.loads(r[stats]) for r in kept], dtype=np.float32)
+    e = np.stack([np.frombuffer(r[embedding], dtype=np.float32) for r in kept])
+    return s, e
