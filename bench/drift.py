@@ -63,7 +63,11 @@ def preset(reference: np.ndarray, current: np.ndarray, folder: Path) -> tuple[fl
     )
     snapshot.save_html(str(folder / "preset.html"))
     drifted = next(
-        (m["value"]["count"] for m in snapshot.dict()["metrics"] if "DriftedColumnsCount" in m["metric_name"]),
+        (
+            m["value"]["count"]
+            for m in snapshot.dict()["metrics"]
+            if "DriftedColumnsCount" in m["metric_name"]
+        ),
         -1,
     )
     return time.perf_counter() - start, int(drifted)
@@ -83,10 +87,10 @@ def window_query(logged: int, window: int, folder: Path) -> dict[str, float]:
     with store.lock:
         store.db.execute("BEGIN")
         store.db.executemany(
-            "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                (f"r{i}-0", f"r{i}", now - (logged - i), "genloop-x:1", i, 0, 1, "3", None, None, None, None,
-                 None, "[0.1, 0.2, 0.3]", blob, 1.0)
+                (f"r{i}-0", f"r{i}", now - (logged - i), "genloop-x:1", i, 0, 1, "3", 1,
+                 None, None, None, None, None, "[0.1, 0.2, 0.3]", blob, 1.0)
                 for i in range(logged)
             ),
         )  # fmt: skip

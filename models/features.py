@@ -51,7 +51,7 @@ class ImageFeaturizer:
     def __call__(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
         images = np.asarray(images, dtype=np.float32)
         if self.net is None:
-            return images.reshape(len(images), -1)
+            return images.reshape(len(images), int(np.prod(images.shape[1:])))
         with torch.inference_mode():
             out = [
                 self.net.features(torch.as_tensor(images[i : i + batch])).numpy()
@@ -65,6 +65,15 @@ def image_features(images: np.ndarray, featurizer: ImageFeaturizer) -> tuple[np.
     x = np.asarray(images, dtype=np.float32).reshape(len(images), -1)
     stats = np.stack([x.mean(1), x.std(1), (x > 0.5).mean(1)], axis=1) if len(x) else np.zeros((0, 3))
     return stats.astype(np.float32), featurizer(images).astype(np.float32)
+
+
+def bigram_buckets(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Each bigram's bucket (code points as uint64): a fixed multiplicative hash, the top 6 bits of a
+    64-bit product (Fibonacci hashing), so that no two character classes share buckets wholesale
+    (a plain (31a + b) % 64 puts 'p' with '0') and every process agrees (str's hash() does not)."""
+    with np.errstate(over="ignore"):  # the products wrap around 2**64 on purpose
+        mixed = (first * np.uint64(1_000_003)) ^ second
+        return ((mixed * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(58)).astype(np.int64)
 
 
 def text_features(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -83,9 +92,9 @@ def text_features(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
             sum(c.isupper() for c in text) / n,
             sum(map(len, words)) / max(len(words), 1),
         )
-        if len(text) > 1:  # a bigram's bucket: a fixed arithmetic hash (str's hash() changes per process)
-            codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-            buckets = (codes[:-1] * 31 + codes[1:]) % NGRAM_BUCKETS
+        if len(text) > 1:
+            codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+            buckets = bigram_buckets(codes[:-1], codes[1:])
             grams[i] = np.bincount(buckets, minlength=NGRAM_BUCKETS) / (len(text) - 1)
     return stats, grams
 

@@ -80,10 +80,13 @@ class Generator:
         from models.features import features
 
         out = []
-        for samples in results:
+        for job, samples in zip(jobs, results, strict=True):
             if self.kind == "image":
                 samples = samples.cpu().numpy()
-            stats, embedding = features(self.kind, samples, self.featurizer)
+                written = samples
+            else:  # what the model wrote: the prompt is the request's, judged by the request check
+                written = [t[len(job.get("condition") or "") :] for t in samples]
+            stats, embedding = features(self.kind, written, self.featurizer)
             shown = [png(img) for img in samples] if self.kind == "image" else samples
             out.append({"samples": shown, "stats": stats.tolist(), "embedding": embedding.tolist()})
         return out
@@ -200,6 +203,7 @@ class Genloop:
         ]
         if KIND == "image":  # the class drawn: the one asked for, or the classes in turn (models/common.py)
             for i, row in enumerate(rows):
+                row["asked"] = req.label is not None  # the request check counts only these
                 row["label"] = (
                     req.label if req.label is not None else (CLASSES[i % len(CLASSES)] if CLASSES else None)
                 )
@@ -208,7 +212,7 @@ class Genloop:
 
             stats, embedding = text_features([req.prompt])
             for row in rows:
-                row |= {"prompt_stats": stats[0].tolist(), "prompt_embedding": embedding[0]}
+                row |= {"asked": True, "prompt_stats": stats[0].tolist(), "prompt_embedding": embedding[0]}
                 row["prompt"] = req.prompt if SETTINGS.log_prompts else None
         self.store.log_request(
             request_id, self.info["model"], req.model_dump() | {"seed": seed}, latency, rows

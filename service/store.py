@@ -33,7 +33,8 @@ MIGRATIONS = (
     CREATE TABLE IF NOT EXISTS samples (
         id TEXT PRIMARY KEY, request_id TEXT NOT NULL, at REAL NOT NULL, model TEXT NOT NULL,
         seed INTEGER NOT NULL, position INTEGER NOT NULL, n INTEGER NOT NULL, label TEXT,
-        prompt TEXT, prompt_stats TEXT, prompt_embedding BLOB, temperature REAL, length INTEGER,
+        asked INTEGER NOT NULL, prompt TEXT, prompt_stats TEXT, prompt_embedding BLOB,
+        temperature REAL, length INTEGER,
         stats TEXT NOT NULL, embedding BLOB NOT NULL, latency_ms REAL NOT NULL
     );
     CREATE INDEX IF NOT EXISTS samples_at ON samples (at);
@@ -95,8 +96,9 @@ class Store:
         self, request_id: str, model: str, req: dict, latency_ms: float, samples: list[dict]
     ) -> None:
         """The request and a row per sample, in one transaction. `req` holds the seed actually used; each
-        sample holds its label or prompt, its prompt's features, and its own (stats, embedding) from
-        models/features.py: a sample can be generated again from its row and the model version."""
+        sample holds its class (and whether it was asked for) or its prompt's features, and its own
+        (stats, embedding) from models/features.py. With the model version, the row says how to draw
+        the sample again (a text sample needs its prompt too: kept with serve.log_prompts)."""
         import numpy as np
 
         now = time.time()
@@ -114,11 +116,12 @@ class Store:
                     ),
                 )  # fmt: skip
                 self.db.executemany(
-                    "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             s["id"], request_id, now, model, req["seed"], i, len(samples), s.get("label"),
-                            s.get("prompt"), json.dumps(s["prompt_stats"]) if s.get("prompt_stats") else None,
+                            int(bool(s.get("asked"))), s.get("prompt"),
+                            json.dumps(s["prompt_stats"]) if s.get("prompt_stats") else None,
                             _blob(s.get("prompt_embedding"), np), req.get("temperature"), req.get("length"),
                             json.dumps(s["stats"]), _blob(s["embedding"], np), latency_ms,
                         )

@@ -5,12 +5,13 @@ data/raw) as it is now. Its checks (tasks/monitoring/checks.py) tell the world m
 changing:
 - input: the latest collected batch against the champion's training data;
 - request: the labels or prompts asked for against the training distribution;
-- output: the served samples' features against the champion's own samples at evaluate (the verdict),
-  and, for information, against real data (a model is never exactly its data: not an alarm);
+- output: the served samples' features against the champion's own samples at evaluate, in the same
+  class mix (the verdict), and, for information, against real data (a model is never exactly its
+  data: not an alarm);
 - ratings: the window's mean rating and share of low ratings against the window before.
 Each run writes artifacts/monitor/<run time>/ (report.html with each check's Evidently report beside
 it, decision.json), appends to history.jsonl, redraws scores.png from it, and on drift emits the
-Prefect event genloop.drift.detected (resource: the model version) that retraining listens to.
+Prefect event genloop.drift.detected (resource: the model version), for a retrain trigger to listen to.
 """
 
 from __future__ import annotations
@@ -56,7 +57,39 @@ def _labels(shares: dict[str, float], n: int = 10_000) -> dict:
     return {"labels": {k: v * n for k, v in shares.items()}}
 
 
-def latest_batch(kind: str, featurizer, length: int) -> tuple[np.ndarray, np.ndarray] | str:
+def champion_since(name: str, tag: str) -> float | None:
+    """When `tag` last became its line's champion (promoted, or restored by a rollback): samples served
+    before that were judged against the reference of the version then champion."""
+    from tasks.registry import champions
+
+    history = champions.record().get(name, {}).get("history", [])
+    times = [h["at"] for h in history if h.get("tag") == tag and h.get("event") != "rollback undone"]
+    return datetime.fromisoformat(times[-1]).timestamp() if times else None
+
+
+def _like(reference: tuple[np.ndarray, np.ndarray], classes: np.ndarray, served: list[str | None]):
+    """The reference samples in the served class mix (images), so that the output check compares like
+    with like: the classes asked for are the request check's business."""
+    stats, embedding = reference
+    wanted = [c for c in served if c is not None]
+    if not len(classes) or not wanted:
+        return stats, embedding
+    rng = np.random.default_rng(0)
+    picks = []
+    for label in set(wanted):
+        pool = np.flatnonzero(classes == label)
+        if len(pool):
+            share = wanted.count(label) / len(wanted)
+            picks.append(rng.choice(pool, max(1, round(share * len(classes)))))
+    if not picks:
+        return stats, embedding
+    idx = np.concatenate(picks)
+    return stats[idx], embedding[idx]
+
+
+def latest_batch(
+    kind: str, featurizer, length: int, shape: list | None
+) -> tuple[np.ndarray, np.ndarray] | str:
     """The features of the batch in data/raw (the latest collected), or why there are none."""
     from models.features import features
     from tasks.core.pictures import read_pixels
@@ -73,6 +106,8 @@ def latest_batch(kind: str, featurizer, length: int) -> tuple[np.ndarray, np.nda
         if len({a.shape for a in shaped}) != 1:
             return "the latest batch's images differ in size"
         x = np.stack(shaped).astype(np.float32) / 255.0
+        if shape is not None and list(x.shape[1:]) != list(shape):
+            return f"the latest batch's images ({list(x.shape[1:])}) do not fit the champion's ({shape})"
         try:
             return features("image", x, featurizer)
         except RuntimeError as err:  # another layout than the featurizer's: that is drift in itself
@@ -99,20 +134,25 @@ def run(params: Params, now: float | None = None) -> dict:
         ref = Reference(store.folder(tag) / "reference")
     except FileNotFoundError:
         raise GenloopError(
-            f"{tag} was registered without a drift reference (by an older genloop): evaluate again"
+            f"{tag} was registered without a drift reference (by an older genloop), and a version's files "
+            "are fixed once registered: train a new version (or `genloop rollback` to one that has it)"
         ) from None
     kind, names = ref.kind, tuple(ref.info["stats"])
     now = time.time() if now is None else now
     log = logs.ServingLogs(logs.files(mp.logs, SERVING))
-    prefix = f"{name}:"
+    prefix = f"{name}:"  # every version of the line: one that is served but not champion is drift
+    start = champion_since(name, tag)
     if mp.window_samples:
-        rows = log.samples(prefix, until=now, last=mp.window_samples)
+        rows = log.samples(prefix, since=start, until=now, last=mp.window_samples)
         since = min((r["at"] for r in rows), default=now)
     else:
-        since = now - mp.window_hours * 3600
+        since = max(now - mp.window_hours * 3600, start or 0.0)
         rows = log.samples(prefix, since=since, until=now)
+    width = ref.part("samples")[1].shape[1]  # rows of another featurizer's width are left out
     methods = mp.methods.model_dump()
-    compare = dict(methods=methods, min_samples=mp.min_samples, max_rows=mp.max_rows)
+    compare = dict(
+        methods=methods, min_samples=mp.min_samples, max_rows=mp.max_rows, embedding_plot=mp.embedding_plot
+    )
     results: list[checks.Check] = []
 
     # (a) input: the latest collected batch against the training data
@@ -121,7 +161,7 @@ def run(params: Params, now: float | None = None) -> dict:
         exists = (ref.folder / FEATURIZER_INFO).is_file()
         eye = ImageFeaturizer.load(ref.folder) if exists else ImageFeaturizer(None)
     train = _side(kind, names, *ref.part("train"))
-    batch = latest_batch(kind, eye, params.require("evaluate").text.length)
+    batch = latest_batch(kind, eye, params.require("evaluate").text.length, ref.info.get("shape"))
     if isinstance(batch, str):
         drift = "do not fit" in batch or "holds" in batch
         results.append(checks.Check("input", "drift" if drift else "no data", note=batch))
@@ -130,7 +170,7 @@ def run(params: Params, now: float | None = None) -> dict:
 
     # (b) request: the labels (images) or prompts (text) asked for
     if kind == "image":
-        asked = [r["label"] for r in rows if r["label"] is not None]
+        asked = [r["label"] for r in rows if r["label"] is not None and r["asked"]]
         counts: dict[str, float] = {}
         for label in asked:
             counts[label] = counts.get(label, 0) + 1
@@ -141,13 +181,19 @@ def run(params: Params, now: float | None = None) -> dict:
             current = {"n": len(asked), "counts": {"labels": counts}}
             results.append(checks.compare("request", {"n": 10_000, "counts": expected}, current, **compare))
     else:
-        prompts = logs.arrays(rows, "prompt_stats", "prompt_embedding")
+        first = {}  # one prompt per request, however many samples it asked for
+        for r in rows:
+            first.setdefault(r["request_id"], r)
+        prompts = logs.arrays(list(first.values()), "prompt_stats", "prompt_embedding")
         reference_prompts = _side(kind, names, *ref.part("prompts"))
         results.append(checks.compare("request", reference_prompts, _side(kind, names, *prompts), **compare))
 
     # (c) output: the served samples against the champion's own, and against real data
-    served = _side(kind, names, *logs.arrays(rows))
-    results.append(checks.compare("output", _side(kind, names, *ref.part("samples")), served, **compare))
+    served = _side(kind, names, *logs.arrays(rows, width=width))
+    own = ref.part("samples")
+    if kind == "image":
+        own = _like(own, ref.arrays.get("samples_labels", np.array([])), [r["label"] for r in rows])
+    results.append(checks.compare("output", _side(kind, names, *own), served, **compare))
     results.append(checks.compare("output_vs_real", train, served, **compare))
 
     # (d) ratings: this window against the one before
@@ -237,7 +283,7 @@ def _prune(keep: int) -> None:
 
 
 def emit(decision: dict) -> None:
-    """The Prefect event retraining listens to, when there is drift."""
+    """The Prefect event a retrain trigger listens for, when there is drift."""
     from prefect.events import emit_event
 
     emit_event(

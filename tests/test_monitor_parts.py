@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from prefect.testing.fixtures import asserting_events_worker  # noqa: F401 Prefect's own harness
 
-from models.features import NGRAM_BUCKETS, TEXT_STATS, text_features
+from models.features import NGRAM_BUCKETS, TEXT_STATS, bigram_buckets, text_features
 
 
 def test_text_features_are_fixed_per_text_whatever_the_process():
@@ -20,8 +20,12 @@ def test_text_features_are_fixed_per_text_whatever_the_process():
     length, letters, digits = stats[0][:3]
     assert length == 15 and letters == pytest.approx(10 / 15) and digits == pytest.approx(2 / 15)
     assert grams[0].sum() == pytest.approx(1.0) and grams[1].sum() == pytest.approx(1.0)
-    # the bucket of "ab" is arithmetic ((97 * 31 + 98) % 64), not Python's per-process str hash
-    assert grams[1][(97 * 31 + 98) % NGRAM_BUCKETS] == 1.0
+    # a fixed hash, not Python's per-process one; and letters do not share buckets with digits wholesale
+    ab = int(bigram_buckets(np.array([ord("a")], np.uint64), np.array([ord("b")], np.uint64))[0])
+    assert grams[1][ab] == 1.0
+    letters = {int(b) for b in bigram_buckets(*np.array([[ord("p")] * 26, range(97, 123)], np.uint64))}
+    digits = {int(b) for b in bigram_buckets(*np.array([[ord("0")] * 10, range(48, 58)], np.uint64))}
+    assert len(letters) > 10 and letters != digits
 
 
 def test_the_log_migration_keeps_the_rows_of_an_older_file(tmp_path):
@@ -185,3 +189,18 @@ def test_drift_emits_the_event_retraining_listens_to(asserting_events_worker):  
     assert event.event == EVENT == "genloop.drift.detected"
     assert event.resource.id == "genloop.model.genloop-sklearn-digits-vae:abc"
     assert event.payload["drifted_checks"] == ["output"] and event.payload["scores"]["output"] == 2.5
+
+
+def test_the_embedding_plot_is_drawn_only_when_asked(tmp_path):
+    from tasks.monitoring.checks import compare, save_html
+
+    rng = np.random.default_rng(1)
+    reference, current = side(rng, 300), side(rng, 150, shift=1.0)
+    plain = compare("output", reference, current, METHODS, 100, 300)
+    drawn = compare("output", reference, current, METHODS, 100, 300, embedding_plot=True)
+    assert plain.plot is None and drawn.plot is not None and drawn.features == plain.features
+    assert save_html([plain], tmp_path / "plain.html") and save_html([drawn], tmp_path / "drawn.html")
+    page = (tmp_path / "drawn.html").read_text()
+    assert (
+        "Drift in embeddings" in page and "Drift in embeddings" not in (tmp_path / "plain.html").read_text()
+    )

@@ -35,6 +35,7 @@ class Check:
     features: list[dict] = field(default_factory=list)  # feature, method, score, threshold, drifted
     note: str = ""
     snapshot: object = None  # the Evidently snapshot, for the HTML report
+    plot: object = None  # Evidently's embeddings snapshot with its t-SNE (monitor.embedding_plot)
 
     @property
     def drifted(self) -> list[str]:
@@ -130,7 +131,7 @@ def compare(
             _mmd(reference["embedding"], current["embedding"], methods["embedding"], max_rows)
         )
         if embedding_plot:
-            check.snapshot = _embedding_report(reference["embedding"], current["embedding"], pd)
+            check.plot = _embedding_report(reference["embedding"], current["embedding"], pd)
     check.status = "drift" if check.drifted else "ok"
     return check
 
@@ -205,11 +206,11 @@ def save_html(checks: list[Check], path: Path) -> bool:
     from evidently.core.metric_types import render_widgets
     from evidently.legacy.renderers.html_widgets import group_widget
 
-    sections = [
-        group_widget(title=f"{check.name}: {check.status}", widgets=check.snapshot._widgets)  # its parts
-        for check in checks
-        if check.snapshot is not None
-    ]
+    sections = []
+    for check in checks:
+        widgets = [w for snap in (check.snapshot, check.plot) if snap is not None for w in snap._widgets]
+        if widgets:  # a snapshot's parts, as its own save_html draws them
+            sections.append(group_widget(title=f"{check.name}: {check.status}", widgets=widgets))
     if not sections:
         return False
     path.write_text(render_widgets(sections, as_iframe=False), encoding="utf-8")

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-COLUMNS = "id, at, model, seed, position, n, label, prompt_stats, prompt_embedding, stats, embedding"
+COLUMNS = (
+    "id, request_id, at, model, seed, position, n, label, asked, "
+    "prompt_stats, prompt_embedding, stats, embedding"
+)
 
 
 def files(patterns: list[str], default: Path) -> list[Path]:
@@ -56,7 +59,7 @@ class ServingLogs:
         sql = f"SELECT {COLUMNS} FROM samples WHERE at < ? AND at >= ? AND model >= ? AND model < ?"
         args: tuple = (until, since if since is not None else 0.0, prefix, prefix + "\uffff")
         sql += " ORDER BY at DESC" + (f" LIMIT {int(last)}" if last else "")
-        rows = sorted(self._query(sql, args), key=lambda r: r[1], reverse=True)
+        rows = sorted(self._query(sql, args), key=lambda r: r[2], reverse=True)
         rows = rows[:last] if last else rows
         keys = COLUMNS.split(", ")
         return [dict(zip(keys, row, strict=True)) for row in rows]
@@ -68,10 +71,13 @@ class ServingLogs:
 
 
 def arrays(
-    rows: list[dict], stats: str = "stats", embedding: str = "embedding"
+    rows: list[dict], stats: str = "stats", embedding: str = "embedding", width: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The rows' (stats (N, k), embedding (N, D)) as float32; rows without them are left out."""
+    """The rows' (stats (N, k), embedding (N, D)) as float32; rows without them, or whose embedding is
+    not `width` wide (another featurizer's), are left out."""
     kept = [r for r in rows if r.get(stats) is not None and r.get(embedding) is not None]
+    if width is not None:
+        kept = [r for r in kept if len(r[embedding]) == 4 * width]
     if not kept:
         return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
     s = np.array([json.loads(r[stats]) for r in kept], dtype=np.float32)

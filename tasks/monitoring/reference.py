@@ -3,10 +3,11 @@
 evaluate writes it into artifacts/evaluate/reference/ and registers it with the version (reference/ in
 the version's folder, so in its Bento too):
 - reference.npz: the features (models/features.py) of the training split (images: up to ROWS of the
-  originals; text: ROWS snippets of the served sample length), of the model's own samples drawn at
-  evaluate, and for text of training snippets of prompt length (what requested prompts are compared
-  with);
-- reference.json: the data kind, the statistics' names, the training split's label shares, row counts;
+  originals; text: ROWS snippets of the served sample length), of the model's own samples (images:
+  with their classes) and for text of training snippets of prompt length (what requested prompts are
+  compared with);
+- reference.json: the data kind, the statistics' names, the training split's label shares, the image
+  shape, row counts;
 - featurizer.safetensors and featurizer.json (images): the eye that embeds every served sample, the
   same one that embedded the reference.
 """
@@ -37,8 +38,8 @@ def snippets(text: str, n: int, length: tuple[int, int] | int, seed: int) -> lis
 
 def build(split, model, samples, featurizer_dir: Path | None, sample_length: int, out: Path) -> Path:
     """Write the reference of `model` on `split` (tasks/quality/measure.py: Split) into `out`. Its own
-    samples: for images ROWS fresh ones, classes in the training split's shares (seed 0); for text the
-    texts its evaluation drew (`samples`: generating is slow)."""
+    samples: for images ROWS fresh ones, classes in the training split's shares (seed 0); for text as
+    many as its evaluation drew (`samples`), at the serving defaults."""
     from models.features import FEATURIZER_INFO, FEATURIZER_WEIGHTS, ImageFeaturizer, features, stat_names
 
     if out.exists():
@@ -62,12 +63,18 @@ def build(split, model, samples, featurizer_dir: Path | None, sample_length: int
         condition = rng.choice(known, ROWS).tolist() if model.data.get("classes") and len(known) else None
         drawn = model.sample(ROWS, condition=condition, seed=0).cpu().numpy()
         parts = {"train": x[pick] / 255.0, "samples": drawn}
+        # each sample's class: the monitor compares served samples with reference ones of the same mix
+        arrays["samples_labels"] = np.array([classes[c] for c in condition] if condition else [], dtype=str)
+        info["shape"] = list(x.shape[1:])
         info["labels"] = {c: float((known == i).mean()) for i, c in enumerate(classes)} if len(known) else {}
     else:
         text = split.text["train"]
+        # at the serving defaults (model.gpt.temperature, top_k), as the service draws: not evaluate's
+        drawn = model.sample(len(samples), seed=0, length=sample_length)
+        prompt = len(drawn[0]) - sample_length
         parts = {
             "train": snippets(text, ROWS, sample_length, seed=1),
-            "samples": list(samples)[:ROWS],
+            "samples": [t[prompt:] for t in drawn],
             "prompts": snippets(text, ROWS, PROMPT_CHARS, seed=2),
         }
         info["labels"] = {}

@@ -103,6 +103,11 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}</style></head><
     return path
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: one line, its pipes escaped (a note may hold an error's text)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def markdown(decision: dict, chart_path: Path) -> str:
     """The Prefect artifact: verdict, a row per check, the chart inline."""
     lines = [
@@ -113,7 +118,7 @@ def markdown(decision: dict, chart_path: Path) -> str:
         "| check | status | score / threshold | samples | drifted or note |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {' | '.join(row)} |" for row in _rows(decision)]
+    lines += [f"| {' | '.join(_cell(c) for c in row)} |" for row in _rows(decision)]
     if chart_path.is_file():
         lines += ["", f"![scores over time]({_data_uri(chart_path)})"]
     return "\n".join(lines)
