@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from service.settings import Settings
 
-SAMPLE_ID = r"^[0-9a-f]{32}-[0-9]+$"  # what /generate hands out: <request id>-<index>
+# what /generate hands out: <request id>-<index>, the index without leading zeros (one id per sample)
+SAMPLE_ID = r"^[0-9a-f]{32}-(0|[1-9][0-9]*)$"
 
 
 def _openapi_nullable(schema: dict) -> None:

@@ -76,6 +76,10 @@ class Store:
         folder = folder or default_dir()
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "serving.db"
+        # users' comments and what they asked for: readable by the service's user only (SQLite gives
+        # its -wal and -shm files the database file's permissions)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(self.path, 0o600)
         self.lock = threading.Lock()
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -53,8 +53,10 @@ def test_the_log_migration_keeps_the_rows_of_an_older_file(tmp_path):
     db.execute("INSERT INTO feedback VALUES (?,?,?,?,?)", ("r1-0", time.time(), 4, "fine", "genloop-x:1"))
     db.commit()
     db.close()
+    (tmp_path / "serving.db").chmod(0o644)
     store = Store(tmp_path)
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert (tmp_path / "serving.db").stat().st_mode & 0o777 == 0o600  # comments: the owner's only
     assert store.known_sample("r1-1") and store.db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 1
     store.log_request(
         "r2",

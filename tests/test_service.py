@@ -74,6 +74,10 @@ def test_routes(site):
     r = httpx.post(site.url + "/feedback", json={"sample_id": sample, "rating": 4, "comment": "a fine 7"})
     assert r.status_code == 200 and r.json()["stored"] is True
     assert (sample, 4, "a fine 7") in feedback_rows(site)
+    padded = sample.replace("-0", "-00")  # the same index written another way is not another sample
+    r = httpx.post(site.url + "/feedback", json={"sample_id": padded, "rating": 4})
+    assert r.status_code == 400 and "sample_id" in r.json()["error"]
+    assert (site.root / ".genloop/serving/serving.db").stat().st_mode & 0o777 == 0o600
 
     db = sqlite3.connect(site.root / ".genloop/serving/serving.db")
     logged = db.execute("SELECT n, seed, label, sample_ids FROM requests WHERE seed = 5").fetchall()
