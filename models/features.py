@@ -14,9 +14,12 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a net runs: the monitor's text paths never need it
+    import torch
 
 IMAGE_STATS = ("mean", "std", "ink")
 TEXT_STATS = ("length", "letters", "digits", "spaces", "punctuation", "upper", "word_length")
@@ -52,6 +55,8 @@ class ImageFeaturizer:
         images = np.asarray(images, dtype=np.float32)
         if self.net is None:
             return images.reshape(len(images), int(np.prod(images.shape[1:])))
+        import torch
+
         with torch.inference_mode():
             out = [
                 self.net.features(torch.as_tensor(images[i : i + batch])).numpy()

@@ -8,11 +8,13 @@ flow read the same file, `$GENLOOP_SERVING_DIR/serving.db`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # Version 0: requests and feedback. Version 1 adds a row per served sample (what the drift monitor reads)
@@ -44,22 +46,29 @@ MIGRATIONS = (
 )
 
 
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE (the write lock at once, not at the first write) ... COMMIT, or ROLLBACK."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 def migrate(db: sqlite3.Connection) -> int:
     """Bring the file to the newest schema, one transaction per step (PRAGMA user_version counts
     them). Returns the version it found."""
     found = db.execute("PRAGMA user_version").fetchone()[0]
     for version in range(found, len(MIGRATIONS)):
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             if db.execute("PRAGMA user_version").fetchone()[0] == version:  # not done by another process
                 for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {version + 1}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
     return found
 
 
@@ -87,14 +96,8 @@ class Store:
         migrate(self.db)
 
     def _write(self, sql: str, row: tuple) -> None:
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.execute(sql, row)
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self.lock, transaction(self.db):
+            self.db.execute(sql, row)
 
     def log_request(
         self, request_id: str, model: str, req: dict, latency_ms: float, samples: list[dict]
@@ -107,35 +110,29 @@ class Store:
 
         now = time.time()
         ids = [s["id"] for s in samples]
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.execute(
-                    "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        with self.lock, transaction(self.db):
+            self.db.execute(
+                "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    request_id, now, model, req.get("n"), req.get("seed"),
+                    None if req.get("label") is None else str(req["label"]),
+                    len(req.get("prompt") or ""), req.get("temperature"), req.get("length"),
+                    latency_ms, "{}", json.dumps(ids),
+                ),
+            )  # fmt: skip
+            self.db.executemany(
+                "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
                     (
-                        request_id, now, model, req.get("n"), req.get("seed"),
-                        None if req.get("label") is None else str(req["label"]),
-                        len(req.get("prompt") or ""), req.get("temperature"), req.get("length"),
-                        latency_ms, "{}", json.dumps(ids),
-                    ),
-                )  # fmt: skip
-                self.db.executemany(
-                    "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            s["id"], request_id, now, model, req["seed"], i, len(samples), s.get("label"),
-                            int(bool(s.get("asked"))), s.get("prompt"),
-                            json.dumps(s["prompt_stats"]) if s.get("prompt_stats") else None,
-                            _blob(s.get("prompt_embedding"), np), req.get("temperature"), req.get("length"),
-                            json.dumps(s["stats"]), _blob(s["embedding"], np), latency_ms,
-                        )
-                        for i, s in enumerate(samples)
-                    ],
-                )  # fmt: skip
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+                        s["id"], request_id, now, model, req["seed"], i, len(samples), s.get("label"),
+                        int(bool(s.get("asked"))), s.get("prompt"),
+                        json.dumps(s["prompt_stats"]) if s.get("prompt_stats") else None,
+                        _blob(s.get("prompt_embedding"), np), req.get("temperature"), req.get("length"),
+                        json.dumps(s["stats"]), _blob(s["embedding"], np), latency_ms,
+                    )
+                    for i, s in enumerate(samples)
+                ],
+            )  # fmt: skip
 
     def known_sample(self, sample_id: str) -> bool:
         """Sample ids are `<request id>-<index>`: one primary-key lookup, however long the log."""

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BIN, free_port, new_project
-from tests.test_evaluate import LENIENT, SMALL_VAE
+from tests.conftest import BIN, free_port
+from tests.test_service import deployed_champion
 from tests.test_train import QUICK
 
 pytestmark = pytest.mark.slow
@@ -28,17 +28,11 @@ WINDOWS = 20  # in-distribution windows for the false-alarm rate
 @pytest.fixture(scope="module")
 def watched(tmp_path_factory):
     """A champion VAE, deployed; undeployed at the end."""
-    project = new_project(tmp_path_factory.mktemp("monitor") / "project")
-    project.set_params(
-        model=SMALL_VAE,
-        train=QUICK | {"max_steps": 240, "steps_per_epoch": 40},
-        evaluate=LENIENT,
-        serve={"port": free_port(), "ready_timeout_s": 90, "max_samples": 50},
+    project = deployed_champion(
+        tmp_path_factory.mktemp("monitor") / "project",
+        {"max_samples": 50},
         monitor={"window_samples": WINDOW, "min_samples": WINDOW},
     )
-    project.run("dvc", "repro", "package", check=True)
-    project.run("genloop", "deploy", check=True)
-    project.url = json.loads((project.root / ".genloop/deploy/current.json").read_text())["url"]
     yield project
     project.run("genloop", "undeploy")
 

@@ -26,21 +26,31 @@ CHROMIUM = Path("/usr/bin/chromium")
 LINE = "genloop-sklearn-digits-vae"  # the registry's name of the line: data.source and model.family
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """A project with a champion VAE, packaged and deployed; undeployed at the end."""
-    project = new_project(tmp_path_factory.mktemp("service") / "project")
+def deployed_champion(root: Path, serve: dict, env: dict | None = None, **params):
+    """A project whose briefly trained VAE passed a lenient gate, was packaged and is deployed."""
+    project = new_project(root)
     project.set_params(
         model=SMALL_VAE,
         train=QUICK | {"max_steps": 240, "steps_per_epoch": 40},
         evaluate=LENIENT,  # a baseline and a gate the quick model passes: it is champion
-        serve={"port": free_port(), "ready_timeout_s": 90, "max_concurrency": 2},
+        serve={"port": free_port(), "ready_timeout_s": 90} | serve,
+        **params,
     )
-    log = project.root.parent / "params-read.jsonl"
-    project.run("dvc", "repro", "package", check=True, env={"GENLOOP_PARAMS_LOG": str(log)})
-    assert undeclared_params(log) == {}  # package with a champion reads serve and package: both listed
+    project.run("dvc", "repro", "package", check=True, env=env)
     project.run("genloop", "deploy", check=True)
     project.url = json.loads((project.root / ".genloop/deploy/current.json").read_text())["url"]
+    return project
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A project with a champion VAE, packaged and deployed; undeployed at the end."""
+    root = tmp_path_factory.mktemp("service")
+    log = root / "params-read.jsonl"
+    project = deployed_champion(
+        root / "project", {"max_concurrency": 2}, env={"GENLOOP_PARAMS_LOG": str(log)}
+    )
+    assert undeclared_params(log) == {}  # package with a champion reads serve and package: both listed
     yield project
     project.run("genloop", "undeploy")
 
