@@ -160,9 +160,9 @@ def serve(
     serve_params = params.require("serve")
     args = [f"--arg={k}={v}" for k, v in package.settings(params, model).items()]
     os.environ["GENLOOP_SERVING_DIR"] = str(SERVING.resolve())
-    bentoml_cli = os.path.join(os.path.dirname(sys.executable), "bentoml")
     address = ["--host", serve_params.host, "--port", str(port or serve_params.port)]
-    os.execv(bentoml_cli, [bentoml_cli, "serve", "service.service:Genloop", *address, *args])
+    launch = [sys.executable, "-m", "tasks.serving.launch"]  # bentoml serve, no control port on TCP
+    os.execv(sys.executable, [*launch, "serve", "service.service:Genloop", *address, *args])
 
 
 @app.command()

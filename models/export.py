@@ -41,13 +41,30 @@ def describe(folder: str | Path) -> dict[str, Any]:
     return d
 
 
-def load(folder: str | Path, map_location: str = "cpu"):  # -> GenerativeModel
+def load(folder: str | Path, map_location: str = "cpu", sha256: str | None = None):  # -> GenerativeModel
     """Rebuild an exported model on the device `map_location`: JSON for the shape, safetensors for the
-    weights (no pickle)."""
+    weights (no pickle); with `sha256`, the weights must have that hash (a registered version's
+    `weights_sha256`), else ValueError."""
+    if sha256 is not None:
+        check_weights(Path(folder) / WEIGHTS, sha256)
     d = describe(folder)
     model = build(d["family"], d["config"], d["data"]).to(map_location)  # load_model copies into place
     load_weights(model.net, Path(folder) / WEIGHTS, map_location)
     return model.eval()
+
+
+def check_weights(path: Path, sha256: str) -> None:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    if h.hexdigest() != sha256:
+        raise ValueError(
+            f"{path} does not match its weights_sha256 ({path.stat().st_size} bytes, damaged or incomplete): "
+            "not loading it"
+        )
 
 
 def load_weights(net, path: str | Path, device: str = "cpu") -> None:

@@ -62,7 +62,8 @@ class Generator:
         from models import export
 
         self.device = "cuda" if torch.cuda.is_available() and SETTINGS.gpu else "cpu"
-        self.model = export.load(self.model_ref.path, map_location=self.device).to(self.device)
+        expected = bentoml.models.get(SETTINGS.model).info.metadata.get("weights_sha256")
+        self.model = export.load(self.model_ref.path, self.device, sha256=expected).to(self.device)
         self.kind = KIND
         self.featurizer = None
         if KIND == "image":  # the drift monitor's eye, kept with the version (tasks/monitoring/reference.py)

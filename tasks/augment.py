@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.core import paths
+from tasks.core import datasets, paths
 from tasks.core.datasets import SPLITS, class_order
 from tasks.core.orchestration import publish_table, repro
 from tasks.core.params import AugmentParams, ImageAugment, Params
@@ -139,6 +139,7 @@ def process(manifest: dict, p: AugmentParams, out: Path, raw: Path = paths.RAW) 
     """The splits of a collected manifest's files (under `raw`) and their meta.json, written into `out`."""
     make = process_images if manifest["kind"] == "image" else process_text
     meta = make(manifest["files"], p, out, raw) | {"source": manifest["source"], "seed": p.seed}
+    meta["sha256"] = datasets.hashes(out)  # checked by every reader (tasks/core/datasets.py)
     (out / "meta.json").write_text(dumps(meta))
     return meta
 

@@ -22,7 +22,7 @@ from prefect import task
 from tasks.core.errors import GenloopError
 from tasks.core.params import Params, line
 from tasks.core.storage import read_json, write_json
-from tasks.registry import champions, store
+from tasks.registry import bentos, champions, store
 from tasks.serving import process
 from tasks.serving.process import DEPLOY
 
@@ -79,6 +79,7 @@ def _require_bento(bento: str) -> None:
             f"Bentos here: {', '.join(known[-8:])}" if known else "there are none yet: run the package stage"
         )
         raise GenloopError(f"no Bento {bento!r} in {store.home()}/bentos; {hint}") from None
+    bentos.verify(bento)  # whole, and its model's weights intact
 
 
 def deploy(params: Params, bento: str | None = None, reason: str = "deploy") -> dict:

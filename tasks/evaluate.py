@@ -33,16 +33,19 @@ MODEL = paths.EXPORT
 OWN_LINE = "give it a line of its own with model.name (auto names a line after its data source and family)"
 
 
-def load_champion(tag: str | None, split, line: str, family: str) -> tuple[object | None, str]:
+def load_champion(
+    tag: str | None, split, line: str, family: str, challenger: str
+) -> tuple[object | None, str]:
     """The champion model of the line. A line is one family on one dataset layout: a model of another
     family or layout (shape, classes or vocabulary) never replaces its champion, it belongs to a line
-    of its own."""
+    of its own. A champion with the challenger's version has its weights: read from the challenger's
+    export, so a damaged registry copy of it is registered again rather than read."""
     from models import export
     from tasks.registry import store
 
     if tag is None:
         return None, "no champion yet"
-    folder = store.folder(tag)
+    folder = MODEL if tag == challenger else store.folder(tag)
     described = export.describe(folder)
     if described["family"] != family:
         raise GenloopError(
@@ -186,7 +189,7 @@ def run(params: Params) -> dict:
     labels["git"] = str(trail["git"]["commit"])[:12]
     for _ in range(3):  # a flow that promotes meanwhile changes the champion: judge against the new one
         champion_tag = champions.champion(name)
-        champion_model, champion_note = load_champion(champion_tag, split, line, model.family)
+        champion_model, champion_note = load_champion(champion_tag, split, line, model.family, tag)
         champion = measure.model(champion_model)[0] if champion_model is not None else None
         decision = decide(
             model.family,

@@ -19,7 +19,7 @@ from tasks.core.errors import GenloopError
 from tasks.core.orchestration import publish_table, repro
 from tasks.core.params import Params, line
 from tasks.core.storage import content_hash, read_json, write_json
-from tasks.registry import champions, store
+from tasks.registry import bentos, champions, store
 
 OUT = paths.ARTIFACTS / "package" / "bento.json"
 SERVE_DEPS = ("bentoml", "torch", "numpy", "safetensors", "pillow", "pydantic")  # models/ and service/
@@ -49,13 +49,17 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
     model = model or champions.champion(name)
     if model is None:
         raise GenloopError(f"{name} has no champion yet: run evaluate (dvc repro evaluate) first")
+    store.verify(model)  # never package damaged weights
     args = settings(params, model)
     version = f"{model.split(':')[1]}-{content_hash(args)[:8]}"
     tag = f"genloop:{version}"
     bentoml = store.bentoml()
     try:
         bentoml.get(tag)
-    except bentoml.exceptions.NotFound:
+        bentos.verify(tag)
+    except (bentoml.exceptions.NotFound, GenloopError) as missing:
+        if isinstance(missing, GenloopError):
+            bentoml.bentos.delete(tag)  # incomplete: build it again
         info = store.info(model)
         lineage = info["metadata"].get("lineage", {})
         labels = {
@@ -64,18 +68,20 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
             "git": str((lineage.get("git") or {}).get("commit"))[:12],
             "data": str((lineage.get("dvc") or {}).get("data/processed", ""))[:12],
         }
-        bentoml.bentos.build(
-            "service.service:Genloop",
-            name="genloop",
-            version=version,
-            labels=labels,
-            description="genloop: generate samples from the champion model, rate them",
-            include=["service/*.py", "service/ui/*", "models/*.py"],
-            python={"packages": pinned()},
-            models=[model],
-            args=args,
-            build_ctx=".",
-        )
+        with bentos.staged(tag) as bento_store:
+            bentoml.bentos.build(
+                "service.service:Genloop",
+                name="genloop",
+                version=version,
+                labels=labels,
+                description="genloop: generate samples from the champion model, rate them",
+                include=["service/*.py", "service/ui/*", "models/*.py"],
+                python={"packages": pinned()},
+                models=[model],
+                args=args,
+                build_ctx=".",
+                _bento_store=bento_store,
+            )
     result = {"bento": tag, "model": model, "settings": args}
     if record:
         write_json(OUT, result)

@@ -1,7 +1,9 @@
 """validate: a Great Expectations gate on data/raw. A failing batch stops the pipeline.
 
 Each file becomes one row of features (decodable, shape, value range, digest, ... or for text:
-UTF-8 validity, size, charset coverage, PII hits); a GX expectation suite per data kind checks them.
+UTF-8 validity, size, charset coverage, e-mail addresses, secrets found by detect-secrets:
+tasks/ingest/secrets.py); a GX expectation suite per data kind checks them. A batch holding a secret
+is kept aside for its owner only (.genloop/quarantine/, 0600), never under artifacts/.
 What is expected comes from params.yaml, or with `auto` (the default for image shape, channels and
 labels, and for the text charset) from the dataset's reference, recorded from its first batch that
 passed (tasks/ingest/reference.py): pointing data.source at a folder of your own is all it takes.
@@ -28,15 +30,9 @@ from tasks.ingest import batches, reference
 from tasks.ingest.batches import describe_failures
 from tasks.ingest.reference import Expected
 
-# E-mail addresses and API-key-like tokens (AWS, GitHub, Slack, OpenAI-style, generic key=value).
-PII_PATTERNS = [
-    re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
-    re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"),
-    re.compile(r"\bsk-[A-Za-z0-9_-]{20,}\b"),
-    re.compile(r"(?i)\b(?:api[_-]?key|secret|access[_-]?token)\b\s*[:=]\s*['\"]?[A-Za-z0-9/+_\-]{16,}"),
-]
+# Personal data: e-mail addresses (a share of files may hold some: validate.text.max_pii_file_rate).
+# Secrets (keys, tokens, passwords) are detect-secrets' job and stop any batch (tasks/ingest/secrets.py).
+PII_PATTERNS = [re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")]
 PRINTABLE_ASCII = frozenset(chr(c) for c in range(32, 127)) | {"\n", "\t", "\r"}
 EXAMPLES = 3  # files named per failure in the message (the summary lists them all)
 
@@ -101,6 +97,9 @@ def text_features(texts: dict[str, str | None], allowed: frozenset[str] | None):
     a dataset's first batch defines its charset)."""
     import pandas as pd
 
+    from tasks.ingest import secrets
+
+    found = secrets.scan(texts)
     rows = []
     for path, text in texts.items():
         text = text or ""
@@ -116,6 +115,10 @@ def text_features(texts: dict[str, str | None], allowed: frozenset[str] | None):
                 "charset_coverage": inside / len(text) if text else 0.0,
                 "outside": "".join(outside[:12]),
                 "pii_hits": sum(len(p.findall(text)) for p in PII_PATTERNS),
+                "secret_hits": len(found.get(path, [])),
+                "secrets": "; ".join(
+                    f"line {n} ({kind})" for n, kind in found.get(path, [])
+                ),  # never the value
             }
         )
     return pd.DataFrame(rows)
@@ -196,6 +199,7 @@ def text_suite(params: Params) -> list:
         gxe.ExpectColumnSumToBeBetween(column="n_chars", min_value=e.min_chars),
         gxe.ExpectColumnValuesToBeBetween(column="charset_coverage", min_value=e.min_charset_coverage),
         gxe.ExpectColumnValuesToBeBetween(column="pii_hits", max_value=0, mostly=1 - e.max_pii_file_rate),
+        gxe.ExpectColumnValuesToBeBetween(column="secret_hits", max_value=0),
     ]
 
 
@@ -349,9 +353,18 @@ def explain(f: dict, frame, expected: dict[str, Expected], params: Params) -> st
         )
     if col == "pii_hits":
         return (
-            f"personal data: expected at most {txt.max_pii_file_rate:.0%} of files with an e-mail address or "
-            f"API-key-like token (validate.text.max_pii_file_rate); found {len(files)}: {_examples(files)} "
+            f"personal data: expected at most {txt.max_pii_file_rate:.0%} of files with an e-mail address "
+            f"(validate.text.max_pii_file_rate); found {len(files)}: {_examples(files)} "
             "(remove them, or raise validate.text.max_pii_file_rate)"
+        )
+    if col == "secret_hits":
+        rows = frame[frame["path"].isin(files)].sort_values("path")
+        spots = [f"{r.path}: {r.secrets}" for r in rows.itertuples()]
+        more = f"; and {len(spots) - EXAMPLES} more file(s)" if len(spots) > EXAMPLES else ""
+        return (
+            f"secrets: a model trained on them can repeat them to anyone; found in {len(files)} file(s): "
+            f"{'; '.join(spots[:EXAMPLES])}{more}. Remove them (a line that only looks like one passes with "
+            "`pragma: allowlist secret` on it)"
         )
     return f"{f['expectation']}({col}): observed {f['observed']}; files: {_examples(files)}"
 
@@ -361,6 +374,7 @@ def run(params: Params) -> dict:
     """Validate data/raw; raise GenloopError (after writing the summary and data docs) when it fails."""
     import pandas as pd
 
+    batches.check_raw()  # the files are what collect wrote (and the manifest says)
     manifest = read_json(paths.MANIFEST)
     files, kind, source = manifest["files"], manifest["kind"], manifest["source"]
     shutil.rmtree(paths.DATA_DOCS, ignore_errors=True)  # docs of this run only
@@ -408,7 +422,8 @@ def run(params: Params) -> dict:
         summary["reference"] = str(reference.path_of(source))
     if failures:
         summary["expected_from"] = {k: {"from": e.origin, "param": e.param} for k, e in expected.items()}
-        summary["rejected"] = batches.reject()
+        holds_secrets = any(f["column"] == "secret_hits" for f in failures)
+        summary["rejected"] = batches.reject(private=holds_secrets)
     else:
         if ref is None:  # the dataset's first batch that passed: its schema is the reference from now on
             made = schema(expected, texts)

@@ -195,9 +195,9 @@ def test_a_line_keeps_one_family_and_one_layout(tmp_path, monkeypatch, family, c
     monkeypatch.setattr(store, "folder", lambda tag: tmp_path / "champion")
     split = Split({"kind": "image", "shape": [1, 8, 8], "classes": classes}, {})
     with pytest.raises(GenloopError, match=says):
-        evaluate.load_champion("genloop-x:1", split, "x", family)
+        evaluate.load_champion("genloop-x:1", split, "x", family, "genloop-x:2")
     same = Split({"kind": "image", "shape": [1, 8, 8], "classes": ["0", "1"]}, {})
-    assert evaluate.load_champion("genloop-x:1", same, "x", "gan")[0].family == "gan"
+    assert evaluate.load_champion("genloop-x:1", same, "x", "gan", "genloop-x:2")[0].family == "gan"
 
 
 def models_config(family: str) -> dict:

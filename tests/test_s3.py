@@ -82,14 +82,14 @@ def test_corrupt_object_is_caught_by_its_etag(s3):
     s3.put_object(Bucket="corrupt", Key="x/a.txt", Body=b"hello world")
     listed = s3.list_objects_v2(Bucket="corrupt", Prefix="x/")["Contents"][0]
     tampered = {**listed, "ETag": '"' + "0" * 32 + '"'}  # what a corrupted transfer would look like
-    assert _get_verified(s3, "corrupt", listed, retries=1) == b"hello world"
-    with pytest.raises(GenloopError, match="failed 2 times: Corrupt: MD5 does not match the ETag"):
-        _get_verified(s3, "corrupt", tampered, retries=2)
+    assert _get_verified(s3, "corrupt", listed, retries=1, timeout_s=10) == b"hello world"
+    with pytest.raises(GenloopError, match=r"failed 2 time\(s\) in 20 s .*Corrupt: MD5 does not match"):
+        _get_verified(s3, "corrupt", tampered, retries=2, timeout_s=10)
 
 
-def test_only_a_broken_or_damaged_transfer_is_read_again():
-    """botocore retries the request itself (connections, throttling, 5xx); our loop reads an object
-    again only when its transfer broke or arrived damaged, and never on a refusal or a bug."""
+def test_only_a_broken_damaged_or_busy_transfer_is_read_again():
+    """One retry layer: botocore does not retry a GET; our loop reads an object again when its
+    transfer broke, arrived damaged, could not connect or S3 was busy, never on a refusal or a bug."""
     from botocore.exceptions import (
         ClientError,
         EndpointConnectionError,
@@ -108,10 +108,11 @@ def test_only_a_broken_or_damaged_transfer_is_read_again():
         ResponseStreamingError(error="connection reset"),
         ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
         ConnectionResetError(),
+        answer("SlowDown", 503),
+        answer("InternalError", 500),
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
     ]
     not_again = [
-        answer("SlowDown", 503),  # botocore's standard mode has retried these already
-        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
         answer("AccessDenied", 403),
         answer("NoSuchKey", 404),
         ValueError("a bug"),
@@ -131,12 +132,58 @@ def test_a_bug_is_not_retried(s3, monkeypatch):
     s3.put_object(Bucket="buggy", Key="x/a.txt", Body=b"hello")
     listed = s3.list_objects_v2(Bucket="buggy", Prefix="x/")["Contents"][0]
     with pytest.raises(KeyError):  # a listing entry without its size: our bug, not the network's
-        _get_verified(s3, "buggy", {k: v for k, v in listed.items() if k != "Size"}, retries=5)
+        _get_verified(s3, "buggy", {k: v for k, v in listed.items() if k != "Size"}, retries=5, timeout_s=10)
     assert naps == []
     tampered = {**listed, "ETag": '"' + "0" * 32 + '"'}
     with pytest.raises(GenloopError):
-        _get_verified(s3, "buggy", tampered, retries=3)
+        _get_verified(s3, "buggy", tampered, retries=3, timeout_s=10)
     assert naps == [0.5, 1.0]  # a damaged transfer is read again, with backoff (none after the last try)
+
+
+@pytest.mark.parametrize("fault", ["hang", "trickle"])
+def test_a_hanging_object_fails_by_its_deadline_with_one_retry_layer(monkeypatch, fault):
+    """An endpoint whose GET never answers (or sends a byte now and then) is asked exactly `retries`
+    times, not retries x botocore's attempts, and the object fails by (retries + 1) x timeout_s."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    gets, stop = [], threading.Event()
+
+    class Stuck(BaseHTTPRequestHandler):
+        def do_GET(self):
+            gets.append(self.path)
+            if fault == "trickle":  # headers at once, then a byte every 0.2 s: no read ever times out
+                self.send_response(200)
+                self.send_header("Content-Length", str(1 << 20))
+                self.end_headers()
+                while not stop.is_set():
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    stop.wait(0.2)
+            stop.wait(60)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stuck)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "any")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    params = load(REPO / "params.yaml").collect.model_copy(update={"retries": 3, "timeout_s": 1.0})
+    listed = {"Key": "x/a.png", "Size": 1 << 20, "ETag": '"' + "0" * 32 + '"'}
+    started = time.monotonic()
+    try:
+        with pytest.raises(GenloopError, match=r"s3://b/x/a.png failed \d time\(s\) in 3 s"):
+            _get_verified(client(params, retry=False), "b", listed, params.retries, params.timeout_s)
+    finally:
+        stop.set()
+        server.shutdown()
+    assert 1 <= len(gets) <= params.retries  # one retry layer: never retries x botocore's attempts
+    assert time.monotonic() - started <= (params.retries + 1) * params.timeout_s + 2  # the deadline
 
 
 @pytest.mark.parametrize("case", ["unreachable", "no-bucket", "empty-prefix", "bad-key"])

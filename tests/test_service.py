@@ -258,6 +258,7 @@ def test_a_broken_bento_is_rolled_back(site):
         "max_samples: 16", "max_samples: 0"
     )  # an invalid setting: the service cannot start
     (broken / "bento.yaml").write_text(spec)
+    relist(broken)  # whole, as far as its file list goes: it fails only when it starts
     proc = site.run("genloop", "deploy", "--bento", "genloop:nosuch")
     assert proc.returncode == 1 and "no Bento 'genloop:nosuch'" in proc.stderr and good in proc.stderr
     assert "bentoml pull" not in proc.stderr
@@ -268,6 +269,56 @@ def test_a_broken_bento_is_rolled_back(site):
     assert [e["event"] for e in log[-2:]] == ["deploy failed", "restore"]
     status = site.run("genloop", "status", check=True).stdout
     assert good in status and "deploy failed" in status and site.url in status
+
+
+def relist(bento: Path) -> None:
+    from tasks.core.storage import write_json
+    from tasks.registry.bentos import FILES, _listing
+
+    write_json(bento / FILES, _listing(bento))
+
+
+def test_only_the_service_port_listens_on_tcp(site):
+    """BentoML's process manager (circus) takes commands on a control endpoint with no authentication;
+    a deployment keeps it on Unix sockets in a private folder, so the service port is all there is."""
+    import psutil
+
+    record = json.loads((site.root / ".genloop/deploy/current.json").read_text())
+    server = psutil.Process(record["pid"])
+    tcp, unix = set(), set()
+    for proc in [server, *server.children(recursive=True)]:
+        tcp |= {c.laddr.port for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        unix |= {c.laddr for c in proc.net_connections("unix") if c.laddr}
+    assert tcp == {record["port"]}
+    control = [Path(u) for u in unix if Path(u).name == "control"]
+    assert control and all(p.parent.stat().st_mode & 0o077 == 0 for p in control)  # 0700: ours alone
+
+
+def test_a_damaged_model_or_incomplete_bento_is_refused_and_repaired(site):
+    record = json.loads((site.root / ".genloop/deploy/current.json").read_text())
+    good, model = record["bento"], record["model"]
+    bentos = site.root / ".genloop/bentoml/bentos/genloop"
+    partial = bentos / "partial"  # a copy killed early: bento.yaml and part of its source
+    shutil.copytree(bentos / good.split(":")[1], partial)
+    (partial / "bento.yaml").write_text(
+        (partial / "bento.yaml").read_text().replace(good.split(":")[1], "partial")
+    )
+    (partial / "src/service/service.py").unlink()
+    proc = site.run("genloop", "deploy", "--bento", "genloop:partial")
+    assert proc.returncode == 1 and "incomplete: src/service/service.py is missing" in proc.stderr
+    assert httpx.get(site.url + "/version").json()["model"] == model  # still serving, untouched
+
+    weights = site.root / ".genloop/bentoml/models" / model.replace(":", "/") / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:-1648])  # what a kill during registration used to leave
+    for args in (("deploy",), ("stage", "package")):
+        proc = site.run("genloop", *args)
+        assert proc.returncode == 1 and f"model version {model} is damaged" in proc.stderr, args
+    assert httpx.get(site.url + "/version").json()["model"] == model
+    site.run("genloop", "stage", "evaluate", check=True)  # registers the version again, whole
+    assert weights.read_bytes() == whole
+    site.run("genloop", "deploy", check=True)
+    assert httpx.get(site.url + "/version").json()["model"] == model
 
 
 def test_rollback_returns_to_the_previous_champion(site):

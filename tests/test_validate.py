@@ -87,7 +87,50 @@ def test_invalid_utf8_and_pii(project, text_folder):
     got = failed(summary)
     assert got["expect_column_values_to_be_in_set:utf8_valid"] == ["files/broken.txt"]
     assert got["expect_column_values_to_be_between:pii_hits"] == ["files/leak.txt"]
+    assert got["expect_column_values_to_be_between:secret_hits"] == ["files/leak.txt"]  # the AWS key
     assert "files/leak.txt" in message
+
+
+# Each kind a hand-written gate missed; the values are made up, in each kind's real format.
+SECRETS = {
+    "env.txt": "run it with\nexport GENLOOP_API_KEY=sk-test-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c\n",
+    "aws.txt": "[default]\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYzzEXAMPLEKEY\n",
+    "stripe.txt": "charge with sk_live_4eC39HqLyjWDarjtT1zdp7dc today\n",
+    "github.txt": "token: github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP\n",
+    "jwt.txt": "session eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4"
+    "gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c\n",
+    "pem.txt": "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM2\n"
+    "-----END RSA PRIVATE KEY-----\n",
+    "google.txt": "maps key AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY\n",
+    "password.txt": "db settings\npassword=hunter2correcthorse\n",
+    "bearer.txt": "curl -H 'Authorization: Bearer abcdef0123456789abcdef0123456789'\n",
+}
+
+
+def test_secrets_stop_the_batch_named_by_file_line_and_kind_never_shown(project, text_folder):
+    for name, text in SECRETS.items():
+        (text_folder / name).write_text(text)
+    project.set_params(data={"source": str(text_folder)}, model={"family": "gpt"})
+    message, summary = failing(project)
+    assert sorted(failed(summary)["expect_column_values_to_be_between:secret_hits"]) == sorted(
+        f"files/{name}" for name in SECRETS
+    )
+    assert "files/aws.txt: line 2 (Secret Keyword)" in message
+    assert "files/bearer.txt: line 1 (Bearer Token)" in message
+    values = ["4f9a8b7c6d5e", "wJalrXUtnFEMI", "4eC39HqLyjWDarjtT1zdp7dc", "github_pat_11ABCDEFG",
+              "SflKxwRJSM", "MIIEpAIBAAKCAQEA", "AIzaSyD-9tSrke72", "hunter2correcthorse",
+              "abcdef0123456789abcdef"]  # fmt: skip
+    published = [project.root / "artifacts", project.root / "data"]
+    for folder in published:  # summary, data docs, a rejected batch: none repeats a secret
+        for f in (p for p in folder.rglob("*") if p.is_file()):
+            content = f.read_bytes()
+            assert not [v for v in values if v.encode() in content], f
+    assert not any(v in message for v in values)
+    quarantined = project.root / ".genloop/quarantine"
+    assert summary["rejected"] == ".genloop/quarantine"
+    assert (quarantined / "files/aws.txt").stat().st_mode & 0o777 == 0o600
+    assert all(p.stat().st_mode & 0o077 == 0 for p in [quarantined, *quarantined.rglob("*")])
+    assert not (project.root / "artifacts/validate/rejected").exists()
 
 
 def test_small_corpus_and_charset(project, tmp_path):

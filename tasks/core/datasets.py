@@ -3,7 +3,8 @@ name a dataset goes by.
 
 data/processed/meta.json describes the dataset: kind, shape and classes (images) or vocabulary (text),
 split sizes, source and seed. Images are {split}_x.npy (uint8, N x C x H x W) and {split}_y.npy (int64
-class ids); text is {split}.npy (uint16 character ids).
+class ids); text is {split}.npy (uint16 character ids). meta.json's `sha256` holds each of those
+files' hash, checked whenever they are loaded: data changed behind DVC's back is refused.
 """
 
 from __future__ import annotations
@@ -30,11 +31,34 @@ def load_splits(
     if not meta_path.is_file():
         raise GenloopError(f"{meta_path} not found: run the data stages first (dvc repro augment)")
     meta = json.loads(meta_path.read_text())
+    files = {s: [f"{s}_x.npy", f"{s}_y.npy"] if meta["kind"] == "image" else [f"{s}.npy"] for s in names}
+    check(processed, [f for s in names for f in files[s]], meta.get("sha256"))
     if meta["kind"] == "image":
         splits = {s: (np.load(processed / f"{s}_x.npy"), np.load(processed / f"{s}_y.npy")) for s in names}
     else:
         splits = {s: (np.load(processed / f"{s}.npy"), None) for s in names}
     return meta, splits
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    """sha256 of each split file in a processed folder (what meta.json records)."""
+    from tasks.core.storage import sha256_file
+
+    return {p.name: sha256_file(p) for p in sorted(Path(folder).glob("*.npy"))}
+
+
+def check(folder: Path, names: list[str], recorded: dict[str, str] | None) -> None:
+    """Refuse split files that differ from what augment wrote (a flipped byte in DVC's cache, an edit)."""
+    from tasks.core.storage import sha256_file
+
+    if recorded is None:
+        return  # written before hashes were recorded
+    for name in names:
+        if sha256_file(folder / name) != recorded.get(name):
+            raise GenloopError(
+                f"{folder / name} is not what augment wrote (its sha256 differs from meta.json): the data "
+                "changed or was damaged; run `dvc repro -f augment` to write it again"
+            )
 
 
 def class_order(labels) -> list[str]:

@@ -9,6 +9,7 @@ MANIFEST = RAW / "manifest.json"
 STATE = Path(".genloop")
 RAW_PENDING = STATE / "raw.pending"
 RAW_PREVIOUS = STATE / "raw.previous"
+QUARANTINE = STATE / "quarantine"  # a rejected batch holding secrets: its owner's eyes only
 PROCESSED = DATA / "processed"
 
 ARTIFACTS = Path("artifacts")

@@ -77,11 +77,13 @@ def staged_dir(target: str | Path, keep_previous: Path | None = None) -> Iterato
     """Yield an empty sibling folder; on success it replaces `target` whole, on error it is dropped.
 
     A stage that fails half-way therefore leaves its previous output exactly as it was. With
-    `keep_previous`, the replaced folder is moved there instead of being deleted.
+    `keep_previous`, the replaced folder is moved there instead of being deleted. A staging folder
+    left by a killed run (its process is gone) is removed by the next one.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+    remove_orphans(target.parent, f".{target.name}.staging-")
+    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-{os.getpid()}-"))
     try:
         yield stage
     except BaseException:
@@ -95,6 +97,27 @@ def staged_dir(target: str | Path, keep_previous: Path | None = None) -> Iterato
     os.replace(stage, target)
     if keep_previous is None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's: alive
+    return True
+
+
+def remove_orphans(folder: Path, prefix: str) -> list[Path]:
+    """Remove `prefix<pid>-*` folders (and older `prefix*` ones without a pid) whose process is gone."""
+    removed = []
+    for old in Path(folder).glob(f"{prefix}*"):
+        pid = old.name[len(prefix) :].split("-", 1)[0]
+        if not (pid.isdigit() and pid_alive(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
 
 
 def inside(root: str | Path, relative: str) -> Path:

@@ -2,8 +2,9 @@
 
 collect puts a new batch in data/raw and marks it pending, keeping the last validated batch aside
 (.genloop/raw.previous). validate then accepts it (the copy aside is dropped) or rejects it: the batch
-moves to artifacts/validate/rejected/ for inspection and the last validated batch returns to data/raw,
-so a bad batch leaves data/ exactly as it was.
+moves to artifacts/validate/rejected/ for inspection (one holding secrets to .genloop/quarantine/,
+readable by its owner only, never among the artifacts) and the last validated batch returns to
+data/raw, so a bad batch leaves data/ exactly as it was.
 """
 
 from __future__ import annotations
@@ -48,17 +49,28 @@ def accept() -> None:
     paths.RAW_PENDING.unlink(missing_ok=True)
 
 
-def reject() -> str | None:
-    """Undo the pending batch; returns where it went (None if data/raw was not a fresh batch)."""
+def reject(private: bool = False) -> str | None:
+    """Undo the pending batch; returns where it went (None if data/raw was not a fresh batch).
+    `private`: it holds secrets, so it goes where only its owner can read it."""
     if not paths.RAW_PENDING.exists():
+        if private:  # not a fresh batch (data/raw was validated before?): still nothing readable by others
+            _owner_only(paths.RAW)
         return None
-    shutil.rmtree(paths.REJECTED, ignore_errors=True)
-    paths.REJECTED.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(paths.RAW, paths.REJECTED)
+    target = paths.QUARANTINE if private else paths.REJECTED
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        _owner_only(paths.RAW)  # before it moves: never readable by others on the way
+    os.replace(paths.RAW, target)
     if paths.RAW_PREVIOUS.exists():
         os.replace(paths.RAW_PREVIOUS, paths.RAW)
     paths.RAW_PENDING.unlink()
-    return str(paths.REJECTED)
+    return str(target)
+
+
+def _owner_only(folder: Path) -> None:
+    for p in [folder, *folder.rglob("*")]:
+        p.chmod(0o700 if p.is_dir() else 0o600)
 
 
 def describe_failures(summary: dict) -> str:
@@ -102,4 +114,26 @@ def require_passed() -> dict:
         )
     if not is_validated():
         raise GenloopError("data/raw changed since it was validated: run validate first")
+    check_raw()
     return summary
+
+
+def check_raw(raw: Path = paths.RAW) -> None:
+    """Every file of data/raw as its manifest records it (sha256): a byte flipped in DVC's cache and
+    restored by `dvc checkout` is refused here, not trained on. Files the manifest lacks are refused too."""
+    from tasks.core.storage import sha256_file
+
+    manifest = read_json(raw / "manifest.json")
+    listed = {f["path"]: f["sha256"] for f in manifest["files"]}
+    changed = [p for p, digest in listed.items() if not (raw / p).is_file() or sha256_file(raw / p) != digest]
+    present = {p.relative_to(raw).as_posix() for p in (raw / "files").rglob("*") if p.is_file()}
+    extra = sorted(present - set(listed))
+    if changed or extra:
+        found = [f"{p} (changed or missing)" for p in changed[:5]] + [
+            f"{p} (not in the manifest)" for p in extra[:5]
+        ]
+        raise GenloopError(
+            f"data/raw is not what collect wrote: {', '.join(found)}"
+            f"{' ...' if len(changed) + len(extra) > 10 else ''}; run `dvc checkout data/raw` from a good "
+            "cache, or collect again (`dvc repro -f collect`)"
+        )

@@ -2,10 +2,15 @@
 
 Paginated listing, concurrent downloads, retries with exponential backoff, and every object checked
 against its size, its ETag (when it is a plain MD5) and its S3 checksum (validated by botocore).
+
+One retry layer per object: botocore does not retry a GET (its own retries would multiply ours), and
+each object has a deadline of `retries` x `timeout_s` in all. An object that cannot be read fails after
+at most (retries + 1) x timeout_s: the deadline, plus one socket read that was waiting when it passed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -21,14 +26,16 @@ def split_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def client(params: CollectParams):  # -> botocore S3 client
+def client(params: CollectParams, retry: bool = True):  # -> botocore S3 client
+    """The listing client retries its requests itself (botocore's standard mode); `retry=False` is for
+    GETs, which _get_verified retries against a deadline."""
     import boto3
     from botocore.config import Config
 
     config = Config(
         connect_timeout=params.timeout_s,
         read_timeout=params.timeout_s,
-        retries={"max_attempts": params.retries, "mode": "standard"},
+        retries={"total_max_attempts": params.retries if retry else 1, "mode": "standard"},
         max_pool_connections=max(10, params.workers),
         response_checksum_validation="when_supported",
     )
@@ -71,32 +78,86 @@ class Corrupt(OSError):
     """An object whose bytes do not match its listing (size) or its ETag (MD5): a damaged transfer."""
 
 
+class Overdue(TimeoutError):
+    """The object's deadline (collect.retries x collect.timeout_s) passed while it was read."""
+
+
 def read_again(err: Exception) -> bool:
-    """Worth reading the object again: its transfer broke off, timed out or arrived damaged. The request
-    itself botocore has already retried on connection errors, throttling and 5xx answers (standard mode,
-    collect.retries attempts); a refusal (access denied, no such key) or a bug here fails at once."""
+    """Worth reading the object again: its transfer broke off, timed out or arrived damaged, the
+    endpoint could not be reached, or S3 answered "busy" (throttling, 5xx). A refusal (access denied,
+    no such key) or a bug here fails at once."""
     from botocore.exceptions import (
         ChecksumError,
+        ClientError,
         ConnectionClosedError,
+        EndpointConnectionError,
         FlexibleChecksumError,
         IncompleteReadError,
         ReadTimeoutError,
         ResponseStreamingError,
     )
 
+    if isinstance(err, ClientError):
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = err.response.get("Error", {}).get("Code", "")
+        return status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout")
     broken = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ConnectionClosedError)
-    return isinstance(
-        err, (Corrupt, ChecksumError, FlexibleChecksumError, *broken, ConnectionError, TimeoutError)
-    )
+    damaged = (Corrupt, ChecksumError, FlexibleChecksumError)
+    unreachable = (EndpointConnectionError, ConnectionError, TimeoutError)
+    return isinstance(err, (*broken, *damaged, *unreachable)) and not isinstance(err, Overdue)
 
 
-def _get_verified(s3, bucket: str, obj: dict, retries: int) -> bytes:
-    """Download one object, reading it again (with backoff) until its size and checksums agree."""
+def _read_by(body, deadline: float) -> bytes:
+    """The whole streaming body. At the deadline its connection is shut, which ends a read still
+    waiting: a body that trickles in a byte at a time never times out by itself."""
+    import socket
+    import threading
+
+    cut = threading.Event()
+
+    def shut() -> None:
+        cut.set()
+        sock = _socket_of(body)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), shut)
+    timer.daemon = True
+    timer.start()
+    try:
+        data = body.read()
+    except Exception:
+        if cut.is_set():
+            raise Overdue("still arriving at the deadline") from None
+        raise
+    finally:
+        timer.cancel()
+    if cut.is_set():
+        raise Overdue("still arriving at the deadline")
+    return data
+
+
+def _socket_of(body):  # botocore StreamingBody -> urllib3 response -> http.client response -> socket
+    raw = getattr(body, "_raw_stream", None)
+    conn = getattr(raw, "connection", None)
+    if getattr(conn, "sock", None) is not None:
+        return conn.sock
+    return getattr(getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
+
+
+def _get_verified(s3, bucket: str, obj: dict, retries: int, timeout_s: float) -> bytes:
+    """Download one object, reading it again (with backoff) until its size and checksums agree, at
+    most `retries` times and until `retries` x `timeout_s` have passed."""
     etag = obj["ETag"].strip('"')
+    deadline = time.monotonic() + retries * timeout_s
     last: Exception | None = None
-    for attempt in range(retries):
+    attempts = 0
+    while attempts < retries:
+        attempts += 1
         try:
-            body = s3.get_object(Bucket=bucket, Key=obj["Key"], ChecksumMode="ENABLED")["Body"].read()
+            response = s3.get_object(Bucket=bucket, Key=obj["Key"], ChecksumMode="ENABLED")
+            body = _read_by(response["Body"], deadline)
             if len(body) != obj["Size"]:
                 raise Corrupt(f"size {len(body)} != listed {obj['Size']}")
             # A multipart ETag ("...-N") is not an MD5 of the body; botocore's checksum check covers those.
@@ -104,19 +165,24 @@ def _get_verified(s3, bucket: str, obj: dict, retries: int) -> bytes:
                 raise Corrupt("MD5 does not match the ETag")
             return body
         except Exception as err:
-            if not read_again(err):
+            if not (read_again(err) or isinstance(err, Overdue)):
                 raise
             last = err
-            if attempt < retries - 1:
-                time.sleep(min(0.5 * 2**attempt, 8.0))
-    raise GenloopError(f"s3://{bucket}/{obj['Key']} failed {retries} times: {type(last).__name__}: {last}")
+            nap = min(0.5 * 2 ** (attempts - 1), 8.0)
+            if attempts >= retries or isinstance(err, Overdue) or time.monotonic() + nap >= deadline:
+                break
+            time.sleep(nap)
+    raise GenloopError(
+        f"s3://{bucket}/{obj['Key']} failed {attempts} time(s) in {retries * timeout_s:g} s "
+        f"(collect.retries x collect.timeout_s): {type(last).__name__}: {last}"
+    )
 
 
 def download_prefix(uri: str, dest: Path, params: CollectParams) -> list[Entry]:
     from tqdm import tqdm
 
     bucket, prefix = split_uri(uri)
-    s3 = client(params)
+    s3, gets = client(params), client(params, retry=False)
     try:
         objects = list_objects(s3, bucket, prefix)
     except Exception as err:
@@ -127,7 +193,9 @@ def download_prefix(uri: str, dest: Path, params: CollectParams) -> list[Entry]:
         ThreadPoolExecutor(max_workers=params.workers) as pool,
         tqdm(total=sum(o["Size"] for o in objects), unit="B", unit_scale=True, desc=f"collect {uri}") as bar,
     ):
-        futures = {pool.submit(_get_verified, s3, bucket, o, params.retries): o for o in objects}
+        futures = {
+            pool.submit(_get_verified, gets, bucket, o, params.retries, params.timeout_s): o for o in objects
+        }
         for fut in as_completed(futures):
             obj = futures[fut]
             try:

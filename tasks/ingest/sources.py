@@ -37,7 +37,9 @@ def label_of(relative: str) -> str | None:
 
 def put(dest: Path, relative: str, data: bytes, source: str) -> Entry:
     """Store one file under dest/files/ and describe it."""
-    target = inside(dest, f"files/{relative}")
+    if relative.startswith("/") or {".", ".."} & set(relative.split("/")):
+        raise GenloopError(f"{source}: its name {relative!r} steps out of its folder (. or ..): refused")
+    target = inside(dest / "files", relative)  # nor may a symlink lead out of files/
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
     return Entry(f"files/{relative}", sha256_bytes(data), len(data), source, label_of(relative))

@@ -5,17 +5,25 @@ one dataset layout, tasks/core/params.py: line) in the store
 (`$BENTOML_HOME`, by default `.genloop/bentoml` in the project) with its lineage and metrics as
 metadata, its model card and pictures beside the weights. A version's metadata is fixed once saved:
 which version is champion lives in the alias record (champions.py).
+
+The store never holds half an item: a version (or a Bento, tasks/package.py) is written into its own
+store under `staging/` and moved into place by one rename once complete; what a killed write leaves
+in `staging/` is removed by the next one. A version's weights are checked against its
+`weights_sha256` whenever it is registered, read, packaged or served.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tasks.core import paths
 from tasks.core.errors import GenloopError
-from tasks.core.storage import sha256_file
+from tasks.core.storage import remove_orphans, sha256_file
 
 PREFIX = "genloop-"
 FILES = ("model.safetensors", "model.json", paths.TRAINING_RECORD)  # an exported model
@@ -44,22 +52,86 @@ def register(
     folder: Path, line: str, version: str, metadata: dict, labels: dict[str, str], extra: dict[str, Path]
 ) -> str:
     """Save the exported model in `folder` (and `extra` files by relative name: card, pictures) as
-    version `version` of line `line`; an existing version is left as it was. Returns the tag."""
+    version `version` of line `line`; an existing intact version is left as it was, a damaged one
+    (weights not matching their hash) is replaced. Returns the tag."""
     bento = bentoml()
     tag = f"{name_of(line)}:{version}"
     try:
         bento.models.get(tag)
+        verify(tag)
         return tag
     except bento.exceptions.NotFound:
         pass
+    except GenloopError:
+        bento.models.delete(tag)  # a damaged copy of what is being registered now: write it again
     metadata = _no_none({**metadata, "weights_sha256": sha256_file(folder / FILES[0])})
     files = {f: folder / f for f in FILES if (folder / f).is_file()}
-    with bento.models.create(tag, labels=labels, metadata=metadata) as model:
-        for name, file in {**files, **extra}.items():
-            target = Path(model.path) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(file, target)
+    from bentoml._internal.models.model import ModelStore
+
+    with staging("models") as (root, publish):
+        with bento.models.create(
+            tag, labels=labels, metadata=metadata, _model_store=ModelStore(root)
+        ) as model:
+            for name, file in {**files, **extra}.items():
+                target = Path(model.path) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(file, target)
+        publish(tag)
+    verify(tag)
     return tag
+
+
+@contextlib.contextmanager
+def staging(kind: str) -> Iterator[tuple[str, object]]:
+    """A private store for one item of `kind` ("models" or "bentos") beside the real one, and
+    `publish(tag)`, which moves the finished item into the real store in one rename."""
+    real = _bentoml_home()
+    root = real / "staging"
+    root.mkdir(parents=True, exist_ok=True)
+    remove_orphans(root, "")  # left by a killed write (its process is gone)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
+
+    def publish(tag: str) -> None:
+        name, version = tag.split(":")
+        target = real / kind / name / version
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp / name / version, target)  # atomic: the item is there whole, or not at all
+        except OSError:
+            if not target.is_dir():
+                raise  # else a concurrent write of the same item got there first: keep that one
+        latest = real / kind / name / "latest"
+        latest.write_text(version)
+
+    try:
+        yield str(tmp), publish
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bentoml_home() -> Path:
+    """The home BentoML itself uses (it reads BENTOML_HOME once, at import)."""
+    bentoml()
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.bentoml_home.get())
+
+
+def verify(tag: str) -> Path:
+    """A version's folder, after checking its weights against the `weights_sha256` it was registered
+    with: a clear error, never a half-copied model."""
+    path = _folder(tag)
+    expected = bentoml().models.get(tag).info.metadata.get("weights_sha256")
+    weights = path / FILES[0]
+    if not weights.is_file():
+        raise GenloopError(f"model version {tag} is damaged: {weights} is missing")
+    if expected is not None and sha256_file(weights) != expected:
+        raise GenloopError(
+            f"model version {tag} is damaged: {weights} does not match its weights_sha256 "
+            f"({weights.stat().st_size} bytes): `genloop stage evaluate` registers it again, or delete it "
+            f"with `bentoml models delete {tag}`"
+        )
+    return path
 
 
 def _no_none(obj):
@@ -72,7 +144,11 @@ def _no_none(obj):
 
 
 def folder(tag: str) -> Path:
-    """The folder holding a version's model.safetensors and model.json."""
+    """The folder holding a version's model.safetensors and model.json, its weights checked."""
+    return verify(tag)
+
+
+def _folder(tag: str) -> Path:
     bento = bentoml()
     try:
         return Path(bento.models.get(tag).path)

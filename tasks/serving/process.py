@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from tasks.core import paths
 from tasks.registry import store
@@ -57,10 +56,10 @@ def start(bento: str, host: str, port: int) -> dict:
     DEPLOY.mkdir(parents=True, exist_ok=True)
     log_path = DEPLOY / f"{bento.replace(':', '-')}.log"
     env = {**os.environ, "GENLOOP_SERVING_DIR": str(SERVING.resolve()), "BENTOML_DO_NOT_TRACK": "true"}
-    bentoml_cli = Path(sys.executable).parent / "bentoml"
+    launch = [sys.executable, "-m", "tasks.serving.launch"]  # bentoml serve, no control port on TCP
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [str(bentoml_cli), "serve", bento, "--host", host, "--port", str(port)],
+            [*launch, "serve", bento, "--host", host, "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
