@@ -67,7 +67,7 @@ class Server:
     def __exit__(self, *exc) -> None:
         from tasks.serving.process import stop
 
-        stop(self.proc.pid)
+        stop({"pid": self.proc.pid, "started": None})
 
 
 async def load(url: str, body, concurrency: int, seconds: float) -> dict:

@@ -190,11 +190,16 @@ def rollback() -> None:
 
 @app.command()
 def undeploy() -> None:
-    """Stop the deployed service cleanly."""
+    """Stop the deployed service: requests in flight finish first."""
     from tasks.deploy import undeploy as stop
 
     record = stop()
-    typer.echo(f"stopped {record['bento']} (was at {record['url']})" if record else "nothing was deployed")
+    if record is None:
+        typer.echo("nothing was deployed")
+    elif not record["running"]:
+        typer.echo(f"{record['bento']} was not running (its process is gone); its record is removed")
+    else:
+        typer.echo(f"stopped {record['bento']} (was at {record['url']})")
 
 
 @app.command()

@@ -83,8 +83,15 @@ def deployment(console: Console) -> None:
                 f"{served.split(':')[0]} is {champion}: package and deploy it "
                 "(genloop stage package && genloop deploy)"
             )
+    pending = deploy.interrupted()
+    if pending is not None:
+        console.print(
+            f"[bold yellow]Unfinished deploy:[/] {pending['bento']} since {pending['since']} (pid "
+            f"{pending.get('pid', '-')}): still starting, or interrupted; the next genloop deploy, rollback "
+            "or undeploy stops what it left"
+        )
     for event in deploy.history(5):
-        detail = event.get("why") or event.get("reason") or event.get("url") or ""
+        detail = event.get("why") or event.get("reason") or event.get("url") or event.get("what") or ""
         console.print(f"  {event['at']}  {event['event']:<14} {event.get('bento', '')}  {detail}")
 
 

@@ -4,6 +4,8 @@
   `Authorization: Bearer <key>` (compared in constant time), else 401.
 - Bodies over `max_body_bytes` get 413, before the handler reads them.
 - `docs` off: BentoML's API docs page at / (which loads a third-party script) answers 404.
+- An API request counts once its whole body has arrived (a body still arriving after `timeout_s`
+  gets 408), so clients sending slowly hold no slot.
 - More than `max_concurrency` API requests in flight get 429 (with Retry-After) at once, and one
   running past `timeout_s` gets 504; health checks are never queued behind them, so /readyz answers
   while the service is saturated.
@@ -12,6 +14,8 @@
 - Every 4xx answer, on every route, has one shape, {"error": "<one line>"}: BentoML's validation errors
   (a list of pydantic errors with documentation links), its list-wrapped exceptions and Starlette's
   plain-text 404 and 405 are rewritten.
+- With `GENLOOP_SERVER_ID` set (by deploy), every answer carries it as `x-genloop-server`: while a new
+  deployment starts beside the old one on a shared port, deploy tells their answers apart.
 - The OpenAPI document (/docs.json) gains what this guard answers (401, 413, 415, 429, 504), the
   required body, and a link from a generated sample to rating it.
 """
@@ -28,6 +32,7 @@ OPEN = ("/livez", "/readyz", "/healthz")  # no key: health checks
 PAGE = "/ui"  # no key: the page and its static files (its requests carry the key)
 LIMITED = ("/generate", "/feedback")
 DOCS = ("/", "/docs.json")  # BentoML's API docs page and its OpenAPI file
+SERVER_ID = os.environ.get("GENLOOP_SERVER_ID", "").encode()
 
 
 class Guard:
@@ -41,6 +46,8 @@ class Guard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if SERVER_ID:
+            send = _tagged(send)
         path, headers = scope["path"], dict(scope["headers"])
         if not self.docs and (path in DOCS or path.startswith("/static_content/")):
             return await _reply(send, 404, "the API docs page is switched off (serve.docs: false)")
@@ -62,6 +69,16 @@ class Guard:
                 return await _reply(send, 413, f"request body over {self.max_body} bytes")
         if scope["method"] == "POST" and (problem := _not_json(headers.get(b"content-type"))):
             return await _reply(send, 415, problem)
+        # The body first, within the time limit: a client trickling it in holds no slot meanwhile.
+        try:
+            body = await asyncio.wait_for(_whole_body(receive), self.timeout)
+        except TooLarge:
+            return await _reply(send, 413, f"request body over {self.max_body} bytes")
+        except TimeoutError:
+            return await _reply(send, 408, f"the request body did not arrive within {self.timeout:g} s")
+        if body is None:
+            return None  # the client went away
+        receive = _replay(body, receive)
         if self.in_flight >= self.max_concurrency:
             return await _reply(send, 429, f"busy: {self.max_concurrency} requests in flight, retry shortly",
                                 [(b"retry-after", b"1")])  # fmt: skip
@@ -107,7 +124,72 @@ class Guard:
         return wrapped
 
 
+async def _whole_body(receive) -> bytes | None:
+    """The request body (`receive` is bounded: TooLarge past max_body_bytes); None if the client left."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """A receive that hands the app the body already read, then passes on (for a disconnect)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class OneLineClientErrors:
+    """A logging filter: BentoML logs every rejected request (400) with a full traceback; a client's
+    mistake becomes one line saying what was wrong (never the input itself)."""
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not _client_error(exc):
+            return True
+        record.msg = f"{record.getMessage()}: client error: {_summary(exc)}"
+        record.args, record.exc_info, record.exc_text = (), None, None
+        record.levelno, record.levelname = 20, "INFO"
+        return True
+
+
+def _client_error(exc: BaseException) -> bool:
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return True
+    return isinstance(exc, BentoMLException) and exc.error_code.value < 500
+
+
+def _summary(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_input=False, include_context=False, include_url=False)
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)[:500]
+    return " ".join(str(exc).split())[:500]
+
+
+def quiet_client_errors() -> None:
+    import logging
+
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(OneLineClientErrors())
+
+
 ANSWERS = {  # what Guard itself answers on the API routes, for the OpenAPI document
+    "408": "The request body did not arrive within the service's time limit",
     "413": "Request body too large",
     "415": "Request body not sent as application/json",
     "429": "Too many requests in flight; retry after Retry-After seconds",
@@ -157,6 +239,15 @@ def _rewrite_json(send, rewrite):
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
+def _tagged(send):
+    async def wrapped(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"x-genloop-server", SERVER_ID)]}
+        await send(message)
 
     return wrapped
 

@@ -24,12 +24,13 @@ from pathlib import Path
 import bentoml
 from bentoml.exceptions import NotFound, ServiceUnavailable
 
-from service.guard import Guard
+from service.guard import Guard, quiet_client_errors
 from service.pictures import png
 from service.requests import FeedbackRequest, generate_request
 from service.settings import Settings
 
 SETTINGS = bentoml.use_arguments(Settings)
+quiet_client_errors()
 UI = Path(__file__).parent / "ui"
 
 

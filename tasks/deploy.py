@@ -1,10 +1,16 @@
 """deploy / rollback / undeploy: run a Bento as a managed background `bentoml serve` on this machine.
 
 A deployment is one process group (tasks/serving/process.py) with a record in .genloop/deploy/:
-`current.json` (what is serving, where, since when) and `log.jsonl` (every deploy, failure, rollback
-and undeploy, appended). Deploying stops the running Bento, starts the new one, waits for /readyz and
-sends a smoke request through BentoML's own client; if any of that fails, the new process is stopped
-and the previous Bento started again, so a broken Bento never stays in place of a working one.
+`current.json` (what is serving, where, since when, which processes) and `log.jsonl` (every deploy,
+failure, rollback, undeploy and repair, appended). One deploy, rollback or undeploy runs at a time
+(a file lock); each first repairs what a killed one left (`reconcile`).
+
+Deploying starts the new Bento beside the running one, on the same port (SO_REUSEPORT), after
+recording it in `starting.json`; it waits for the new server's /readyz and a smoke request answered
+by it, and only then records it as current and stops the old one, which finishes the requests in
+flight. Clients see no refused connection. If the new one fails, it is stopped and the old one never
+stopped serving. (A deployment started before servers shared their port is stopped first, as is one
+on another port.)
 
 A rollback returns the model line to its previous champion, packages it (rewriting
 artifacts/package/bento.json, so a later `genloop deploy`, the deploy flow and `dvc repro` all build on
@@ -13,9 +19,11 @@ the restored champion) and deploys it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+from collections.abc import Iterator
 
 from prefect import task
 
@@ -26,7 +34,8 @@ from tasks.registry import bentos, champions, store
 from tasks.serving import process
 from tasks.serving.process import DEPLOY
 
-CURRENT, LOG = DEPLOY / "current.json", DEPLOY / "log.jsonl"
+CURRENT, LOG, STARTING = DEPLOY / "current.json", DEPLOY / "log.jsonl", DEPLOY / "starting.json"
+LOCK_WAIT_S = 600  # a deploy waits this long for another one to finish
 
 
 def _now() -> str:
@@ -41,13 +50,59 @@ def _log(event: dict) -> None:
         os.fsync(f.fileno())
 
 
+_locks: dict = {}
+
+
+@contextlib.contextmanager
+def locked() -> Iterator[None]:
+    """One deploy, rollback or undeploy at a time (re-entrant: a rollback deploys under its lock)."""
+    from filelock import FileLock, Timeout
+
+    DEPLOY.mkdir(parents=True, exist_ok=True)
+    path = str((DEPLOY / "deploy.lock").resolve())
+    lock = _locks.setdefault(path, FileLock(path))
+    try:
+        with lock.acquire(timeout=LOCK_WAIT_S):
+            yield
+    except Timeout:
+        raise GenloopError(
+            f"another deploy, rollback or undeploy has held {path} for {LOCK_WAIT_S} s"
+        ) from None
+
+
 def current() -> dict | None:
-    """The running deployment, or None (a record whose process died is reported as not running)."""
+    """The running deployment, or None (a record whose process died, or whose pid now belongs to
+    another program, is reported as not running)."""
     if not CURRENT.is_file():
         return None
     record = read_json(CURRENT)
-    record["running"] = process.alive(record["pid"])
+    record["running"] = process.ours(record["pid"], record.get("started"))
     return record
+
+
+def interrupted() -> dict | None:
+    """A deploy that was started and neither finished nor cleaned up (killed, or running now)."""
+    return read_json(STARTING) if STARTING.is_file() else None
+
+
+def reconcile() -> list[str]:
+    """Repair what a killed deploy left (call under the lock): a server it started that never passed
+    its checks is stopped, and an old server it had replaced but not yet stopped is stopped."""
+    done = []
+    pending = interrupted()
+    if pending is not None:
+        if pending.get("pid") and process.ours(pending["pid"], pending.get("started")):
+            process.stop(pending)
+            done.append(f"stopped {pending['bento']} (pid {pending['pid']}), left by an interrupted deploy")
+        STARTING.unlink(missing_ok=True)
+    record = current()
+    replaced = (record or {}).get("replaces")
+    if replaced and process.ours(replaced["pid"], replaced.get("started")):
+        process.stop(replaced)
+        done.append(f"stopped {replaced['bento']} (pid {replaced['pid']}), replaced by {record['bento']}")
+    for note in done:
+        _log({"event": "reconcile", "what": note})
+    return done
 
 
 def history(last: int = 10) -> list[dict]:
@@ -82,53 +137,79 @@ def _require_bento(bento: str) -> None:
     bentos.verify(bento)  # whole, and its model's weights intact
 
 
+def _identity(record: dict) -> dict:
+    return {k: record.get(k) for k in ("bento", "pid", "started", "workers")}
+
+
 def deploy(params: Params, bento: str | None = None, reason: str = "deploy") -> dict:
     """Serve `bento` (default: the one the package stage built) in place of the running deployment."""
     serve = params.require("serve")
     bento = bento or packaged()
-    _require_bento(bento)
-    previous = current()
-    if previous:
-        process.stop(previous["pid"], previous.get("workers"))
-    if not process.port_free(serve.host, serve.port):
-        raise GenloopError(f"port {serve.port} on {serve.host} is taken by another program (serve.port)")
-    record = process.start(bento, serve.host, serve.port) | {"since": _now(), "reason": reason}
-    problem = process.ready(record, serve.ready_timeout_s)
-    if problem is None:
-        record["model"] = _bento_model(bento)
-        record["workers"] = process.workers(record["pid"])
-        write_json(CURRENT, record)
-        _log(
-            {
-                "event": "deploy",
-                "bento": bento,
-                "model": record["model"],
-                "url": record["url"],
-                "reason": reason,
-            }
-        )
-        return record
-    process.stop(record["pid"])
-    _log({"event": "deploy failed", "bento": bento, "why": problem})
-    if previous and process.port_free(serve.host, serve.port):
-        restored = process.start(previous["bento"], previous["host"], previous["port"])
-        restored |= {"since": _now(), "reason": f"restored after a failed deploy of {bento}",
-                     "model": previous.get("model")}  # fmt: skip
-        again = process.ready(restored, serve.ready_timeout_s)
-        if again is None:
-            write_json(CURRENT, restored)
-            _log({"event": "restore", "bento": previous["bento"], "url": restored["url"]})
+    with locked():
+        _require_bento(bento)
+        reconcile()
+        previous = current()
+        if previous is not None and not previous["running"]:
+            previous = None
+        same_port = previous is not None and (previous["host"], previous["port"]) == (serve.host, serve.port)
+        overlap = same_port and previous.get("reuseport", False) and process.tags_answers(bento)
+        if previous is not None and not overlap:
+            process.stop(previous)  # it cannot share the port: this deploy has a gap
+        if not overlap and not process.port_free(serve.host, serve.port):
+            raise GenloopError(f"port {serve.port} on {serve.host} is taken by another program (serve.port)")
+        write_json(STARTING, {"bento": bento, "since": _now(), "by": os.getpid()})  # before anything starts
+        record = process.start(bento, serve.host, serve.port) | {"since": _now(), "reason": reason}
+        write_json(STARTING, record)
+        problem = process.ready(record, serve.ready_timeout_s)
+        if problem is None:
+            record["model"] = _bento_model(bento)
+            record["workers"] = process.workers(record["pid"])
+            if overlap:
+                record["replaces"] = _identity(previous)
+            write_json(CURRENT, record)
+            STARTING.unlink(missing_ok=True)
+            if overlap:
+                process.stop(previous)  # drains: the requests it holds finish
+            _log({"event": "deploy", "bento": bento, "model": record["model"], "url": record["url"],
+                  "reason": reason})  # fmt: skip
+            return record
+        process.stop(record)
+        STARTING.unlink(missing_ok=True)
+        _log({"event": "deploy failed", "bento": bento, "why": problem})
+        if overlap:
             raise GenloopError(
-                f"deploy of {bento} failed: {problem}\nkept {previous['bento']} serving at {restored['url']}"
+                f"deploy of {bento} failed: {problem}\nkept {previous['bento']} serving at {previous['url']}"
             )
-        process.stop(restored["pid"])
+        if previous is not None:
+            return _restore(previous, bento, problem, serve.ready_timeout_s)
         CURRENT.unlink(missing_ok=True)
+        raise GenloopError(f"deploy of {bento} failed: {problem}")
+
+
+def _restore(previous: dict, bento: str, problem: str, timeout_s: float) -> dict:
+    """Start the previous Bento again after a failed deploy that had to stop it first."""
+    if not process.port_free(previous["host"], previous["port"]):
+        CURRENT.unlink(missing_ok=True)
+        raise GenloopError(f"deploy of {bento} failed: {problem}\nand port {previous['port']} is taken")
+    restored = process.start(previous["bento"], previous["host"], previous["port"])
+    restored |= {"since": _now(), "reason": f"restored after a failed deploy of {bento}",
+                 "model": previous.get("model")}  # fmt: skip
+    write_json(STARTING, restored)
+    again = process.ready(restored, timeout_s)
+    STARTING.unlink(missing_ok=True)
+    if again is None:
+        restored["workers"] = process.workers(restored["pid"])
+        write_json(CURRENT, restored)
+        _log({"event": "restore", "bento": previous["bento"], "url": restored["url"]})
         raise GenloopError(
-            f"deploy of {bento} failed: {problem}\n"
-            f"and the previous {previous['bento']} did not come back: {again}"
+            f"deploy of {bento} failed: {problem}\nkept {previous['bento']} serving at {restored['url']}"
         )
+    process.stop(restored)
     CURRENT.unlink(missing_ok=True)
-    raise GenloopError(f"deploy of {bento} failed: {problem}")
+    raise GenloopError(
+        f"deploy of {bento} failed: {problem}\n"
+        f"and the previous {previous['bento']} did not come back: {again}"
+    )
 
 
 def _bento_model(bento: str) -> str | None:
@@ -136,13 +217,18 @@ def _bento_model(bento: str) -> str | None:
 
 
 def undeploy() -> dict | None:
-    record = current()
-    if record is None:
-        return None
-    process.stop(record["pid"], record.get("workers"))
-    CURRENT.unlink(missing_ok=True)
-    _log({"event": "undeploy", "bento": record["bento"]})
-    return record
+    """Stop the deployment (draining it); None if nothing was deployed. Says "stopped" only once it has."""
+    with locked():
+        reconcile()
+        record = current()
+        if record is None:
+            return None
+        process.stop(record)
+        if process.ours(record["pid"], record.get("started")):
+            raise GenloopError(f"could not stop {record['bento']} (pid {record['pid']}): it is still running")
+        CURRENT.unlink(missing_ok=True)
+        _log({"event": "undeploy", "bento": record["bento"]})
+        return record
 
 
 def rollback(params: Params) -> dict:
@@ -151,14 +237,15 @@ def rollback(params: Params) -> dict:
     from tasks import package
 
     name = store.name_of(line(params))
-    demoted, restored = champions.rollback(name)
-    try:
-        built = package.build(params, restored)
-        return deploy(params, built["bento"], reason=f"rollback from {demoted}")
-    except GenloopError:
-        champions.undo_rollback(demoted, restored, "rollback failed: kept serving this version")
-        package.build(params, demoted)
-        raise
+    with locked():
+        demoted, restored = champions.rollback(name)
+        try:
+            built = package.build(params, restored)
+            return deploy(params, built["bento"], reason=f"rollback from {demoted}")
+        except GenloopError:
+            champions.undo_rollback(demoted, restored, "rollback failed: kept serving this version")
+            package.build(params, demoted)
+            raise
 
 
 @task(name="deploy")

@@ -1,28 +1,62 @@
-"""`python -m tasks.serving.launch serve ...`: `bentoml serve` with no control endpoint on TCP.
+"""`python -m tasks.serving.launch serve ...`: `bentoml serve`, made safe to run and to replace.
 
-BentoML's process manager (circus) takes commands such as `add --start <program>` on its control
-endpoint, without authentication, and BentoML always binds it (and its pub/sub) to a loopback TCP port:
-any local user could run programs as the service's user. Here the same arbiter binds both to Unix
-sockets in a folder only this user can enter (mkdtemp: 0700), removed when the server stops. Nothing
-else changes: the arguments are bentoml's own, and the service's HTTP port is the only TCP listener.
+- No control endpoint on TCP. BentoML's process manager (circus) takes commands such as
+  `add --start <program>` on its control endpoint, without authentication, and BentoML always binds it
+  (and its pub/sub) to a loopback TCP port: any local user could run programs as the service's user.
+  Here the same arbiter binds both to Unix sockets in a folder only this user can enter (mkdtemp:
+  0700), removed when the server stops. The service's HTTP port is the only TCP listener.
+- The HTTP socket is opened with SO_REUSEPORT, so a new deployment can listen on the same port while
+  the old one still serves (tasks/deploy.py); only processes of the same user can share it.
+- SIGTERM drains: the API workers stop first (uvicorn stops accepting and finishes the requests in
+  flight, which still reach the model), and only then the model workers.
+- With GENLOOP_LOG_FILE set, the server's and its workers' output goes to that file, rotated at
+  LOG_BYTES with LOG_BACKUPS old copies kept.
+The arguments are bentoml's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import typing as t
 
+LOG_BYTES, LOG_BACKUPS = 10 << 20, 3
+API_WATCHER = "service"  # BentoML's name for the API server's workers (_bentoml_impl/server/serving.py)
+
+
+def _stop_api_first(self, close_output_streams=False, watcher_iter_func=None):
+    """circus stops every watcher at once; the API workers go first here, so the requests they are
+    finishing can still reach the model workers."""
+    from tornado import gen
+
+    @gen.coroutine
+    def run():
+        for sock in self.sockets.values():  # leave the shared port's group: new connections go to the
+            if not sock.is_unix:  # new server now, not into a queue no one will accept any more
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RD)
+        watchers = list((watcher_iter_func or self.iter_watchers)(reverse=False))
+        front = [w for w in watchers if w.name == API_WATCHER]
+        yield gen.multi([w._stop(close_output_streams) for w in front])
+        yield gen.multi([w._stop(close_output_streams) for w in watchers if w not in front])
+
+    return run()
+
 
 def private_arbiter(watchers: list, *, threaded: bool = False, **kwargs: t.Any):
-    """bentoml._internal.utils.circus.create_standalone_arbiter, with ipc:// endpoints in a 0700 folder."""
+    """bentoml._internal.utils.circus.create_standalone_arbiter, with ipc:// endpoints in a 0700 folder
+    and a stop that drains."""
     from bentoml._internal.utils.circus import Arbiter, ThreadedArbiter
 
     folder = tempfile.mkdtemp(prefix="genloop-circus-")
     os.chmod(folder, 0o700)
-    arbiter = (ThreadedArbiter if threaded else Arbiter)(
+    base = ThreadedArbiter if threaded else Arbiter
+    draining = type(f"Draining{base.__name__}", (base,), {"_stop_watchers": _stop_api_first})
+    arbiter = draining(
         watchers,
         endpoint=f"ipc://{folder}/control",
         pubsub_endpoint=f"ipc://{folder}/pubsub",
@@ -33,11 +67,53 @@ def private_arbiter(watchers: list, *, threaded: bool = False, **kwargs: t.Any):
     return arbiter
 
 
+def _share_tcp_ports() -> None:
+    """SO_REUSEPORT on circus's TCP sockets (not on Unix ones, which have no port to share). Set on the
+    socket itself: circus's own `so_reuseport` means one socket per worker, which BentoML's workers
+    (handed the arbiter's socket by fd) never open."""
+    from circus.sockets import CircusSocket
+
+    original = CircusSocket.__init__
+
+    def init(self, *args: t.Any, **kwargs: t.Any) -> None:
+        original(self, *args, **kwargs)
+        if not self.is_unix:
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+
+    CircusSocket.__init__ = init
+
+
+def _rotate_output(path: str) -> None:
+    """Send fds 1 and 2 (inherited by every worker circus starts) through a pipe into a rotating file."""
+    import logging
+    import threading
+    from logging.handlers import RotatingFileHandler
+
+    handler = RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    read, write = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(write, 1)
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump() -> None:
+        with os.fdopen(read, "r", errors="replace") as lines:
+            for line in lines:
+                handler.emit(logging.makeLogRecord({"msg": line.rstrip("\n")}))
+
+    threading.Thread(target=pump, daemon=True, name="log-rotation").start()
+
+
 def main(argv: list[str] | None = None) -> None:
     import bentoml._internal.utils.circus as circus
 
     # BentoML imports this inside its serve functions, at call time: replacing it here takes effect.
     circus.create_standalone_arbiter = private_arbiter
+    _share_tcp_ports()
+    if os.environ.get("GENLOOP_LOG_FILE"):
+        _rotate_output(os.environ["GENLOOP_LOG_FILE"])
     from bentoml_cli.cli import cli
 
     sys.argv = ["bentoml", *(sys.argv[1:] if argv is None else argv)]
