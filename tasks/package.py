@@ -2,8 +2,10 @@
 
 The Bento holds the service code (service/), the model code (models/), the champion's registry entry
 (weights, card, lineage), pinned dependencies and the `serve` settings as Bento arguments; its labels
-carry the model's lineage. Its version is the model's version plus a hash of the settings, so the same
-champion and settings give the same Bento and a rebuild is skipped. Writes artifacts/package/bento.json.
+carry the model's lineage. Its version is the model's version plus a hash of the settings and of the
+code it carries, so the same champion, settings and code give the same Bento and a rebuild is skipped
+(and after an upgrade of the code, the next package builds a new one). Writes
+artifacts/package/bento.json.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from tasks.core import paths
 from tasks.core.errors import GenloopError
 from tasks.core.orchestration import publish_table, repro
 from tasks.core.params import Params, line
-from tasks.core.storage import content_hash, read_json, write_json
+from tasks.core.storage import content_hash, read_json, sha256_file, write_json
 from tasks.registry import bentos, champions, store
 
 OUT = paths.ARTIFACTS / "package" / "bento.json"
+INCLUDE = ("service/*.py", "service/ui/*", "models/*.py")  # the code a Bento carries
 SERVE_DEPS = ("bentoml", "torch", "numpy", "safetensors", "pillow", "pydantic")  # models/ and service/
 
 
@@ -34,6 +37,12 @@ def pinned(lock: Path = Path("requirements.lock")) -> list[str]:
             if m:
                 pins[m.group(1).lower()] = m.group(2)
     return [f"{name}=={pins[name]}" if name in pins else name for name in SERVE_DEPS]
+
+
+def code(root: Path = Path(".")) -> dict[str, str]:
+    """sha256 of each file a Bento carries."""
+    files = sorted({p for pattern in INCLUDE for p in root.glob(pattern) if p.is_file()})
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files}
 
 
 def settings(params: Params, model: str) -> dict:
@@ -51,7 +60,8 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
         raise GenloopError(f"{name} has no champion yet: run evaluate (dvc repro evaluate) first")
     store.verify(model)  # never package damaged weights
     args = settings(params, model)
-    version = f"{model.split(':')[1]}-{content_hash(args)[:8]}"
+    # the code is part of the version: after an upgrade, the next package builds a Bento with it
+    version = f"{model.split(':')[1]}-{content_hash({'settings': args, 'code': code()})[:8]}"
     tag = f"genloop:{version}"
     bentoml = store.bentoml()
     try:
@@ -75,7 +85,7 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
                 version=version,
                 labels=labels,
                 description="genloop: generate samples from the champion model, rate them",
-                include=["service/*.py", "service/ui/*", "models/*.py"],
+                include=list(INCLUDE),
                 python={"packages": pinned()},
                 models=[model],
                 args=args,

@@ -118,3 +118,18 @@ def test_a_served_bento_runs_only_its_own_code(tmp_path, monkeypatch):
         check_own_code(str(Path(__file__).parents[1] / "service" / "__init__.py"))
     monkeypatch.chdir(tmp_path)  # not in a Bento: serving from source is fine
     check_own_code(str(Path(__file__).parents[1] / "service" / "__init__.py"))
+
+
+def test_a_bento_version_changes_with_the_code_it_carries(tmp_path):
+    """Same champion and settings but upgraded service code: a new Bento, not the old one reused."""
+    from tasks import package
+
+    for name in ("service/service.py", "service/ui/app.js", "models/vae.py", "tasks/deploy.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1\n")
+    before = package.code(tmp_path)
+    assert sorted(before) == ["models/vae.py", "service/service.py", "service/ui/app.js"]  # what it carries
+    (tmp_path / "tasks/deploy.py").write_text("v2\n")
+    assert package.code(tmp_path) == before  # not carried: not part of the version
+    (tmp_path / "service/service.py").write_text("v2\n")
+    assert package.code(tmp_path) != before

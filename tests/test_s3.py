@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
 
 import pytest
 
@@ -208,3 +210,72 @@ def test_s3_errors_are_clear_and_leave_data_alone(project, s3, s3_env, monkeypat
     with pytest.raises(GenloopError, match=expected):
         collect.run(project.params())
     assert project.snapshot() == before
+
+
+def forward_later(port: int, target: int, after_s: float) -> threading.Event:
+    """From `after_s` on, forward connections on 127.0.0.1:`port` to `target`: an S3 outage that ends."""
+    import socket
+
+    stop = threading.Event()
+
+    def pipe(a, b) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        time.sleep(after_s)
+        with socket.create_server(("127.0.0.1", port)) as server:
+            server.settimeout(0.5)
+            while not stop.is_set():
+                try:
+                    client, _ = server.accept()
+                except TimeoutError:
+                    continue
+                upstream = socket.create_connection(("127.0.0.1", target))
+                threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return stop
+
+
+def test_a_flow_retries_the_stage_an_s3_outage_failed_and_nothing_else(project, s3, s3_env, monkeypatch,
+                                                                      digit_folder):  # fmt: skip
+    """The data flow's collect fails while S3 is unreachable; Prefect retries that task alone (one
+    stage, `dvc repro --single-item`), and the flow completes once S3 is back."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.data import data
+    from tests.conftest import free_port
+
+    upload_tree(s3, "outage", "digits", digit_folder)
+    port = free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")  # nothing listens yet
+    project.set_params(
+        data={"source": "s3://outage/digits"},
+        collect={"retries": 1, "timeout_s": 2},
+        validate={"image": {"labels": ["a", "b", "c"], "min_per_class": 20}},
+    )
+    stop = threading.Event()
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            stop = forward_later(port, int(s3_env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), after_s=4)
+            state = data(return_state=True)  # collect's first try fails; its retry comes after 10 s
+            assert state.is_completed(), state
+
+            async def runs() -> dict[str, int]:
+                async with get_client() as client:
+                    return {r.name: r.run_count for r in await client.read_task_runs()}
+
+            counts = asyncio.run(runs())
+    finally:
+        stop.set()
+    by_stage = {name.split("-")[0]: n for name, n in counts.items()}
+    assert by_stage == {"collect": 2, "validate": 1, "augment": 1}, counts
