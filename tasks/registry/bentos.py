@@ -45,7 +45,8 @@ def verify(tag: str) -> Path:
     """The Bento's folder, after checking it is complete; a GenloopError naming what is wrong if not."""
     bentoml = store.bentoml()
     try:
-        path = Path(bentoml.get(tag).path)
+        bento = bentoml.get(tag)
+        path = Path(bento.path)
     except Exception as err:  # NotFound, or a folder BentoML cannot read (no bento.yaml)
         raise GenloopError(f"Bento {tag} is not usable: {err}") from None
     listed = path / FILES
@@ -60,6 +61,6 @@ def verify(tag: str) -> Path:
     for rel, digest in expected.items():
         if sha256_file(path / rel) != digest:
             raise GenloopError(f"Bento {tag} is damaged: {rel} changed since it was built; rebuild it")
-    for model in bentoml.get(tag).info.models:
+    for model in bento.info.models:
         store.verify(str(model.tag))
     return path

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from tasks.core import paths
+from tasks.core.storage import pid_alive
 from tasks.registry import store
 
 DEPLOY = paths.STATE / "deploy"
@@ -27,14 +28,8 @@ _children: dict[int, subprocess.Popen] = {}  # servers started by this process: 
 
 def alive(pid: int) -> bool:
     if pid in _children:
-        return _children[pid].poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return _children[pid].poll() is None  # reaps our own child, which kill(pid, 0) sees as a zombie
+    return pid_alive(pid)
 
 
 def started(pid: int) -> float | None:
