@@ -26,8 +26,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 demo: setup  ## run the lifecycle on the defaults (digits, VAE), serve the champion, say where to look
-	$(BIN)/dvc repro
-	$(BIN)/genloop deploy
+	$(BIN)/genloop flow lifecycle
 	@echo
 	@echo "Done. Look at:"
 	@echo "  data/raw/manifest.json                     what was collected (sha256, size, source, label)"
@@ -40,6 +39,7 @@ demo: setup  ## run the lifecycle on the defaults (digits, VAE), serve the champ
 	@echo "  artifacts/tune/report.html                 an Optuna study, with tune.enabled: true in params.yaml"
 	@echo "  artifacts/evaluate/card.html               the model card: metrics beside baseline and champion"
 	@echo "  artifacts/evaluate/decision.json           the promotion gate's verdict, with every check"
+	@echo "  artifacts/lifecycle/summary.json           what the lifecycle flow ran, skipped and served"
 	@echo "  genloop status                             what is deployed, registered versions, the champion's card"
 	@echo "  http://127.0.0.1:3000/ui                   the service's page: generate digits, rate them"
 	@echo "  http://127.0.0.1:3000/                     BentoML's API docs (POST /generate, /feedback)"

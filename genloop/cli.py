@@ -56,6 +56,8 @@ class FlowName(StrEnum):
     train = "train"
     deploy = "deploy"
     monitor = "monitor"
+    retrain = "retrain"
+    lifecycle = "lifecycle"
 
 
 @app.command()
@@ -89,14 +91,22 @@ def flow(
     force_collect: Annotated[
         bool, typer.Option(help="Fetch the source again even if nothing changed.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option(help="retrain: run past the guardrails (cooldown, daily cap, new data).")
+    ] = False,
 ) -> None:
     """Run a Prefect flow in this process (its stages run through `dvc repro`).
 
     With a Prefect server running (`make up`) and PREFECT_API_URL set, the run shows in its UI.
+    `genloop flow retrain` is recorded as started by a person (artifacts/retrain/history.jsonl).
     """
     module = importlib.import_module(f"flows.{name.value}")
-    takes_collect = name not in (FlowName.deploy, FlowName.monitor)
-    result = module.FLOW(force_collect=force_collect) if takes_collect else module.FLOW()
+    if name is FlowName.retrain:
+        result = module.FLOW(trigger="person", force=force)
+    elif name in (FlowName.deploy, FlowName.monitor):
+        result = module.FLOW()
+    else:
+        result = module.FLOW(force_collect=force_collect)
     typer.echo(json.dumps(_brief(result), indent=2, default=str))
 
 

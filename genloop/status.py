@@ -24,6 +24,7 @@ def show(console: Console | None = None) -> None:
     deployment(console)
     study(console)
     drift(console)
+    retrains(console)
     use = usage(console)
     versions = store.versions()
     if not versions:
@@ -132,6 +133,26 @@ def drift(console: Console, last: int = 5) -> None:
         scores = ", ".join(f"{k} {v:.2f}" for k, v in run["scores"].items() if v is not None)
         verdict = run["verdict"] + (f": {', '.join(run['drifted_checks'])}" if run["drifted_checks"] else "")
         table.add_row(run["at"][:16].replace("T", " "), run["version"], verdict, str(run["samples"]), scores)
+    console.print(table)
+
+
+def retrains(console: Console, last: int = 5) -> None:
+    """The last retrain runs: why each started and how it ended (artifacts/retrain/history.jsonl)."""
+    from tasks.retrain import history
+
+    runs = history(last)
+    if not runs:
+        console.print("Retrain: no runs yet (`genloop flow retrain`, or its triggers under `make up`)")
+        return
+    table = Table(title="Retrain (last runs)")
+    for col in ("started", "trigger", "outcome", "version", "why / reasons"):
+        table.add_column(col, no_wrap=col in ("started", "version"))
+    for run in reversed(runs):
+        detail = run.get("skipped") or "; ".join(run.get("reasons") or []) or run.get("error") or ""
+        trigger = run["trigger"] + (" (forced)" if run.get("force") else "")
+        outcome = run["outcome"] + (", deployed" if run.get("deployed") else "")
+        started = run["started"][:16].replace("T", " ")
+        table.add_row(started, trigger, outcome, str(run.get("version") or ""), detail)
     console.print(table)
 
 

@@ -8,7 +8,7 @@ from prefect import task
 
 from tasks.core import paths
 from tasks.core.datasets import require_family_fits
-from tasks.core.orchestration import publish_table, repro
+from tasks.core.orchestration import publish_table, repro, transient
 from tasks.core.params import Params
 from tasks.core.storage import content_hash, dumps, read_json, staged_dir
 from tasks.ingest import batches
@@ -47,7 +47,7 @@ def summary(manifest: dict) -> dict:
     }
 
 
-@task(name="collect", retries=2, retry_delay_seconds=[10, 60])
+@task(name="collect", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=transient)
 def collect_task(force: bool = False) -> dict:
     """Run the DVC stage `collect` (force: fetch again even if params and code are unchanged)."""
     repro("collect", force=force)

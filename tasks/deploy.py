@@ -253,3 +253,14 @@ def deploy_task(bento: str | None = None) -> dict:
     from tasks.core.params import load
 
     return deploy(load(), bento)
+
+
+@task(name="deploy (unless already served)")
+def serve_task(bento: str) -> dict:
+    """Deploy `bento` unless it is what runs already (the lifecycle flow, run again, changes nothing)."""
+    from tasks.core.params import load
+
+    record = current()
+    if record is not None and record["running"] and record["bento"] == bento:
+        return record | {"action": "already served"}
+    return deploy(load(), bento) | {"action": "deployed"}

@@ -62,6 +62,73 @@ def test_train_flow_runs_every_stage_through_dvc(harness, project):
     assert "up to date" in project.run("dvc", "repro", "evaluate", check=True).stdout
 
 
+def test_lifecycle_flow_serves_and_a_second_run_changes_nothing(harness, project):
+    """After the train flow, the lifecycle flow finds every stage up to date but package, serves the
+    champion, and says so; run again, it runs nothing and deploys nothing."""
+    import json
+
+    from flows.lifecycle import lifecycle
+    from flows.train import train
+    from tests.conftest import free_port
+    from tests.test_evaluate import LENIENT, SMALL_VAE
+    from tests.test_train import QUICK
+
+    project.set_params(
+        model=SMALL_VAE,
+        train=QUICK | {"max_steps": 240, "steps_per_epoch": 40},  # what the lenient gate promotes
+        evaluate=LENIENT,
+        serve={"port": free_port(), "ready_timeout_s": 90},
+    )
+    train()
+    try:
+        first = lifecycle()
+        ran = {s for s, what in first["stages"].items() if what == "ran"}
+        assert ran == {"package"} and first["decision"] == "promote", first
+        assert first["deploy"] == "deployed" and first["url"]
+        current = json.loads((project.root / ".genloop/deploy/current.json").read_text())
+        assert current["bento"] == first["deployed"]
+        second = lifecycle()
+        assert set(second["stages"].values()) == {"unchanged"} and second["deploy"] == "already served"
+        saved = json.loads((project.root / "artifacts/lifecycle/summary.json").read_text())
+        assert saved["stages"] == second["stages"] and saved["deployed"] == first["deployed"]
+    finally:
+        project.run("genloop", "undeploy")
+
+
+def test_lifecycle_retries_what_the_network_failed_and_never_a_refused_source(harness, project):
+    import asyncio
+
+    from prefect.client.schemas.objects import StateType
+
+    from flows.lifecycle import lifecycle
+    from tasks.core.orchestration import transient
+
+    class State:
+        def __init__(self, message: str) -> None:
+            self.message = message
+
+    outage = "stage collect failed (dvc repro exit 1):\nEndpointConnectionError: Could not connect"
+    assert transient(None, None, State(outage))
+    assert not transient(
+        None, None, State("stage validate failed (dvc repro exit 1):\n2 of 9 expectations failed")
+    )
+    project.set_params(data={"source": str(project.root / "no-such-folder")})
+    state = lifecycle(return_state=True)
+    assert state.type == StateType.FAILED
+
+    async def collect_runs() -> list:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            runs = await client.read_task_runs()
+            mine = [r for r in runs if r.flow_run_id == state.state_details.flow_run_id]
+            return [r for r in mine if not r.name.startswith("lifecycle")]
+
+    (collect,) = asyncio.run(collect_runs())  # the flow stopped at collect: nothing after it ran
+    assert collect.name.startswith("collect") and collect.run_count == 1  # not retried
+    assert "does not exist" in str(state.result(raise_on_failure=False))
+
+
 def test_tune_flow_runs_two_workers_on_one_study(harness, project):
     import json
 

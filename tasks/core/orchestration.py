@@ -23,6 +23,19 @@ def _logger():
         return None
 
 
+# What a network that failed for a while says (botocore, urllib3, httpx, S3's own answers). A stage
+# failing for any other reason, a refused batch or a gate above all, fails the same way again.
+TRANSIENT = (
+    "Could not connect", "EndpointConnectionError", "ConnectionError", "ConnectTimeout", "ReadTimeout",
+    "timed out", "Overdue", "SlowDown", "Throttl", "ServiceUnavailable", "temporarily unavailable",
+)  # fmt: skip
+
+
+def transient(task: object, task_run: object, state) -> bool:
+    """Prefect's retry_condition_fn: retry a task that the network failed, nothing else."""
+    return any(marker in (state.message or "") for marker in TRANSIENT)
+
+
 def repro(stage: str, force: bool = False) -> None:
     """`dvc repro --single-item <stage>` in the current project, its output streamed to the run log."""
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]

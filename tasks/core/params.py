@@ -281,6 +281,14 @@ class MonitorParams(Section):
     keep_reports: int = Field(ge=1)  # run folders whose HTML is kept; older ones keep decision.json
 
 
+class RetrainParams(Section):
+    cooldown_hours: float = Field(ge=0)  # guardrail: no retrain starts within this long of the last one
+    max_per_day: int = Field(ge=1)  # guardrail: at most this many retrains in any 24 hours
+    min_new_files: int = Field(ge=0)  # guardrail: new source files since the last retrain...
+    min_new_ratings: int = Field(ge=1)  # ...or new ratings; the monitor then sends genloop.feedback.ready
+    keep_history: int = Field(ge=1)  # lines of artifacts/retrain/history.jsonl kept
+
+
 class PackageParams(Section):
     gpu: bool  # the model service asks for one GPU (and uses it when present)
 
@@ -308,6 +316,7 @@ class Params(Section):
     package: PackageParams | None = None
     serve: ServeParams | None = None
     monitor: MonitorParams | None = None
+    retrain: RetrainParams | None = None
 
     def require(self, section: str):
         value = getattr(self, section)

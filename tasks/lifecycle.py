@@ -1,0 +1,78 @@
+"""The lifecycle flow's summary: which stages ran and which DVC found unchanged, the metrics, the gate's
+decision and what is served. A stage ran when its entry in dvc.lock changed during the flow.
+Writes artifacts/lifecycle/summary.json and a Prefect artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import yaml
+from prefect import task
+
+from tasks.core import paths
+from tasks.core.orchestration import publish_markdown
+from tasks.core.storage import read_json, write_json
+
+STAGES = ("collect", "validate", "augment", "tune", "train", "evaluate", "package")
+LOCK = Path("dvc.lock")
+OUT = paths.ARTIFACTS / "lifecycle"
+SUMMARY = OUT / "summary.json"
+
+
+def lock_entries() -> dict[str, str]:
+    """A fingerprint of each stage's record in dvc.lock (what it ran on and made)."""
+    if not LOCK.is_file():
+        return {}
+    stages = (yaml.safe_load(LOCK.read_text()) or {}).get("stages", {})
+    return {
+        name: hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+        for name, entry in stages.items()
+    }
+
+
+def summary(before: dict[str, str], decision: dict, deployed: dict | None, started: float) -> dict:
+    after = lock_entries()
+    stages = {s: "ran" if before.get(s) != after.get(s) else "unchanged" for s in STAGES if s in after}
+    metrics_file = paths.ARTIFACTS / "evaluate" / "metrics.json"
+    metrics = read_json(metrics_file).get("model", {}) if metrics_file.is_file() else {}
+    return {
+        "stages": stages,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        "decision": decision.get("decision"),
+        "reasons": decision.get("reasons", []),
+        "challenger": decision.get("challenger"),
+        "deployed": (deployed or {}).get("bento"),
+        "deploy": (deployed or {}).get("action"),
+        "url": (deployed or {}).get("url"),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def markdown(s: dict) -> str:
+    rows = "\n".join(f"| {stage} | {what} |" for stage, what in s["stages"].items())
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in s["metrics"].items())
+    return (
+        f"### Lifecycle ({s['seconds']} s)\n\n| stage | |\n|---|---|\n{rows}\n\n"
+        f"- metrics: {metrics or 'none'}\n- decision: {s['decision']} for {s['challenger']} "
+        f"({'; '.join(s['reasons'])})\n- served: {s['deployed']} ({s['deploy']}) at {s['url']}\n"
+    )
+
+
+@task(name="lifecycle: dvc.lock before")
+def before_task() -> dict:
+    return {"entries": lock_entries(), "started": time.time()}
+
+
+@task(name="lifecycle: summary")
+def summary_task(before: dict, decision: dict, deployed: dict | None) -> dict:
+    result = summary(before["entries"], decision, deployed, before["started"])
+    write_json(SUMMARY, result)
+    publish_markdown("lifecycle", markdown(result), "What the lifecycle flow ran, skipped and served")
+    for stage, what in result["stages"].items():
+        print(f"{stage:<9} {what}")
+    print(f"decision: {result['decision']}; served: {result['deployed']} ({result['deploy']})")
+    return result
