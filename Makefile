@@ -40,6 +40,7 @@ demo: setup  ## run the lifecycle on the defaults (digits, VAE), serve the champ
 	@echo "  artifacts/evaluate/card.html               the model card: metrics beside baseline and champion"
 	@echo "  artifacts/evaluate/decision.json           the promotion gate's verdict, with every check"
 	@echo "  artifacts/lifecycle/summary.json           what the lifecycle flow ran, skipped and served"
+	@echo "  genloop flow retrain                       the loop by hand (its triggers: make up, then the UI)"
 	@echo "  genloop status                             what is deployed, registered versions, the champion's card"
 	@echo "  http://127.0.0.1:3000/ui                   the service's page: generate digits, rate them"
 	@echo "  http://127.0.0.1:3000/                     BentoML's API docs (POST /generate, /feedback)"

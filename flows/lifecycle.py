@@ -10,6 +10,7 @@ from tasks.augment import augment_task
 from tasks.collect import collect_task
 from tasks.deploy import serve_task
 from tasks.evaluate import evaluate_task
+from tasks.feedback import feedback_task
 from tasks.lifecycle import before_task, summary_task
 from tasks.package import package_task
 from tasks.train import train_task
@@ -21,6 +22,7 @@ from tasks.validate import validate_task
 def lifecycle(force_collect: bool = False) -> dict:
     """From the source to a served model; a second run with nothing changed runs nothing."""
     before = before_task()
+    feedback_task()
     collect_task(force=force_collect)
     validate_task()  # a bad batch stops here: no model is trained on it
     augment_task()

@@ -13,6 +13,7 @@ from tasks.augment import augment_task
 from tasks.collect import collect_task
 from tasks.deploy import deploy_task
 from tasks.evaluate import evaluate_task
+from tasks.feedback import feedback_task
 from tasks.package import package_task
 from tasks.retrain import begin_task, finish_task, keep_champion_task, new_data_task
 from tasks.train import train_task
@@ -28,6 +29,7 @@ def retrain(trigger: str = "person", detail: dict | None = None, force: bool = F
     if record["skipped"]:
         return finish_task(record, "skipped")
     try:
+        feedback_task()  # rated samples drawn again, merged by collect within max_synthetic_share
         collect_task(force=True)
         record = new_data_task(record)
         if record["skipped"]:

@@ -41,6 +41,7 @@ def _main(
 
 
 class Stage(StrEnum):
+    feedback = "feedback"
     collect = "collect"
     validate = "validate"
     augment = "augment"

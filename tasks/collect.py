@@ -28,10 +28,34 @@ def run(params: Params) -> dict:
     with staged_dir(paths.RAW, keep_previous=batches.keep_aside()) as stage:
         entries = sorted(fetch(source, stage, params.collect), key=lambda e: e.path)
         kind = kind_of([e.path for e in entries], source)
-        manifest = {"source": source, "kind": kind, "files": [e.as_dict() for e in entries]}
+        added, record = with_feedback(params, stage, kind, len(entries))
+        manifest = {"source": source, "kind": kind, "files": [e.as_dict() for e in entries + added]}
+        if record is not None:
+            manifest["feedback"] = record
         (stage / "manifest.json").write_text(dumps(manifest))
     batches.mark_pending(source)
     return summary(manifest)
+
+
+def with_feedback(params: Params, stage, kind: str, source_files: int) -> tuple[list, dict | None]:
+    """The highly rated samples of data/feedback (tasks/feedback.py) added to the batch: the best
+    rated first, within retrain.max_synthetic_share of the whole. Files of another kind are left out."""
+    from tasks.ingest.feedback import MANIFEST, merge
+    from tasks.ingest.sources import SUFFIXES, put
+
+    if params.retrain is None or not MANIFEST.is_file():
+        return [], None
+    share = params.retrain.max_synthetic_share
+    offered = [(f, data) for f, data in merge(source_files, share) if SUFFIXES.get(f["path"][-4:]) == kind]
+    added = [
+        put(stage, f["path"].removeprefix("files/"), data, f"feedback:{f['sample_id']}@{f['model']}")
+        for f, data in offered
+    ]
+    rated = len(read_json(MANIFEST)["files"])
+    share_now = round(len(added) / max(source_files + len(added), 1), 4)
+    record = {"rated": rated, "added": len(added), "left_out": rated - len(added),
+              "max_synthetic_share": share, "share": share_now}  # fmt: skip
+    return added, record
 
 
 def summary(manifest: dict) -> dict:
@@ -43,6 +67,7 @@ def summary(manifest: dict) -> dict:
         "files": len(files),
         "bytes": sum(f["size"] for f in files),
         "labels": dict(sorted(labels.items())),
+        "feedback": manifest.get("feedback", {}).get("added", 0),
         "manifest_sha256": content_hash(manifest),
     }
 

@@ -17,7 +17,7 @@ from tasks.core import paths
 from tasks.core.orchestration import publish_markdown
 from tasks.core.storage import read_json, write_json
 
-STAGES = ("collect", "validate", "augment", "tune", "train", "evaluate", "package")
+STAGES = ("feedback", "collect", "validate", "augment", "tune", "train", "evaluate", "package")
 LOCK = Path("dvc.lock")
 OUT = paths.ARTIFACTS / "lifecycle"
 SUMMARY = OUT / "summary.json"

@@ -130,6 +130,35 @@ def test_drift_is_found_by_the_check_that_should_find_it_and_only_then(watched):
     }
     status = watched.run("genloop", "status", check=True).stdout
     assert "Drift monitor" in status and "drift: output" in status
+    the_drift_starts_a_retrain_that_deploys_or_says_why_not(watched)
+
+
+def the_drift_starts_a_retrain_that_deploys_or_says_why_not(watched) -> None:
+    """The loop end to end: the retrain flow, started the way the retrain deployment's trigger starts it
+    on the monitor's drift (trigger drift, the event's scores), trains a new version and deploys it, or
+    the gate rejects it with its reasons."""
+    # a new version of the champion's kind (another seed); the same digits collected again: no new files
+    champion_kind = QUICK | {"max_steps": 240, "steps_per_epoch": 40, "seed": 7}
+    watched.set_params(train=champion_kind, retrain={"min_new_files": 0})
+    code = (
+        "import json; from flows.retrain import retrain; from tasks.monitor import history; "
+        "d = history(1)[-1]; detail = {k: d[k] for k in ('scores', 'drifted_checks')}; "
+        "print(json.dumps(retrain(trigger='drift', detail=detail)))"
+    )
+    before = json.loads((watched.root / ".genloop/deploy/current.json").read_text())
+    watched.run("python", "-c", code, check=True)
+    (record,) = [
+        json.loads(line)
+        for line in (watched.root / "artifacts/retrain/history.jsonl").read_text().splitlines()
+    ]
+    assert record["trigger"] == "drift" and "output" in record["detail"]["drifted_checks"], record
+    served = httpx.get(watched.url + "/version", timeout=30).json()["model"]
+    if record["outcome"] == "promoted":
+        after = json.loads((watched.root / ".genloop/deploy/current.json").read_text())
+        assert after["bento"] == record["deployed"] != before["bento"] and served == record["version"]
+    else:
+        assert record["outcome"] == "rejected" and record["reasons"], record
+        assert served == before["model"]  # the champion keeps serving
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (make browser)")

@@ -32,7 +32,7 @@ def test_repro_from_scratch_then_noop_then_only_what_changed(project, tmp_path):
     first = project.run("dvc", "repro", check=True, env={"GENLOOP_PARAMS_LOG": str(log)})
     assert ran(first) == {"collect", "validate", "augment", "tune", "train", "evaluate"}
     # every stage lists in dvc.yaml each param it read (what it records in lineage included)
-    assert len(log.read_text().splitlines()) == 7 and undeclared_params(log) == {}
+    assert len(log.read_text().splitlines()) == 8 and undeclared_params(log) == {}  # feedback .. package
     assert (project.root / "dvc.lock").is_file()
     lock = (project.root / "dvc.lock").read_text()
     # a model this brief loses to the baseline: rejected, so there is no champion to package or deploy

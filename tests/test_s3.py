@@ -278,4 +278,4 @@ def test_a_flow_retries_the_stage_an_s3_outage_failed_and_nothing_else(project, 
     finally:
         stop.set()
     by_stage = {name.split("-")[0]: n for name, n in counts.items()}
-    assert by_stage == {"collect": 2, "validate": 1, "augment": 1}, counts
+    assert by_stage == {"feedback": 1, "collect": 2, "validate": 1, "augment": 1}, counts

@@ -287,6 +287,8 @@ class RetrainParams(Section):
     min_new_files: int = Field(ge=0)  # guardrail: new source files since the last retrain...
     min_new_ratings: int = Field(ge=1)  # ...or new ratings; the monitor then sends genloop.feedback.ready
     keep_history: int = Field(ge=1)  # lines of artifacts/retrain/history.jsonl kept
+    min_rating: int = Field(ge=1, le=5)  # samples rated this or higher are drawn again as training data
+    max_synthetic_share: float = Field(ge=0, lt=1)  # of the collected set, at most this is model-made
 
 
 class PackageParams(Section):

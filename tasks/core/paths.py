@@ -11,6 +11,8 @@ RAW_PENDING = STATE / "raw.pending"
 RAW_PREVIOUS = STATE / "raw.previous"
 QUARANTINE = STATE / "quarantine"  # a rejected batch holding secrets: its owner's eyes only
 PROCESSED = DATA / "processed"
+FEEDBACK = DATA / "feedback"  # highly rated samples drawn again (tasks/feedback.py)
+LOW_RATED = Path("artifacts") / "feedback" / "low_rated.json"  # listed in the model card, never trained on
 
 ARTIFACTS = Path("artifacts")
 VALIDATE = ARTIFACTS / "validate"

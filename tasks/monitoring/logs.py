@@ -64,6 +64,19 @@ class ServingLogs:
         keys = COLUMNS.split(", ")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
+    def rated(self, prefix: str) -> list[dict]:
+        """Every rating of a sample of `prefix`'s versions, oldest first, with what drew the sample
+        (model, seed, position, n, label, asked, prompt, temperature, length)."""
+        sql = (
+            "SELECT f.sample_id, f.at, f.rating, f.comment, s.model, s.seed, s.position, s.n, s.label, "
+            "s.asked, s.prompt, s.temperature, s.length FROM feedback f JOIN samples s ON s.id = f.sample_id "
+            "WHERE s.model >= ? AND s.model < ?"
+        )
+        keys = ("sample_id", "at", "rating", "comment", "model", "seed", "position", "n", "label", "asked",
+                "prompt", "temperature", "length")  # fmt: skip
+        rows = [dict(zip(keys, row, strict=True)) for row in self._query(sql, (prefix, prefix + "\uffff"))]
+        return sorted(rows, key=lambda r: r["at"])
+
     def ratings(self, prefix: str, since: float, until: float) -> list[tuple[float, int]]:
         """(time, rating) of the ratings given in [since, until) to samples of `prefix`'s versions."""
         sql = "SELECT at, rating FROM feedback WHERE at >= ? AND at < ? AND model >= ? AND model < ?"

@@ -6,6 +6,7 @@ people and Prefect, a self-contained HTML page (pictures inlined) for a browser.
 from __future__ import annotations
 
 import base64
+from html import escape
 from pathlib import Path
 
 import models
@@ -87,6 +88,7 @@ def markdown(figures: dict, decision: dict, lineage: dict, pictures: list[Path])
     if "featurizer" in figures:
         f = figures["featurizer"]
         lines.append(f"- featurizer: {f.get('kind')}, test accuracy {_num(f.get('test_accuracy'))}")
+    lines += _feedback(lineage)
     lines += [
         "",
         "## Parameters",
@@ -116,6 +118,27 @@ def markdown(figures: dict, decision: dict, lineage: dict, pictures: list[Path])
         "",
     ]
     return "\n".join(lines)
+
+
+def _feedback(lineage: dict) -> list[str]:
+    """What people's ratings of served samples did: those trained on, those never trained on."""
+    fed, low = lineage.get("feedback"), lineage.get("low_rated") or {"count": 0, "first": []}
+    if not fed and not low["count"]:
+        return []
+    lines = ["", "## Feedback", ""]
+    if fed:
+        lines.append(
+            f"- trained on {fed['added']} served samples rated highly, drawn again from their seeds "
+            f"({fed['share']:.1%} of the collected data; at most {fed['max_synthetic_share']:.0%}); "
+            f"{fed['left_out']} more left out by that bound"
+        )
+    lines.append(f"- rated low, never trained on: {low['count']}")
+    if low["first"]:
+        lines += ["", "| sample | model | rating | comment |", "|---|---|---|---|"]
+        for r in low["first"]:
+            comment = escape(str(r.get("comment") or "")[:120]).replace("|", "/").replace("\n", " ")
+            lines.append(f"| {r['sample_id']} | {r['model']} | {r['rating']} | {comment} |")
+    return lines
 
 
 def _tuned(tuned: dict | None) -> list[str]:

@@ -44,6 +44,7 @@ def record(training: dict) -> dict:
 
     summary = read_json(paths.VALIDATION_SUMMARY) if paths.VALIDATION_SUMMARY.is_file() else {}
     manifest = read_json(paths.MANIFEST) if paths.MANIFEST.is_file() else {}
+    low = read_json(paths.LOW_RATED) if paths.LOW_RATED.is_file() else {"low": []}
     return {
         "git": training["git"],
         "dvc": dvc_hashes(),
@@ -53,4 +54,7 @@ def record(training: dict) -> dict:
         "params": training["params"],
         "tuned": training.get("tuned"),  # the values of params that came from a tuning study
         "trained": training.get("finished"),
+        # the served samples people rated: those trained on (collect's record), the low-rated ones not
+        "feedback": manifest.get("feedback"),
+        "low_rated": {"count": len(low["low"]), "first": low["low"][:20]},
     }

@@ -13,6 +13,8 @@
   sends every new connection to that server (Linux), and the old workers accept what had queued for
   HANDOVER_S. Leaving the group by shutdown() alone resets the connections in its accept queue, which
   a client sees as "disconnected without a response" (1 in ~660 requests of a deploy under load).
+  Alone on the port, a socket filter drops new connection attempts instead (they are refused once the
+  server is gone) while the workers accept what had queued.
 - With GENLOOP_LOG_FILE set, the server's and its workers' output goes to that file, rotated at
   LOG_BYTES with LOG_BACKUPS old copies kept.
 The arguments are bentoml's own.
@@ -33,7 +35,8 @@ from pathlib import Path
 LOG_BYTES, LOG_BACKUPS = 10 << 20, 3
 API_WATCHER = "service"  # BentoML's name for the API server's workers (_bentoml_impl/server/serving.py)
 HANDOVER_S = 0.5  # the old workers accept what queued before the new connections went elsewhere
-SO_ATTACH_REUSEPORT_CBPF, SO_DETACH_REUSEPORT_BPF = 51, 68  # Linux's numbers (asm-generic/socket.h)
+# Linux's numbers (asm-generic/socket.h); Python's socket module has none of them
+SO_ATTACH_FILTER, SO_ATTACH_REUSEPORT_CBPF, SO_DETACH_REUSEPORT_BPF = 26, 51, 68
 _elders: dict[int, set[int]] = {}  # socket inode -> inodes already listening on its port when it bound
 
 
@@ -49,14 +52,18 @@ def _listening(port: int) -> set[int]:
     return found
 
 
+def _program(sock: socket.socket, option: int, value: int) -> None:
+    """Attach the one-instruction classic BPF program `return value` with SOL_SOCKET `option`."""
+    import ctypes
+
+    code = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, value))  # BPF_RET | BPF_K
+    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("@HP", 1, ctypes.addressof(code)))  # sock_fprog
+
+
 def _steer(sock: socket.socket, index: int) -> None:
     """Send every new connection of the socket's SO_REUSEPORT group to its `index`-th socket. The
     group keeps its sockets in the order they joined; one that leaves takes the last one's place."""
-    import ctypes
-
-    code = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, index))  # BPF_RET | BPF_K
-    program = struct.pack("@HP", 1, ctypes.addressof(code))  # struct sock_fprog
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, program)
+    _program(sock, SO_ATTACH_REUSEPORT_CBPF, index)
 
 
 def _hand_over(sock: socket.socket) -> bool:
@@ -81,13 +88,19 @@ def _stop_api_first(self, close_output_streams=False, watcher_iter_func=None):
     @gen.coroutine
     def run():
         tcp = [sock for sock in self.sockets.values() if not sock.is_unix]
-        if [sock for sock in tcp if _hand_over(sock)]:
+        handed = [sock for sock in tcp if _hand_over(sock)]
+        if handed:
             print(
                 "stopping: new connections go to the newer server on this port", file=sys.stderr, flush=True
             )
+        for sock in tcp:
+            if sock not in handed:  # alone on the port: new connections wait (their SYNs dropped), then
+                with contextlib.suppress(OSError):  # are refused once it closes
+                    _program(sock, SO_ATTACH_FILTER, 0)
+        if tcp:  # what queued is accepted, and each request read: uvicorn finishes those it has read
             yield gen.sleep(HANDOVER_S)
-        for sock in tcp:  # leave the shared port's group: new connections go to the new server, not
-            with contextlib.suppress(OSError):  # into a queue no one will accept any more
+        for sock in tcp:  # leave the port (its queue is empty now)
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RD)
         watchers = list((watcher_iter_func or self.iter_watchers)(reverse=False))
         front = [w for w in watchers if w.name == API_WATCHER]
