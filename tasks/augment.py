@@ -26,6 +26,11 @@ from tasks.core.storage import dumps, read_json, staged_dir
 from tasks.ingest.batches import require_passed
 
 
+def is_feedback(entry: dict) -> bool:
+    """A file collect took from data/feedback: a sample the model drew and people rated highly."""
+    return str(entry.get("source", "")).startswith("feedback:")
+
+
 def split_indices(labels: list, val: float, test: float, seed: int) -> dict[str, list[int]]:
     """Seeded split, stratified: every label contributes the same fractions to each split."""
     import numpy as np
@@ -96,7 +101,12 @@ def process_images(files: list[dict], p: AugmentParams, out: Path, raw: Path = p
         arrays.append(px[None] if px.ndim == 2 else px.transpose(2, 0, 1))  # (C, H, W)
     x = np.stack(arrays).astype(np.uint8)
     y = np.array([class_id.get(f["label"], -1) for f in files], dtype=np.int64)
-    parts = split_indices([f["label"] for f in files], p.val_fraction, p.test_fraction, p.seed)
+    # the splits are drawn from the source's files alone (the same as without feedback), and the
+    # model's own samples people rated (collect's feedback) go to train only: val and test stay real
+    real = [i for i, f in enumerate(files) if not is_feedback(f)]
+    drawn = split_indices([files[i]["label"] for i in real], p.val_fraction, p.test_fraction, p.seed)
+    parts = {s: [real[j] for j in idx] for s, idx in drawn.items()}
+    parts["train"] = sorted(parts["train"] + [i for i, f in enumerate(files) if is_feedback(f)])
     counts = {}
     for split, idx in parts.items():
         xs, ys = x[idx], y[idx]
@@ -119,17 +129,26 @@ def process_images(files: list[dict], p: AugmentParams, out: Path, raw: Path = p
 def process_text(files: list[dict], p: AugmentParams, out: Path, raw: Path = paths.RAW) -> dict:
     import numpy as np
 
-    text = "\n".join(
-        (raw / f["path"]).read_text("utf-8")
-        for f in files  # manifest order: by path
+    def joined(chosen: list[dict]) -> str:
+        return "\n".join((raw / f["path"]).read_text("utf-8") for f in chosen)  # manifest order: by path
+
+    # the source's text is split as without feedback; the rated samples (collect's feedback) join train
+    text, extra = (
+        joined([f for f in files if not is_feedback(f)]),
+        joined([f for f in files if is_feedback(f)]),
     )
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point per character
+    own = len(text)
+    codes = np.frombuffer((text + ("\n" + extra if extra else "")).encode("utf-32-le"), dtype=np.uint32)
     points, ids = np.unique(codes, return_inverse=True)  # the vocabulary, sorted, and each one's id
     vocab = [chr(c) for c in points.tolist()]
     ids = ids.astype(np.uint16)
-    n_test, n_val = round(len(ids) * p.test_fraction), round(len(ids) * p.val_fraction)
-    n_train = len(ids) - n_val - n_test
-    parts = {"train": ids[:n_train], "val": ids[n_train : n_train + n_val], "test": ids[n_train + n_val :]}
+    n_test, n_val = round(own * p.test_fraction), round(own * p.val_fraction)
+    n_train = own - n_val - n_test
+    parts = {
+        "train": np.concatenate([ids[:n_train], ids[own:]]),
+        "val": ids[n_train : n_train + n_val],
+        "test": ids[n_train + n_val : own],
+    }
     for split, arr in parts.items():
         np.save(out / f"{split}.npy", arr)
     return {"kind": "text", "vocab": vocab, "counts": {s: len(a) for s, a in parts.items()}}

@@ -23,6 +23,7 @@ def test_rated_samples_are_drawn_again_and_trained_on_within_the_cap(project):
     project.set_params(model=SMALL_VAE, train=QUICK, evaluate=SMALL_BASELINE, retrain=retrain)
     project.run("dvc", "repro", "evaluate", check=True)  # a registered version, champion or not
     tag = json.loads((project.root / "artifacts/evaluate/decision.json").read_text())["challenger"]
+    splits = json.loads((project.root / "data/processed/meta.json").read_text())["originals"]
 
     # what the model draws for seed 123, n 4, unconditioned (classes cycle 0, 1, 2, 3), as PNG hashes;
     # in the project's own process (BentoML reads its home once per process)
@@ -71,6 +72,9 @@ def test_rated_samples_are_drawn_again_and_trained_on_within_the_cap(project):
     assert "Running stage 'collect'" not in again and "up to date" in again
 
     project.run("dvc", "repro", "evaluate", check=True)
+    # the model's own samples join the training split only: validation and test stay the real ones
+    after = json.loads((project.root / "data/processed/meta.json").read_text())["originals"]
+    assert after == splits | {"train": splits["train"] + 2}
     card = (project.root / "artifacts/evaluate/card.md").read_text()
     assert "## Feedback" in card and "trained on 2 served samples rated highly" in card
     assert "rated low, never trained on: 1" in card and "&lt;b&gt;a smudge&lt;/b&gt;" in card
