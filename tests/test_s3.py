@@ -266,7 +266,8 @@ def test_a_flow_retries_the_stage_an_s3_outage_failed_and_nothing_else(project, 
     stop = threading.Event()
     try:
         with prefect_test_harness(server_startup_timeout=120):
-            stop = forward_later(port, int(s3_env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), after_s=4)
+            # S3 is back 9 s in: after feedback (~3 s) and collect's first try, before its retry
+            stop = forward_later(port, int(s3_env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), after_s=9)
             state = data(return_state=True)  # collect's first try fails; its retry comes after 10 s
             assert state.is_completed(), state
 
