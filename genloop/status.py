@@ -118,42 +118,60 @@ def study(console: Console) -> None:
         console.print(f"  {key}: {_fmt(v)}")
 
 
+def _recent(
+    console: Console, title: str, columns: dict[str, bool], rows: list[list[str]], empty: str
+) -> None:
+    """A table of the last runs, newest first (`columns`: name -> kept on one line), or `empty`."""
+    if not rows:
+        console.print(empty)
+        return
+    table = Table(title=title)
+    for col, one_line in columns.items():
+        table.add_column(col, no_wrap=one_line)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _at(stamp: str) -> str:
+    return stamp[:16].replace("T", " ")
+
+
 def drift(console: Console, last: int = 5) -> None:
     """The drift monitor's last verdicts (artifacts/monitor/history.jsonl)."""
     from tasks.monitor import history
 
-    runs = history(last)
-    if not runs:
-        console.print("Drift monitor: no runs yet (`genloop flow monitor` once the service has served)")
-        return
-    table = Table(title="Drift monitor (last runs; scores are score / threshold, 1 or more: drift)")
-    for col in ("run at", "version", "verdict", "samples", "scores"):
-        table.add_column(col, no_wrap=col != "scores")
-    for run in reversed(runs):
+    rows = []
+    for run in reversed(history(last)):
         scores = ", ".join(f"{k} {v:.2f}" for k, v in run["scores"].items() if v is not None)
         verdict = run["verdict"] + (f": {', '.join(run['drifted_checks'])}" if run["drifted_checks"] else "")
-        table.add_row(run["at"][:16].replace("T", " "), run["version"], verdict, str(run["samples"]), scores)
-    console.print(table)
+        rows.append([_at(run["at"]), run["version"], verdict, str(run["samples"]), scores])
+    _recent(
+        console,
+        "Drift monitor (last runs; scores are score / threshold, 1 or more: drift)",
+        {"run at": True, "version": True, "verdict": True, "samples": True, "scores": False},
+        rows,
+        "Drift monitor: no runs yet (`genloop flow monitor` once the service has served)",
+    )
 
 
 def retrains(console: Console, last: int = 5) -> None:
     """The last retrain runs: why each started and how it ended (artifacts/retrain/history.jsonl)."""
     from tasks.retrain import history
 
-    runs = history(last)
-    if not runs:
-        console.print("Retrain: no runs yet (`genloop flow retrain`, or its triggers under `make up`)")
-        return
-    table = Table(title="Retrain (last runs)")
-    for col in ("started", "trigger", "outcome", "version", "why / reasons"):
-        table.add_column(col, no_wrap=col in ("started", "version"))
-    for run in reversed(runs):
+    rows = []
+    for run in reversed(history(last)):
         detail = run.get("skipped") or "; ".join(run.get("reasons") or []) or run.get("error") or ""
         trigger = run["trigger"] + (" (forced)" if run.get("force") else "")
         outcome = run["outcome"] + (", deployed" if run.get("deployed") else "")
-        started = run["started"][:16].replace("T", " ")
-        table.add_row(started, trigger, outcome, str(run.get("version") or ""), detail)
-    console.print(table)
+        rows.append([_at(run["started"]), trigger, outcome, str(run.get("version") or ""), detail])
+    _recent(
+        console,
+        "Retrain (last runs)",
+        {"started": True, "trigger": False, "outcome": False, "version": True, "why / reasons": False},
+        rows,
+        "Retrain: no runs yet (`genloop flow retrain`, or its triggers under `make up`)",
+    )
 
 
 def usage(console: Console) -> dict[str, dict]:

@@ -74,6 +74,12 @@ def guardrail(rp: RetrainParams, now: float, records: list[dict]) -> str | None:
     return None
 
 
+def _last_start() -> float | None:
+    """When the last retrain that went on to train started (None: there was none)."""
+    ran = retrains(history())
+    return ran[-1]["started_at"] if ran else None
+
+
 def _source_files() -> set[str]:
     return {f["sha256"] for f in read_json(paths.MANIFEST)["files"]} if paths.MANIFEST.is_file() else set()
 
@@ -118,9 +124,7 @@ def begin(params: Params, trigger: str, detail: dict | None, force: bool, now: f
 
 def check_new_data(params: Params, record: dict) -> dict:
     """After collect: how much is new since the last retrain, and whether that is enough."""
-    last = retrains(history())
-    since = last[-1]["started_at"] if last else None
-    record["new"] = new_data(params, since, record["started_at"])
+    record["new"] = new_data(params, _last_start(), record["started_at"])
     if not record["force"]:
         record["skipped"] = too_little(params.require("retrain"), record["new"])
     if record["skipped"] is None:
@@ -170,8 +174,7 @@ def feedback_due(params: Params, now: float | None = None) -> dict | None:
     """The feedback trigger's payload when `min_new_ratings` ratings came in since the last retrain."""
     rp = params.require("retrain")
     now = time.time() if now is None else now
-    last = retrains(history())
-    since = last[-1]["started_at"] if last else None
+    since = _last_start()
     count = new_ratings(params, since, now)
     return (
         {"ratings": count, "since": _stamp(since) if since else None} if count >= rp.min_new_ratings else None
