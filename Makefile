@@ -82,6 +82,7 @@ bench: setup  ## benchmarks: side-by-side ratios
 	$(BIN)/python bench/tune_pruning.py
 	$(BIN)/python bench/drift.py
 	$(BIN)/python bench/serve.py  # needs a champion: run make demo first
+	$(BIN)/python bench/flow_overhead.py  # needs a pipeline that has run: make demo first
 
 up: setup  ## start the local Prefect server (UI at http://127.0.0.1:4200), a worker and the deployments
 	$(BIN)/genloop up

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from service.settings import Settings
 
@@ -105,6 +105,26 @@ def generate_request(settings: Settings, kind: str, classes: list[str], vocab: l
             return v
 
     return TextRequest
+
+
+def generate_response(kind: str) -> type[BaseModel]:
+    """The answer of POST /generate: one entry per sample, its id (to rate it) and the sample itself, a
+    base64 PNG or a text. Declared, it is in the OpenAPI document and JSON goes out without BentoML
+    working out the media type from a schema at every answer."""
+    key, what = ("image", "a base64 PNG") if kind == "image" else ("text", "the prompt and its continuation")
+    sample = create_model(
+        "Sample",
+        id=(Annotated[str, Field(pattern=SAMPLE_ID, description="rate it with POST /feedback")], ...),
+        **{key: (Annotated[str, Field(description=what)], ...)},
+    )
+
+    class GenerateResponse(BaseModel):
+        model: Annotated[str, Field(description="the model version that drew the samples")]
+        request_id: str
+        seed: Annotated[int, Field(description="the seed used: the same request with it draws the same")]
+        samples: list[sample]
+
+    return GenerateResponse
 
 
 class FeedbackRequest(BaseModel):

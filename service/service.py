@@ -1,14 +1,16 @@
-"""The genloop service (BentoML 1.4): a model service that batches, behind an API service that checks.
+"""The genloop service (BentoML 1.4): one service that checks requests and runs the model in-process.
 
-- `Generator` holds the registered model (a `BentoModel`, loaded from safetensors) and answers
-  `generate_batch`, a batchable method: BentoML's adaptive batching merges concurrent requests into
-  one model call (`max_batch_size`, `max_latency_ms`). It asks for a GPU when packaged with `gpu`.
-- `Genloop` is the public API: `POST /generate`, `POST /feedback`, `GET /version`, the web page at
-  `/ui`, and BentoML's own `/livez`, `/readyz`, `/metrics` and API docs at `/`. It validates requests
-  against bodies shaped by the served model (service/requests.py: 400 with the reason), logs every
-  sample (seed, condition, features: models/features.py) and stores feedback durably
-  (service/store.py), and sits behind service/guard.py (API key,
-  JSON only, body size, concurrency, timeout, one error shape).
+`Genloop` is the public API: `POST /generate`, `POST /feedback`, `GET /version`, the web page at
+`/ui`, and BentoML's own `/livez`, `/readyz`, `/metrics` and API docs at `/`. It validates requests
+against bodies shaped by the served model (service/requests.py: 400 with the reason), runs the
+registered model (a `BentoModel`, loaded from safetensors; one GPU when packaged with `gpu`) with
+adaptive batching of concurrent requests (service/batcher.py: `max_batch_size`, `max_latency_ms`),
+logs every sample (seed, condition, features: models/features.py) and stores feedback durably
+(service/store.py), and sits behind service/guard.py (API key, JSON only, body size, concurrency,
+timeout, one error shape).
+
+The model runs in the API's process, not in a second BentoML service behind it: at one sample per
+request the hop between two services cost more than the digits model (bench/serve.py measures it).
 
 Serve from source with `genloop serve` (it passes every setting of params.yaml's `serve` section as a
 `--arg`), or build a Bento with `genloop stage package` and run `genloop deploy`.
@@ -22,11 +24,13 @@ import uuid
 from pathlib import Path
 
 import bentoml
-from bentoml.exceptions import NotFound, ServiceUnavailable
+from bentoml.exceptions import NotFound
+from pydantic import BaseModel
 
+from service.batcher import Batcher
 from service.guard import Guard, quiet_client_errors
 from service.pictures import png
-from service.requests import FeedbackRequest, generate_request
+from service.requests import FeedbackRequest, generate_request, generate_response
 from service.settings import Settings
 
 SETTINGS = bentoml.use_arguments(Settings)
@@ -45,72 +49,54 @@ DESCRIBED = _described()
 KIND = DESCRIBED["data"]["kind"]
 CLASSES = [str(c) for c in DESCRIBED["data"].get("classes") or []]
 GenerateRequest = generate_request(SETTINGS, KIND, CLASSES, list(DESCRIBED["data"].get("vocab") or []))
+GenerateResponse = generate_response(KIND)
+Sample = GenerateResponse.model_fields["samples"].annotation.__args__[0]
 
 
-# BentoML's client for the model service replaces its aiohttp session every 100 calls (and 300 s) and
-# closes the old one with other calls still in flight. Closing drops the payload of a call whose answer
-# headers had arrived: it waited for a body that never came until its 504, or failed with "Connection
-# closed." (a 500). Measured at concurrency 16: 1 in 16-48 thousand calls; 4 in 4,000 with
-# max_requests 2. Over a local socket the refresh buys nothing, so it is switched off.
-KEEP_SESSION = {"max_requests": 1_000_000_000_000, "max_age": 1e12}  # never, in practice
+class Model:
+    """The registered model, loaded once, and what the service computes with it: samples and their
+    features. Its calls take and return plain values, a batch of jobs at a time."""
 
-
-@bentoml.service(
-    resources={"gpu": 1} if SETTINGS.gpu else {"cpu": "1"},
-    workers=1,
-    traffic={"timeout": SETTINGS.timeout_s},
-    runner_connection=KEEP_SESSION,
-)
-class Generator:
-    """The model. Its methods take and return plain JSON-able values."""
-
-    model_ref = bentoml.models.BentoModel(SETTINGS.model)
-
-    def __init__(self) -> None:
+    def __init__(self, path: str) -> None:
         import torch
 
         from models import export
 
         self.device = "cuda" if torch.cuda.is_available() and SETTINGS.gpu else "cpu"
         expected = bentoml.models.get(SETTINGS.model).info.metadata.get("weights_sha256")
-        self.model = export.load(self.model_ref.path, self.device, sha256=expected).to(self.device)
-        self.kind = KIND
+        self.model = export.load(path, self.device, sha256=expected).to(self.device)
         self.featurizer = None
         if KIND == "image":  # the drift monitor's eye, kept with the version (tasks/monitoring/reference.py)
             from models.features import FEATURIZER_INFO, ImageFeaturizer
 
-            folder = Path(self.model_ref.path) / "reference"
+            folder = Path(path) / "reference"
             exists = (folder / FEATURIZER_INFO).is_file()
             self.featurizer = ImageFeaturizer.load(folder) if exists else ImageFeaturizer(None)
 
-    def _run(self, jobs: list[dict]) -> list[dict]:
+    def __call__(self, jobs: list[dict]) -> list[dict]:
+        """Each job's samples as shown (base64 PNGs or texts) and as written (what the drift monitor's
+        features are computed from, later and off the request path: `featurize`)."""
         import torch
 
         with torch.inference_mode():
             results = self.model.sample_batch(jobs)
-        from models.features import features
-
         out = []
         for job, samples in zip(jobs, results, strict=True):
-            if self.kind == "image":
-                samples = samples.cpu().numpy()
-                written = samples
+            if KIND == "image":
+                written = list(samples.cpu().numpy())
+                out.append({"samples": [png(img) for img in written], "written": written})
             else:  # what the model wrote: the prompt is the request's, judged by the request check
-                written = [t[len(job.get("condition") or "") :] for t in samples]
-            stats, embedding = features(self.kind, written, self.featurizer)
-            shown = [png(img) for img in samples] if self.kind == "image" else samples
-            out.append({"samples": shown, "stats": stats.tolist(), "embedding": embedding.tolist()})
+                k = len(job.get("condition") or "")
+                out.append({"samples": samples, "written": [t[k:] for t in samples]})
         return out
 
-    @bentoml.api(
-        batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
-    )
-    def generate_batch(self, jobs: list[dict]) -> list[dict]:
-        return self._run(jobs)
+    def featurize(self, written: list):
+        """(stats, embedding) of samples as written, many requests' at once (models/features.py)."""
+        import numpy as np
 
-    @bentoml.api
-    def generate_one(self, job: dict) -> dict:
-        return self._run([job])[0]
+        from models.features import features
+
+        return features(KIND, np.stack(written) if KIND == "image" else written, self.featurizer)
 
 
 def _page_app():
@@ -158,16 +144,28 @@ def model_info() -> dict:
     }
 
 
-@bentoml.service(traffic={"timeout": SETTINGS.timeout_s + 5})
+@bentoml.service(
+    resources={"gpu": 1} if SETTINGS.gpu else {"cpu": "1"},
+    workers=1,
+    traffic={"timeout": SETTINGS.timeout_s + 5},
+)
 @bentoml.asgi_app(_page_app(), path="/")
 class Genloop:
-    generator = bentoml.depends(Generator)
+    model_ref = bentoml.models.BentoModel(SETTINGS.model)
 
     def __init__(self) -> None:
         from service.store import Store
 
-        self.store = Store()
+        self.model = Model(self.model_ref.path)
+        self.batcher = Batcher(self.model, SETTINGS.max_batch_size, SETTINGS.max_latency_ms / 1000)
+        self.store = Store(featurize=self.model.featurize)
         self.info = model_info()
+
+    @bentoml.on_shutdown
+    def _close(self) -> None:
+        """After the last request has been answered: the log still queued goes to disk."""
+        self.batcher.close()
+        self.store.close()
 
     def _job(self, req, seed: int) -> dict:
         """The model's arguments for a request its body model has already checked."""
@@ -178,34 +176,19 @@ class Genloop:
             return job
         return job | {"condition": req.prompt, "temperature": req.temperature, "length": req.length}
 
-    async def _sample(self, job: dict, attempts: int = 3) -> dict:
-        """One call to the model service. A kept-alive connection it has just closed is retried (the
-        call has no side effects); a model service that stays unreachable is a 503, not a 500.
+    async def _sample(self, job: dict) -> dict:
+        """With batching, the job joins the next batch; without, it runs at once in a thread of its own
+        (as a plain BentoML service runs a synchronous API)."""
+        if SETTINGS.batching:
+            return await self.batcher.submit(job)
+        import anyio
 
-        With batching, an answer takes at most max_latency_ms (BentoML's batcher answers 503 beyond
-        it), so a batched call not answered within max_latency_ms + 2 s is lost and asked again: a
-        guard against answers lost as they were before KEEP_SESSION."""
-        import asyncio
+        return (await anyio.to_thread.run_sync(self.model, [job]))[0]
 
-        import aiohttp
-
-        lost_after = SETTINGS.max_latency_ms / 1000 + 2
-        for attempt in range(attempts):
-            try:
-                if SETTINGS.batching:
-                    call = self.generator.to_async.generate_batch([job])
-                    return (await asyncio.wait_for(call, lost_after))[0]
-                return await self.generator.to_async.generate_one(job)
-            except (aiohttp.ClientConnectionError, TimeoutError) as err:
-                if attempt == attempts - 1:
-                    raise ServiceUnavailable(f"the model service did not answer: {err!r}") from None
-                await asyncio.sleep(0.05 * (attempt + 1))
-        raise AssertionError("unreachable")
-
-    @bentoml.api(route="/generate", input_spec=GenerateRequest)
-    async def generate(self, **fields) -> dict:
+    @bentoml.api(route="/generate", input_spec=GenerateRequest, output_spec=GenerateResponse)
+    async def generate(self, **fields) -> BaseModel:
         """Draw `n` samples: images (base64 PNG) for a `label`, or texts continuing a `prompt`."""
-        req = GenerateRequest(**fields)
+        req = GenerateRequest.model_construct(**fields)  # BentoML has validated the fields
         # a request without a seed gets one drawn here and logged: every sample can be made again
         seed = req.seed if req.seed is not None else secrets.randbelow(2**62)
         job = self._job(req, seed)
@@ -214,33 +197,27 @@ class Genloop:
         latency = (time.perf_counter() - start) * 1000
         request_id = uuid.uuid4().hex
         ids = [f"{request_id}-{i}" for i in range(len(result["samples"]))]  # see Store.known_sample
-        rows = [
-            {"id": i, "stats": st, "embedding": emb}
-            for i, st, emb in zip(ids, result["stats"], result["embedding"], strict=True)
-        ]
+        rows = [{"id": i, "written": w} for i, w in zip(ids, result["written"], strict=True)]
         if KIND == "image":  # the class drawn: the one asked for, or the classes in turn (models/common.py)
             for i, row in enumerate(rows):
                 row["asked"] = req.label is not None  # the request check counts only these
                 row["label"] = (
                     req.label if req.label is not None else (CLASSES[i % len(CLASSES)] if CLASSES else None)
                 )
-        elif req.prompt:
-            from models.features import text_features
-
-            stats, embedding = text_features([req.prompt])
+        elif req.prompt:  # its features are computed with the samples'
             for row in rows:
-                row |= {"asked": True, "prompt_stats": stats[0].tolist(), "prompt_embedding": embedding[0]}
+                row |= {"asked": True, "prompt_text": req.prompt}
                 row["prompt"] = req.prompt if SETTINGS.log_prompts else None
         self.store.log_request(
             request_id, self.info["model"], req.model_dump() | {"seed": seed}, latency, rows
         )
         key = "image" if KIND == "image" else "text"
-        return {
-            "model": self.info["model"],
-            "request_id": request_id,
-            "seed": seed,
-            "samples": [{"id": i, key: s} for i, s in zip(ids, result["samples"], strict=True)],
-        }
+        # built from values of known types, so not validated again
+        shown = zip(ids, result["samples"], strict=True)
+        samples = [Sample.model_construct(id=i, **{key: s}) for i, s in shown]
+        return GenerateResponse.model_construct(
+            model=self.info["model"], request_id=request_id, seed=seed, samples=samples
+        )
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
     def feedback(self, sample_id: str, rating: int, comment: str = "") -> dict:

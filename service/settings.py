@@ -14,7 +14,7 @@ class Limits(BaseModel):
 
     batching: bool  # adaptive batching of model calls across concurrent requests
     max_batch_size: int = Field(ge=1)  # requests merged into one model call
-    max_latency_ms: int = Field(ge=1)  # the batcher's bound on waiting plus computing: above it, 503
+    max_latency_ms: int = Field(ge=1)  # a request waiting longer for the model gets 503
     max_samples: int = Field(ge=1, le=1024)  # n per request
     max_length: int = Field(ge=1, le=100_000)  # characters per text sample
     max_prompt: int = Field(ge=0, le=100_000)  # characters of prompt
@@ -29,4 +29,4 @@ class Settings(Limits):
     """The Bento's arguments: the limits, the model version and whether the model asks for a GPU."""
 
     model: str = Field(description="registered version to serve, e.g. genloop-sklearn-digits-vae:<version>")
-    gpu: bool  # the model service declares one GPU (package.gpu)
+    gpu: bool  # the service declares one GPU (package.gpu)

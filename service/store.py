@@ -1,9 +1,12 @@
 """Durable records of the service: feedback, and a log of requests and of each sample served, in one
 SQLite file.
 
-Each write is a committed transaction with synchronous=FULL in WAL mode, so a 200 is only sent after
-the row is on disk: killing the server right after loses nothing. The drift monitor and the retrain
-flow read the same file, `$GENLOOP_SERVING_DIR/serving.db`.
+Feedback is a committed transaction with synchronous=FULL in WAL mode before its answer: killing the
+server right after an acknowledged rating loses nothing. The log of requests and samples is written off
+the request path: a writer thread commits whatever has queued in one transaction (a group commit, one
+fsync for many requests), a rating first commits the log it may refer to, and `close()` (the service's
+shutdown, on SIGTERM) writes what is left, so only a hard kill can lose the last few milliseconds of
+log. The drift monitor and the retrain flow read the same file, `$GENLOOP_SERVING_DIR/serving.db`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Version 0: requests and feedback. Version 1 adds a row per served sample (what the drift monitor reads)
@@ -44,6 +47,9 @@ MIGRATIONS = (
     CREATE INDEX IF NOT EXISTS feedback_sample ON feedback (sample_id);
     """,
 )
+
+
+WRITE_EVERY_S = 0.05  # the log's group commit: at most this much later on disk than the answer
 
 
 @contextlib.contextmanager
@@ -81,7 +87,9 @@ def default_dir() -> Path:
 
 
 class Store:
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path | None = None, featurize: Callable[[list], tuple] | None = None) -> None:
+        """`featurize`: (stats, embedding) of a list of samples as the model wrote them, for samples
+        logged with `written` instead of their features: computed by the writer, for many at once."""
         folder = folder or default_dir()
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "serving.db"
@@ -94,59 +102,137 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # fsync at each commit: durable once we answer
         migrate(self.db)
-
-    def _write(self, sql: str, row: tuple) -> None:
-        with self.lock, transaction(self.db):
-            self.db.execute(sql, row)
+        # the log waiting for the writer; taken only with `lock` held too, so a rating (which holds it)
+        # finds every request logged before it either committed or in what it takes
+        self.featurize = featurize
+        self.pending: dict[str, int] = {}  # request id -> samples, logged but not yet committed
+        self.buffer: list[tuple] = []
+        self.buffer_lock = threading.Lock()
+        self.wake = threading.Event()
+        self.closing = threading.Event()
+        self.writer = threading.Thread(target=self._write_log, name="serving-log", daemon=True)
+        self.writer.start()
 
     def log_request(
         self, request_id: str, model: str, req: dict, latency_ms: float, samples: list[dict]
     ) -> None:
-        """The request and a row per sample, in one transaction. `req` holds the seed actually used; each
-        sample holds its class (and whether it was asked for) or its prompt's features, and its own
-        (stats, embedding) from models/features.py. With the model version, the row says how to draw
-        the sample again (a text sample needs its prompt too: kept with serve.log_prompts)."""
+        """The request and a row per sample, committed together shortly after (off the request path).
+        `req` holds the seed actually used; each sample holds its class (and whether it was asked for)
+        or its prompt (`prompt_text`, for its features; `prompt`, kept with serve.log_prompts), and
+        its own (stats, embedding) from models/features.py, or `written` for `featurize` to compute
+        them. With the model version, the row says how to draw the sample again."""
+        with self.buffer_lock:
+            self.pending[request_id] = len(samples)
+            self.buffer.append((request_id, time.time(), model, req, latency_ms, samples))
+        self.wake.set()
+
+    def _take(self) -> list[tuple]:
+        with self.buffer_lock:
+            rows, self.buffer = self.buffer, []
+            self.wake.clear()
+        return rows
+
+    def _write_log(self) -> None:
+        """The writer thread: everything queued, one transaction at a time, until `close()`. It pauses
+        between writes, so that rows come in groups (one fsync, one featurizer call for many)."""
+        while True:
+            self.wake.wait()
+            with self.lock:
+                self._write_rows(self._take())
+                if self.closing.is_set() and not self.buffer:
+                    return
+            self.closing.wait(WRITE_EVERY_S)
+
+    def _write_rows(self, rows: list[tuple], then: tuple | None = None) -> None:
+        """Queued log rows, and `then` (a feedback row), in one transaction (the caller holds `lock`)."""
+        if not rows and then is None:
+            return
+        self._featurize([s for row in rows for s in row[5]])
+        with transaction(self.db):
+            for row in rows:
+                self._insert(*row)
+            if then is not None:
+                self.db.execute("INSERT INTO feedback VALUES (?,?,?,?,?)", then)
+        with self.buffer_lock:
+            for row in rows:
+                self.pending.pop(row[0], None)
+
+    def _featurize(self, samples: list[dict]) -> None:
+        """Features of the samples logged raw, and of their prompts, for the whole group at once."""
+        raw = [s for s in samples if "written" in s]
+        if raw and self.featurize is not None:
+            stats, embedding = self.featurize([s.pop("written") for s in raw])
+            for s, st, emb in zip(raw, stats, embedding, strict=True):
+                s["stats"], s["embedding"] = st, emb
+        prompted = [s for s in samples if "prompt_text" in s]
+        if prompted:
+            from models.features import text_features
+
+            stats, embedding = text_features([s.pop("prompt_text") for s in prompted])
+            for s, st, emb in zip(prompted, stats, embedding, strict=True):
+                s["prompt_stats"], s["prompt_embedding"] = st, emb
+
+    def flush(self) -> None:
+        """Commit the log queued so far (readers in this process see it afterwards)."""
+        with self.lock:
+            self._write_rows(self._take())
+
+    def _insert(
+        self, request_id: str, now: float, model: str, req: dict, latency_ms: float, samples: list[dict]
+    ) -> None:
         import numpy as np
 
-        now = time.time()
         ids = [s["id"] for s in samples]
-        with self.lock, transaction(self.db):
-            self.db.execute(
-                "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        self.db.execute(
+            "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                request_id, now, model, req.get("n"), req.get("seed"),
+                None if req.get("label") is None else str(req["label"]),
+                len(req.get("prompt") or ""), req.get("temperature"), req.get("length"),
+                latency_ms, "{}", json.dumps(ids),
+            ),
+        )  # fmt: skip
+        self.db.executemany(
+            "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
                 (
-                    request_id, now, model, req.get("n"), req.get("seed"),
-                    None if req.get("label") is None else str(req["label"]),
-                    len(req.get("prompt") or ""), req.get("temperature"), req.get("length"),
-                    latency_ms, "{}", json.dumps(ids),
-                ),
-            )  # fmt: skip
-            self.db.executemany(
-                "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        s["id"], request_id, now, model, req["seed"], i, len(samples), s.get("label"),
-                        int(bool(s.get("asked"))), s.get("prompt"),
-                        json.dumps(s["prompt_stats"]) if s.get("prompt_stats") else None,
-                        _blob(s.get("prompt_embedding"), np), req.get("temperature"), req.get("length"),
-                        json.dumps(s["stats"]), _blob(s["embedding"], np), latency_ms,
-                    )
-                    for i, s in enumerate(samples)
-                ],
-            )  # fmt: skip
+                    s["id"], request_id, now, model, req["seed"], i, len(samples), s.get("label"),
+                    int(bool(s.get("asked"))), s.get("prompt"),
+                    _json(s.get("prompt_stats")),
+                    _blob(s.get("prompt_embedding"), np), req.get("temperature"), req.get("length"),
+                    _json(s["stats"]), _blob(s["embedding"], np), latency_ms,
+                )
+                for i, s in enumerate(samples)
+            ],
+        )  # fmt: skip
 
     def known_sample(self, sample_id: str) -> bool:
         """Sample ids are `<request id>-<index>`: one primary-key lookup, however long the log."""
         request_id, _, index = sample_id.rpartition("-")
         if not index.isdigit():
             return False
-        with self.lock:
-            row = self.db.execute("SELECT n FROM requests WHERE id = ?", (request_id,)).fetchone()
-        return row is not None and int(index) < row[0]
+        n = self.pending.get(request_id)  # popped only once committed: absent means on disk or unknown
+        if n is None:
+            with self.lock:
+                row = self.db.execute("SELECT n FROM requests WHERE id = ?", (request_id,)).fetchone()
+            n = row and row[0]
+        return n is not None and int(index) < n
 
     def add_feedback(self, sample_id: str, rating: int, comment: str, model: str) -> None:
-        self._write(
-            "INSERT INTO feedback VALUES (?,?,?,?,?)", (sample_id, time.time(), rating, comment, model)
-        )
+        """Committed before it returns, together with the log still queued (which it may refer to)."""
+        with self.lock:
+            self._write_rows(self._take(), then=(sample_id, time.time(), rating, comment, model))
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer (the service's shutdown: SIGTERM loses no log)."""
+        self.closing.set()
+        self.wake.set()
+        self.writer.join()
+
+
+def _json(values) -> str | None:
+    """Statistics (a list or a numpy row) as a JSON list."""
+    return None if values is None else json.dumps([float(v) for v in values])
 
 
 def _blob(vector, np) -> bytes | None:

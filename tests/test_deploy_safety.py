@@ -55,6 +55,7 @@ class Load:
         self.counts: collections.Counter = collections.Counter()
         self.errors: list[str] = []
         self.rated: list[tuple[str, int]] = []
+        self.answered: list[str] = []  # request ids of the 200s
         self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
 
     def _post(self, path: str, body: dict, retry: bool):
@@ -79,6 +80,8 @@ class Load:
             if res is None:
                 continue
             self.counts[res.status_code] += 1
+            if res.status_code == 200:
+                self.answered.append(res.json()["request_id"])
             if res.status_code == 200 and self.feedback:
                 sample = res.json()["samples"][0]["id"]
                 rating = 1 + i % 5
@@ -171,7 +174,8 @@ def test_a_stale_record_never_signals_another_program(site):
 
 def test_soak_loses_nothing_and_sigterm_drains(site):
     """A steady load with feedback for a while, then SIGTERM: no 5xx and no 504, every acknowledged
-    rating stored, memory flat after warm-up, and the requests in flight at SIGTERM answered."""
+    rating stored, every answered request in the log (written off the request path, the rest at the
+    shutdown), memory flat after warm-up, and the requests in flight at SIGTERM answered."""
     server = record(site)
     procs = [psutil.Process(server["pid"]), *psutil.Process(server["pid"]).children(recursive=True)]
 
@@ -196,8 +200,10 @@ def test_soak_loses_nothing_and_sigterm_drains(site):
     assert steady < warm * 1.25, (warm, steady)
     db = sqlite3.connect(site.root / ".genloop/serving/serving.db")
     stored = set(db.execute("SELECT sample_id, rating FROM feedback").fetchall())
+    logged = {r for (r,) in db.execute("SELECT id FROM requests")}
     db.close()
     assert set(load.rated) <= stored  # no acknowledged rating lost
+    assert set(load.answered) <= logged, len(set(load.answered) - logged)  # no answered request unlogged
     print(f"soak: {served_before_stop} answers, {len(load.rated)} ratings, rss {warm} -> {steady} bytes, "
           f"{refused} refused after the stop")  # fmt: skip
     site.run("genloop", "deploy", check=True)

@@ -65,6 +65,7 @@ def test_the_log_migration_keeps_the_rows_of_an_older_file(tmp_path):
         2.0,
         [{"id": "r2-0", "label": "3", "stats": [0.1, 0.2, 0.3], "embedding": [1.0, 2.0]}],
     )
+    store.flush()  # the log is written off the request path
     row = store.db.execute("SELECT seed, position, n, label, embedding FROM samples").fetchone()
     assert row[:4] == (9, 0, 1, "3") and np.frombuffer(row[4], np.float32).tolist() == [1.0, 2.0]
     Store(tmp_path)  # opening again migrates nothing and keeps everything
@@ -156,17 +157,11 @@ def test_several_replicas_logs_read_as_one(tmp_path):
     from service.store import Store
     from tasks.monitoring.logs import ServingLogs, files
 
-    for replica in ("a", "b"):
-        Store(tmp_path / replica).log_request(
-            f"r{replica}",
-            "genloop-x:1",
-            {"n": 1, "seed": 1},
-            1.0,
-            [{"id": f"r{replica}-0", "stats": [1], "embedding": [0]}],
-        )
-    Store(tmp_path / "c").log_request(
-        "rc", "genloop-other:1", {"n": 1, "seed": 1}, 1.0, [{"id": "rc-0", "stats": [1], "embedding": [0]}]
-    )
+    for replica, model in (("a", "genloop-x:1"), ("b", "genloop-x:1"), ("c", "genloop-other:1")):
+        store = Store(tmp_path / replica)
+        sample = {"id": f"r{replica}-0", "stats": [1], "embedding": [0]}
+        store.log_request(f"r{replica}", model, {"n": 1, "seed": 1}, 1.0, [sample])
+        store.close()  # as the service's shutdown does: what is queued is written
     found = files([str(tmp_path / "*" / "serving.db")], tmp_path / "none")
     assert len(found) == 3
     rows = ServingLogs(found).samples("genloop-x:", since=0)

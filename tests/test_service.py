@@ -96,9 +96,13 @@ def test_routes(site):
         "SELECT id, seed, position, n, label, stats, embedding FROM samples WHERE seed = 5"
     ).fetchall()
     unseeded = httpx.post(site.url + "/generate", json={"n": 2}).json()
-    drawn = db.execute(
-        "SELECT seed, label FROM samples WHERE request_id = ?", (unseeded["request_id"],)
-    ).fetchall()
+    for _ in range(40):  # the log is written off the request path, a group every 50 ms
+        drawn = db.execute(
+            "SELECT seed, label FROM samples WHERE request_id = ?", (unseeded["request_id"],)
+        ).fetchall()
+        if drawn:
+            break
+        time.sleep(0.05)
     db.close()
     assert len(logged) == 2 and logged[0][:3] == (3, 5, "7") and sample in logged[0][3] + logged[1][3]
     # a row per sample, for the drift monitor: seed, position, class, its statistics and embedding

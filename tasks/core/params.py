@@ -292,7 +292,7 @@ class RetrainParams(Section):
 
 
 class PackageParams(Section):
-    gpu: bool  # the model service asks for one GPU (and uses it when present)
+    gpu: bool  # the service asks for one GPU (and uses it when present)
 
 
 class ServeParams(Section, Limits):
