@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prefect import task
 
+from tasks.core import paths
 from tasks.core.errors import GenloopError
 from tasks.core.orchestration import publish_table, repro
 from tasks.core.params import Params
@@ -46,9 +47,7 @@ def apply_tuned(params: Params) -> tuple[Params, dict]:
 @task(name="train")
 def train_task() -> dict:
     """Run the DVC stage `train` (resumes a killed run) and show its metrics in the Prefect UI."""
-    from tasks.training.fit import METRICS
-
-    repro("train")
-    metrics = read_json(METRICS)
+    repro("train")  # the task imports nothing of training: a cached stage costs what DVC's check does
+    metrics = read_json(paths.TRAIN_METRICS)
     publish_table("train", [{"metric": k, "value": str(v)} for k, v in metrics.items()], "Training result")
     return metrics

@@ -21,8 +21,9 @@ DATA_DOCS = VALIDATE / "data_docs"
 REJECTED = VALIDATE / "rejected"
 # the tune stage's best values, what train applies with train.use_tuned
 TUNED = ARTIFACTS / "tune" / "best_params.yaml"
-# the exported model of the train stage, what evaluate registers
+# the exported model of the train stage, what evaluate registers, and the run's result
 EXPORT = ARTIFACTS / "train" / "model"
+TRAIN_METRICS = ARTIFACTS / "train" / "metrics.json"
 
 # An exported model (artifacts/train/model, a registered version): weights, description, and the training
 # run's own record of what it was trained with (params, commit, data, result)

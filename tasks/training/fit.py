@@ -31,7 +31,7 @@ from tasks.core.params import ModelParams, TrainParams
 from tasks.training.module import Optim, Trainee
 
 TRAIN = paths.ARTIFACTS / "train"
-METRICS = TRAIN / "metrics.json"
+METRICS = paths.TRAIN_METRICS
 RECORD = paths.TRAINING_RECORD
 # Training figures are logged about every this many optimizer steps: a self.log costs ~0.5 ms.
 LOG_EVERY = 50
