@@ -56,7 +56,7 @@ TEST_WORKERS ?= 2
 TEST_THREADS ?= 1
 test: setup lint browser postgres  ## lint, then the whole test suite (unit and end-to-end; TEST_WORKERS=2 in parallel)
 	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) OPENBLAS_NUM_THREADS=$(TEST_THREADS) \
-	  $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	  $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 browser:  ## Debian's chromium for the web page test (apt-get, when run as root; else say how)
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
