@@ -29,24 +29,34 @@ INLINE_ROUNDS = 3  # loop rounds a lone job waits for company: reading a request
 
 
 class Batcher:
-    def __init__(self, run: Callable[[list], list], max_batch_size: int, max_latency_s: float) -> None:
+    def __init__(
+        self,
+        run: Callable[[list], list],
+        max_batch_size: int,
+        max_latency_s: float,
+        size: Callable[[object], float] = lambda job: 1.0,
+    ) -> None:
+        """`size(job)`: the job's work in some unit (samples, characters to write): a lone job runs
+        inline only when the time per unit measured so far, times its size, is under INLINE_S."""
         self.run, self.max_batch_size, self.max_latency_s = run, max_batch_size, max_latency_s
+        self.size = size
         self.queue: deque[tuple[object, asyncio.Future, float]] = deque()
         self.arrived: asyncio.Event | None = None
         self.worker: asyncio.Task | None = None
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.running = 0  # jobs in the batch being computed
         self.last_run_s = 0.0
-        self.lone_s = math.inf  # one-job calls' time: unknown until the model's thread has run one
+        self.unit_s = math.inf  # one-job calls' time per unit of size: unknown until one has run
         self.demand: deque[tuple[float, int]] = deque()  # (when, jobs waiting or running)
 
     async def submit(self, job):
         """The model's answer for one job, computed with whatever else is waiting.
 
-        A lone job for a quick model (under INLINE_S a call on average) is computed at once on the
-        event loop: handing it to the model's thread and back would cost more than the call. It
-        first lets the loop run a few rounds, so that requests which arrived meanwhile (while the
-        loop was busy) join it; then it is a batch like any other."""
+        A lone small job for a quick model (its size times the time per unit of one-job calls so far
+        under INLINE_S) is computed at once on the event loop: handing it to the model's thread and
+        back would cost more than the call. It first lets the loop run a few rounds, so that
+        requests which arrived meanwhile (while the loop was busy) join it; then it is a batch like
+        any other."""
         loop = asyncio.get_running_loop()
         if self.worker is None or self.worker.done():
             self.arrived = asyncio.Event()
@@ -54,14 +64,19 @@ class Batcher:
         entry = (job, loop.create_future(), time.monotonic())
         self.queue.append(entry)
         self._note_demand(len(self.queue) + self.running)
-        if len(self.queue) == 1 and not self.running and self.lone_s < INLINE_S:
-            for _ in range(INLINE_ROUNDS):
-                await asyncio.sleep(0)
+        if len(self.queue) == 1 and not self.running and self.unit_s * self.size(job) < INLINE_S:
+            try:
+                for _ in range(INLINE_ROUNDS):
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:  # its request ended meanwhile: the job goes too
+                if entry in self.queue:
+                    self.queue.remove(entry)
+                raise
             if len(self.queue) == 1 and self.queue[0] is entry and not self.running:
                 self.queue.popleft()
                 started = time.monotonic()
                 result = self.run([job])[0]
-                self._lone(time.monotonic() - started)
+                self._lone(job, time.monotonic() - started)
                 return result
         self.arrived.set()
         return await entry[1]
@@ -73,14 +88,16 @@ class Batcher:
             self.demand.popleft()
 
     def _target(self) -> int:
-        return min(self.max_batch_size, max((n for _, n in self.demand), default=1))
+        recent = time.monotonic() - DEMAND_WINDOW_S
+        return min(self.max_batch_size, max((n for at, n in self.demand if at >= recent), default=1))
 
     async def _work(self) -> None:
         while True:
             while not self.queue:
                 self.arrived.clear()
                 await self.arrived.wait()
-            deadline = time.monotonic() + self.last_run_s / 2
+            # wait for company at most half the last call, and never past the oldest job's limit
+            deadline = min(time.monotonic() + self.last_run_s / 2, self.queue[0][2] + self.max_latency_s)
             while len(self.queue) < self._target() and (left := deadline - time.monotonic()) > 0:
                 self.arrived.clear()
                 try:
@@ -102,15 +119,16 @@ class Batcher:
                 continue
             self.running = len(live)
             try:
-                results, self.last_run_s = await asyncio.get_running_loop().run_in_executor(
+                results, seconds = await asyncio.get_running_loop().run_in_executor(
                     self.thread, self._timed, [job for job, _ in live]
                 )
+                self.last_run_s = seconds
+                if len(live) == 1:
+                    self._lone(live[0][0], seconds)
             except Exception as err:  # every request of the batch gets the error
                 results = [err] * len(live)
             finally:
                 self.running = 0
-            if len(live) == 1:
-                self._lone(self.last_run_s)
             for (_, future), result in zip(live, results, strict=True):
                 if future.done():
                     continue
@@ -119,10 +137,12 @@ class Batcher:
                 else:
                     future.set_result(result)
 
-    def _lone(self, seconds: float) -> None:
-        """A one-job call's time, smoothed: one slow call (a collection, a busy core) changes little."""
+    def _lone(self, job, seconds: float) -> None:
+        """A one-job call's time per unit of size, smoothed: one slow call (a collection, a busy core)
+        changes little."""
         self.last_run_s = seconds
-        self.lone_s = seconds if math.isinf(self.lone_s) else 0.8 * self.lone_s + 0.2 * seconds
+        unit = seconds / max(self.size(job), 1e-9)
+        self.unit_s = unit if math.isinf(self.unit_s) else 0.8 * self.unit_s + 0.2 * unit
 
     def _timed(self, jobs: list) -> tuple[list, float]:
         """The model's call and its time alone (not the hand-over to the thread and back)."""

@@ -99,6 +99,12 @@ class Model:
         return features(KIND, np.stack(written) if KIND == "image" else written, self.featurizer)
 
 
+def job_size(job: dict) -> float:
+    """A job's work, for the batcher's choice to run a lone one inline: samples, times the characters
+    a text model writes for each."""
+    return job["n"] * job.get("length", 1)
+
+
 def _page_app():
     """The web page (/ui) and GET /version, mounted beside BentoML's routes (not over them)."""
     from starlette.applications import Starlette
@@ -157,7 +163,9 @@ class Genloop:
         from service.store import Store
 
         self.model = Model(self.model_ref.path)
-        self.batcher = Batcher(self.model, SETTINGS.max_batch_size, SETTINGS.max_latency_ms / 1000)
+        self.batcher = Batcher(
+            self.model, SETTINGS.max_batch_size, SETTINGS.max_latency_ms / 1000, size=job_size
+        )
         self.store = Store(featurize=self.model.featurize)
         self.info = model_info()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -50,6 +51,7 @@ MIGRATIONS = (
 
 
 WRITE_EVERY_S = 0.05  # the log's group commit: at most this much later on disk than the answer
+LOG = logging.getLogger("genloop.serving")
 
 
 @contextlib.contextmanager
@@ -135,24 +137,39 @@ class Store:
     def _write_log(self) -> None:
         """The writer thread: everything queued, one transaction at a time, until `close()`. It pauses
         between writes, so that rows come in groups (one fsync, one featurizer call for many)."""
+        failures = 0
         while True:
             self.wake.wait()
             with self.lock:
-                self._write_rows(self._take())
+                try:
+                    self._write_rows(self._take())
+                    failures = 0
+                except Exception:  # a locked or full disk, a failing featurizer: kept, tried again
+                    failures += 1
+                    LOG.exception("writing the request log failed (%d in a row); kept to try again", failures)
+                    if self.closing.is_set() and failures >= 3:
+                        LOG.error("stopping: %d requests' log could not be written", len(self.pending))
+                        return
+                    self.wake.set()
                 if self.closing.is_set() and not self.buffer:
                     return
-            self.closing.wait(WRITE_EVERY_S)
+            self.closing.wait(WRITE_EVERY_S if not failures else min(30.0, 2.0**failures))
 
     def _write_rows(self, rows: list[tuple], then: tuple | None = None) -> None:
         """Queued log rows, and `then` (a feedback row), in one transaction (the caller holds `lock`)."""
         if not rows and then is None:
             return
-        self._featurize([s for row in rows for s in row[5]])
-        with transaction(self.db):
-            for row in rows:
-                self._insert(*row)
-            if then is not None:
-                self.db.execute("INSERT INTO feedback VALUES (?,?,?,?,?)", then)
+        try:
+            self._featurize([s for row in rows for s in row[5]])
+            with transaction(self.db):
+                for row in rows:
+                    self._insert(*row)
+                if then is not None:
+                    self.db.execute("INSERT INTO feedback VALUES (?,?,?,?,?)", then)
+        except BaseException:  # nothing was written: the rows go back, first in line
+            with self.buffer_lock:
+                self.buffer[:0] = rows
+            raise
         with self.buffer_lock:
             for row in rows:
                 self.pending.pop(row[0], None)
@@ -161,16 +178,18 @@ class Store:
         """Features of the samples logged raw, and of their prompts, for the whole group at once."""
         raw = [s for s in samples if "written" in s]
         if raw and self.featurize is not None:
-            stats, embedding = self.featurize([s.pop("written") for s in raw])
+            stats, embedding = self.featurize([s["written"] for s in raw])
             for s, st, emb in zip(raw, stats, embedding, strict=True):
                 s["stats"], s["embedding"] = st, emb
+                del s["written"]  # only once computed: a failed group is featurized again
         prompted = [s for s in samples if "prompt_text" in s]
         if prompted:
             from models.features import text_features
 
-            stats, embedding = text_features([s.pop("prompt_text") for s in prompted])
+            stats, embedding = text_features([s["prompt_text"] for s in prompted])
             for s, st, emb in zip(prompted, stats, embedding, strict=True):
                 s["prompt_stats"], s["prompt_embedding"] = st, emb
+                del s["prompt_text"]
 
     def flush(self) -> None:
         """Commit the log queued so far (readers in this process see it afterwards)."""

@@ -14,19 +14,20 @@ import numpy as np
 import pytest
 
 
-def _batcher(delay_s: float, max_latency_s: float = 10.0, fail: bool = False):
+def _batcher(delay_s: float, max_latency_s: float = 10.0, fail: bool = False, per_unit_s: float = 0.0):
     from service.batcher import Batcher
 
     calls: list[tuple[list, str]] = []
 
     def run(jobs: list) -> list:
         calls.append((list(jobs), threading.current_thread().name))
-        time.sleep(delay_s)
+        time.sleep(delay_s + per_unit_s * sum(jobs))
         if fail:
             raise RuntimeError("the model broke")
         return [job * 10 for job in jobs]
 
-    return Batcher(run, max_batch_size=8, max_latency_s=max_latency_s), calls
+    size = (lambda job: job) if per_unit_s else (lambda job: 1.0)
+    return Batcher(run, max_batch_size=8, max_latency_s=max_latency_s, size=size), calls
 
 
 def test_concurrent_jobs_share_model_calls_and_get_their_own_answers():
@@ -53,6 +54,27 @@ def test_a_lone_quick_job_runs_on_the_event_loop():
     asyncio.run(main())
     # the first call measures the model in its thread; once known to be quick, lone jobs run inline
     assert [name.startswith("model") for _, name in calls] == [True, False, False]
+    batcher.close()
+
+
+def test_a_big_job_never_blocks_the_event_loop_and_a_cancelled_one_leaves_the_queue():
+    """Jobs of size 1 are quick (1 ms a unit); one of size 100 would hold the loop for 0.1 s: it goes to
+    the model's thread. A request cancelled while its lone job waits for company takes the job along."""
+    batcher, calls = _batcher(delay_s=0.0, per_unit_s=0.001)
+
+    async def main():
+        for _ in range(3):
+            await batcher.submit(1)
+        await batcher.submit(100)
+        lone = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0)  # it is waiting for company
+        lone.cancel()
+        await asyncio.gather(lone, return_exceptions=True)
+        return len(batcher.queue)
+
+    assert asyncio.run(main()) == 0
+    threads = [(jobs, name.startswith("model")) for jobs, name in calls]
+    assert threads == [([1], True), ([1], False), ([1], False), ([100], True)]
     batcher.close()
 
 
@@ -146,3 +168,40 @@ def test_the_services_features_match_the_monitors(kind):
     for i, (st, emb) in enumerate(one):
         np.testing.assert_allclose(whole[0][i], st[0], rtol=1e-6)
         np.testing.assert_allclose(whole[1][i], emb[0], rtol=1e-6)
+
+
+def test_a_failed_write_keeps_the_log_and_tries_again(tmp_path, monkeypatch):
+    """A write that fails (here the featurizer, once; a locked or full disk alike) loses nothing: the
+    rows wait for the next try; and a rating that fails leaves the log queued for the next write."""
+    from service import store as store_module
+    from service.store import Store
+
+    monkeypatch.setattr(store_module, "WRITE_EVERY_S", 3600.0)
+    failures = [RuntimeError("featurizer down")]
+
+    def featurize(written: list):
+        if failures:
+            raise failures.pop()
+        x = np.stack(written)
+        return x[:, :2], x[:, 2:]
+
+    store = Store(tmp_path, featurize=featurize)
+    first, second = "e" * 32, "f" * 32
+    store.log_request(first, "genloop-x:1", {"n": 1, "seed": 1}, 1.0, [_sample(first)])
+    for _ in range(100):  # the writer's try, which fails
+        if not failures:
+            break
+        time.sleep(0.02)
+    time.sleep(0.05)
+    assert not failures and _rows(store.path, "SELECT id FROM requests") == []
+    assert store.known_sample(f"{first}-0")  # still queued, not forgotten
+    store.add_feedback(f"{first}-0", 5, "", "genloop-x:1")  # writes it, with the rating
+    assert _rows(store.path, "SELECT id FROM requests") == [(first,)]
+
+    store.log_request(second, "genloop-x:1", {"n": 1, "seed": 2}, 1.0, [_sample(second)])
+    with pytest.raises(sqlite3.IntegrityError):  # a rating that fails in its transaction
+        store.add_feedback(None, 5, "", "genloop-x:1")
+    store.flush()
+    assert sorted(_rows(store.path, "SELECT id FROM requests")) == [(first,), (second,)]
+    assert _rows(store.path, "SELECT sample_id, rating FROM feedback") == [(f"{first}-0", 5)]
+    store.close()
