@@ -57,6 +57,20 @@ def test_a_lone_quick_job_runs_on_the_event_loop():
     batcher.close()
 
 
+def test_requests_arriving_together_are_batched_even_when_the_model_is_quick():
+    """A quick model's lone job may run on the event loop, but only after letting requests that arrived
+    with it join: eight at once make one batch, not eight calls one after another."""
+    batcher, calls = _batcher(delay_s=0.0)
+
+    async def main():
+        await batcher.submit(0)  # measures the model: quick, so a lone job would run inline
+        return await asyncio.gather(*(batcher.submit(i) for i in range(1, 9)))
+
+    assert asyncio.run(main()) == [i * 10 for i in range(1, 9)]
+    assert [len(jobs) for jobs, _ in calls[1:]] == [8], calls
+    batcher.close()
+
+
 def test_a_big_job_never_blocks_the_event_loop_and_a_cancelled_one_leaves_the_queue():
     """Jobs of size 1 are quick (1 ms a unit); one of size 100 would hold the loop for 0.1 s: it goes to
     the model's thread. A request cancelled while its lone job waits for company takes the job along."""
