@@ -3,8 +3,9 @@
 The model runs in one worker thread, one batch at a time, so the event loop keeps reading, checking
 and answering requests while it computes. A batch takes every job waiting, up to `max_batch_size`.
 When fewer are waiting than the recent demand (the most jobs waiting or running at once in the last
-second), it waits a little for the rest to arrive: at most half the last batch's running time, so
-that a lone client never waits and a crowd fills each batch instead of splitting into ragged ones.
+second), it waits a little for the rest to arrive: at most half the last batch's running time and
+never past the oldest job's limit, so that a crowd fills each batch instead of splitting into ragged
+ones, while a lone client, a second after any crowd, does not wait.
 A job that waited longer than `max_latency_s` before its batch started is refused with 503
 (overloaded) rather than answered late.
 
@@ -122,7 +123,7 @@ class Batcher:
                 results, seconds = await asyncio.get_running_loop().run_in_executor(
                     self.thread, self._timed, [job for job, _ in live]
                 )
-                self.last_run_s = seconds
+                self.last_run_s = seconds  # the next wait for company is bounded by half of it
                 if len(live) == 1:
                     self._lone(live[0][0], seconds)
             except Exception as err:  # every request of the batch gets the error
@@ -140,7 +141,7 @@ class Batcher:
     def _lone(self, job, seconds: float) -> None:
         """A one-job call's time per unit of size, smoothed: one slow call (a collection, a busy core)
         changes little."""
-        self.last_run_s = seconds
+        self.last_run_s = seconds  # an inline call is a batch of one too
         unit = seconds / max(self.size(job), 1e-9)
         self.unit_s = unit if math.isinf(self.unit_s) else 0.8 * self.unit_s + 0.2 * unit
 
