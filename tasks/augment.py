@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
-
 from tasks.core import datasets, paths
 from tasks.core.datasets import SPLITS, class_order
-from tasks.core.orchestration import publish_table, repro
+from tasks.core.orchestration import publish_table, repro, task
 from tasks.core.params import AugmentParams, ImageAugment, Params
 from tasks.core.storage import dumps, read_json, staged_dir
 from tasks.ingest.batches import require_passed

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from prefect import task
-
 from tasks.core import paths
 from tasks.core.datasets import require_family_fits
-from tasks.core.orchestration import publish_table, repro, transient
+from tasks.core.orchestration import publish_table, repro, task, transient
 from tasks.core.params import Params
 from tasks.core.storage import content_hash, dumps, read_json, staged_dir
 from tasks.ingest import batches

@@ -25,9 +25,8 @@ import json
 import os
 from collections.abc import Iterator
 
-from prefect import task
-
 from tasks.core.errors import GenloopError
+from tasks.core.orchestration import task
 from tasks.core.params import Params, line
 from tasks.core.storage import read_json, write_json
 from tasks.registry import bentos, champions, store

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
-
 from tasks.core import paths
 from tasks.core.datasets import layout
 from tasks.core.errors import GenloopError
-from tasks.core.orchestration import publish_markdown, repro
+from tasks.core.orchestration import publish_markdown, repro, task
 from tasks.core.params import EvaluateParams, Params
 from tasks.core.storage import read_json, sha256_file, write_json
 

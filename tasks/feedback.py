@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import io
 
-from prefect import task
-
 from tasks.core import paths
 from tasks.core.errors import GenloopError
-from tasks.core.orchestration import repro
+from tasks.core.orchestration import repro, task
 from tasks.core.params import Params
 from tasks.core.storage import dumps, read_json, sha256_bytes, staged_dir, write_json
 from tasks.ingest.feedback import MANIFEST

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import yaml
-from prefect import task
 
 from tasks.core import paths
-from tasks.core.orchestration import publish_markdown
+from tasks.core.orchestration import publish_markdown, task
 from tasks.core.storage import read_json, write_json
 
 STAGES = ("feedback", "collect", "validate", "augment", "tune", "train", "evaluate", "package")

@@ -22,11 +22,10 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
-from prefect import task
 
 from tasks.core import paths
 from tasks.core.errors import GenloopError
-from tasks.core.orchestration import publish_markdown
+from tasks.core.orchestration import publish_markdown, task
 from tasks.core.params import Params
 from tasks.core.storage import read_json, write_json
 

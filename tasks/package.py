@@ -13,12 +13,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from prefect import task
-
 from service.settings import Limits
 from tasks.core import paths
 from tasks.core.errors import GenloopError
-from tasks.core.orchestration import publish_table, repro
+from tasks.core.orchestration import publish_table, repro, task
 from tasks.core.params import Params, line
 from tasks.core.storage import content_hash, read_json, sha256_file, write_json
 from tasks.registry import bentos, champions, store

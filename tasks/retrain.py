@@ -19,11 +19,9 @@ import json
 import time
 from datetime import UTC, datetime
 
-from prefect import task
-
 from tasks.core import paths
 from tasks.core.errors import GenloopError
-from tasks.core.orchestration import publish_markdown
+from tasks.core.orchestration import publish_markdown, task
 from tasks.core.params import Params, RetrainParams
 from tasks.core.storage import read_json, write_json
 

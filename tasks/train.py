@@ -8,11 +8,9 @@ The training itself lives in tasks/training/.
 
 from __future__ import annotations
 
-from prefect import task
-
 from tasks.core import paths
 from tasks.core.errors import GenloopError
-from tasks.core.orchestration import publish_table, repro
+from tasks.core.orchestration import publish_table, repro, task
 from tasks.core.params import Params
 from tasks.core.storage import read_json
 

@@ -16,10 +16,9 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from prefect import task
 
 from tasks.core.errors import GenloopError
-from tasks.core.orchestration import publish_markdown, publish_table, repro
+from tasks.core.orchestration import publish_markdown, publish_table, repro, task
 from tasks.core.params import Params
 
 

@@ -18,12 +18,10 @@ import re
 import shutil
 from pathlib import Path
 
-from prefect import task
-
 from tasks.core import paths
 from tasks.core.datasets import class_order
 from tasks.core.errors import GenloopError
-from tasks.core.orchestration import publish_markdown, repro
+from tasks.core.orchestration import publish_markdown, repro, task
 from tasks.core.params import Params
 from tasks.core.storage import read_json, sha256_bytes, write_json
 from tasks.ingest import batches, reference

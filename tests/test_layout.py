@@ -111,3 +111,23 @@ def test_layers():
     for path in (REPO / "flows").glob("*.py"):
         text = path.read_text()
         assert "import torch" not in text and "lightning" not in text, path
+
+
+def test_a_stage_imports_no_prefect_and_its_task_is_prefects():
+    """`genloop stage <name>` (what DVC runs, once per stage) imports the stage's module for its `run`:
+    Prefect, 2 s to import, comes in only when a flow calls the task, which is then Prefect's own."""
+    import subprocess
+    import sys
+
+    stages = [name for name in STAGES if (REPO / "tasks" / f"{name}.py").is_file()] + ["deploy", "monitor"]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {stages!r}: importlib.import_module('tasks.' + name)\n"
+        "assert 'prefect' not in sys.modules, 'prefect imported'\n"
+        "from tasks.collect import collect_task\n"
+        "from prefect import Task\n"
+        "assert isinstance(collect_task._task, Task) and collect_task.name == 'collect'\n"
+        "assert collect_task.retries == 2 and collect_task.__name__ == 'collect_task'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -6,14 +6,47 @@ dvc.lock and share one cache.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 from tasks.core.errors import GenloopError
 
 
+class LazyTask:
+    """A Prefect task that imports Prefect on first use. `genloop stage <name>`, which DVC runs for every
+    stage, imports the stage's module for its `run` alone and so never pays Prefect's import (2 s)."""
+
+    def __init__(self, fn: Callable, options: dict[str, Any]) -> None:
+        self._fn, self._options = fn, options
+        functools.update_wrapper(self, fn)
+
+    @functools.cached_property
+    def _task(self):
+        from prefect import task
+
+        return task(**self._options)(self._fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._task(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # submit, map, with_options, fn, name, retries...
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._task, name)
+
+
+def task(**options: Any) -> Callable[[Callable], LazyTask]:
+    """`prefect.task(**options)`, built when a flow first calls it (see LazyTask)."""
+    return lambda fn: LazyTask(fn, options)
+
+
 def _logger():
+    if "prefect" not in sys.modules:  # no flow or task run can be active in this process
+        return None
     from prefect.exceptions import MissingContextError
     from prefect.logging import get_run_logger
 
