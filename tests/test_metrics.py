@@ -176,15 +176,30 @@ def test_image_sample_metrics_are_the_mean_over_draws_of_the_test_size(tmp_path)
         assert both[key] == pytest.approx((one[key] + two[key]) / 2)
 
 
-def test_the_featurizer_is_a_sharp_eye_even_on_a_small_training_split(tmp_path) -> None:
+def test_the_featurizer_is_a_sharp_eye_even_on_a_small_training_split(tmp_path, monkeypatch) -> None:
     """The feature space of FD, precision and recall is a classifier trained for a number of steps, not
-    epochs: on 500 digits (4 batches a pass) it still learns to tell them apart."""
+    epochs: on 500 digits (4 batches a pass) it still learns to tell them apart. With GENLOOP_CACHE_DIR,
+    another project on the same training set reuses it instead of training it again."""
     from sklearn.datasets import load_digits
 
     from tasks.quality import featurizer
 
+    monkeypatch.setenv("GENLOOP_CACHE_DIR", str(tmp_path / "cache"))
     order = np.random.default_rng(0).permutation(1797)
     x, y = _images("digits")[order], load_digits().target.astype(np.int64)[order]
-    features, info = featurizer.ensure(tmp_path, (x[:500], y[:500]), (x[1000:1400], y[1000:1400]), seed=0)
+    train, test = (x[:500], y[:500]), (x[1000:1400], y[1000:1400])
+    features, info = featurizer.ensure(tmp_path / "one", train, test, seed=0)
     assert info["kind"] == "classifier" and info["test_accuracy"] >= 0.95  # 15 epochs of 4 batches: 0.84
     assert features(x[:10] / 255.0).shape == (10, 64)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(featurizer, "_train", no_training)
+    again, same = featurizer.ensure(tmp_path / "two", train, test, seed=0)
+    assert same == info and np.array_equal(again(x[:10] / 255.0), features(x[:10] / 255.0))
+    assert list((tmp_path / "cache/featurizer").iterdir()) == [
+        tmp_path / "cache/featurizer" / info["fingerprint"]
+    ]
+    with pytest.raises(AssertionError, match="trained again"):  # another training set: its own eye
+        featurizer.ensure(tmp_path / "three", (x[:400], y[:400]), test, seed=0)

@@ -3,12 +3,17 @@
 It is retrained only when the training images, their labels or its own code change (a fingerprint
 beside the weights says which), so every model evaluated on the same data is measured by the same eye.
 Without class labels there is nothing to learn: features are then the pixels themselves.
+
+With GENLOOP_CACHE_DIR set, trained featurizers are also kept there by fingerprint, so other checkouts
+and projects on the same machine (CI, a test suite, a second clone) reuse the eye instead of training it.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +67,13 @@ def ensure(
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     if info.get("fingerprint") == stamp:
         return Features(_load(folder, info)), info
+    shared = _shared(stamp)
+    if shared is not None and (shared / INFO).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(shared / WEIGHTS, folder / WEIGHTS)
+        shutil.copy2(shared / INFO, info_path)  # last: the fingerprint vouches for the weights beside it
+        info = json.loads(info_path.read_text())
+        return Features(_load(folder, info)), info
     net, accuracy = _train(x, y, test, classes, seed)
     from safetensors.torch import save_model
 
@@ -74,7 +86,26 @@ def ensure(
         "test_accuracy": round(accuracy, 4),
     }
     write_json(info_path, info)
+    if shared is not None:
+        _publish(folder, shared)
     return Features(net), info
+
+
+def _shared(stamp: str) -> Path | None:
+    root = os.environ.get("GENLOOP_CACHE_DIR")
+    return Path(root) / "featurizer" / stamp if root else None
+
+
+def _publish(folder: Path, shared: Path) -> None:
+    """Copy the trained featurizer into the shared cache, whole or not at all (a rename)."""
+    staging = shared.with_name(f"{shared.name}.{os.getpid()}.tmp")
+    staging.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS, INFO):
+        shutil.copy2(folder / name, staging / name)
+    try:
+        staging.rename(shared)
+    except OSError:  # another process published the same fingerprint first
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _load(folder: Path, info: dict):
