@@ -36,6 +36,47 @@ PROJECT_FILES = [
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+# The files that take minutes (trained projects, deployed services, a Prefect server), longest first:
+# `--dist loadfile` hands files out in collection order, so each worker starts on a long one and the
+# quick files fill the gaps at the end instead of one long file running alone.
+LONGEST_FIRST = [
+    "test_service.py",
+    "test_deploy_safety.py",
+    "test_evaluate.py",
+    "test_flow.py",
+    "test_pipeline.py",
+    "test_train.py",
+    "test_monitor.py",
+    "test_prefect_server.py",
+    "test_text_service.py",
+    "test_tune_storage.py",
+    "test_tune.py",
+    "test_feedback.py",
+    "test_s3.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's order is kept
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One cache of trained featurizers for the run (tasks/quality/featurizer.py), fresh each run: the
+    # projects of the tests evaluate the same digits, and each would train the same eye for 20 s.
+    # xdist's workers inherit it from the controller.
+    if not hasattr(config, "workerinput"):
+        import tempfile
+
+        config.genloop_cache = tempfile.mkdtemp(prefix="genloop-test-cache-")
+        os.environ["GENLOOP_CACHE_DIR"] = config.genloop_cache
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if hasattr(config, "genloop_cache"):
+        shutil.rmtree(config.genloop_cache, ignore_errors=True)
+
+
 def _merge(base: dict, over: dict) -> dict:
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -133,13 +174,62 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
-    """A fresh project folder (a git repository with DVC), the working directory for the test."""
-    project = new_project(tmp_path / "project")
+def _enter(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
     monkeypatch.chdir(project.root)
     monkeypatch.setenv("BENTOML_HOME", project.env["BENTOML_HOME"])
     return project
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """A fresh project folder (a git repository with DVC), the working directory for the test."""
+    return _enter(new_project(tmp_path / "project"), monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def prepared_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose digits are collected, validated and augmented (`dvc repro augment` on the default
+    params), made once per worker. Tests that need the digits ready, not the data stages themselves,
+    start from a copy (`copy_project`): the copy's DVC finds those stages up to date, as a clone that
+    pulled its data would."""
+    project = new_project(tmp_path_factory.mktemp("prepared") / "project")
+    project.run("dvc", "repro", "augment", check=True)
+    return project.root
+
+
+@pytest.fixture(scope="session")
+def champion_digits(tmp_path_factory: pytest.TempPathFactory, prepared_digits: Path) -> Path:
+    """A copy of `prepared_digits` whose briefly trained VAE passed a lenient gate: the champion of its
+    registry, not packaged. Made once per worker, for the tests of a deployed service."""
+    from tests.test_evaluate import LENIENT, SMALL_VAE
+    from tests.test_train import QUICK
+
+    project = copy_project(prepared_digits, tmp_path_factory.mktemp("champion") / "project")
+    project.set_params(
+        model=SMALL_VAE,
+        train=QUICK | {"max_steps": 240, "steps_per_epoch": 40},
+        evaluate=LENIENT,  # a baseline and a gate the quick model passes: it is champion
+    )
+    project.run("dvc", "repro", "evaluate", check=True)
+    return project.root
+
+
+def copy_project(template: Path, root: Path) -> Project:
+    """A copy of a project folder (git, DVC cache, data, registry), but not DVC's run-time files."""
+    skip = {template / ".dvc" / "tmp"}
+    shutil.copytree(
+        template,
+        root,
+        symlinks=True,
+        ignore=lambda folder, names: [n for n in names if Path(folder, n) in skip],
+    )
+    return Project(root, {"BENTOML_HOME": str(root / ".genloop" / "bentoml")})
+
+
+@pytest.fixture
+def digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_digits: Path) -> Project:
+    """A copy of `prepared_digits`, the working directory for the test."""
+    return _enter(copy_project(prepared_digits, tmp_path / "project"), monkeypatch)
 
 
 def write_png(path: Path, pixels) -> None:
@@ -229,12 +319,12 @@ def set_space(project, space: dict) -> None:
 
 
 @pytest.fixture
-def digits_project(project):
+def digits_project(digits):
     """A project whose data/processed holds the digits, with a small model and study (tests of tune)."""
-    project.set_params(model=SMALL_MODEL, train=SMALL_TRAIN, tune=SMALL_TUNE)
-    set_space(project, SMALL_TUNE["space"])
-    project.run("dvc", "repro", "augment", check=True)
-    return project
+    digits.set_params(model=SMALL_MODEL, train=SMALL_TRAIN, tune=SMALL_TUNE)
+    set_space(digits, SMALL_TUNE["space"])
+    digits.run("dvc", "repro", "augment", check=True)
+    return digits
 
 
 def read_tune(project, name: str):

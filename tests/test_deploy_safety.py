@@ -24,8 +24,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    project = deployed_champion(tmp_path_factory.mktemp("deploy") / "project", {"max_concurrency": 64})
+def site(tmp_path_factory, champion_digits):
+    project = deployed_champion(
+        champion_digits, tmp_path_factory.mktemp("deploy") / "project", {"max_concurrency": 64}
+    )
     project.port = record(project)["port"]
     yield project
     project.run("genloop", "undeploy")

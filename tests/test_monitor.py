@@ -26,9 +26,10 @@ WINDOWS = 20  # in-distribution windows for the false-alarm rate
 
 
 @pytest.fixture(scope="module")
-def watched(tmp_path_factory):
+def watched(tmp_path_factory, champion_digits):
     """A champion VAE, deployed; undeployed at the end."""
     project = deployed_champion(
+        champion_digits,
         tmp_path_factory.mktemp("monitor") / "project",
         {"max_samples": 50},
         monitor={"window_samples": WINDOW, "min_samples": WINDOW},

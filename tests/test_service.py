@@ -17,9 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, new_project, undeclared_params
-from tests.test_evaluate import LENIENT, SMALL_VAE
-from tests.test_train import QUICK
+from tests.conftest import copy_project, free_port, undeclared_params
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +25,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 LINE = "genloop-sklearn-digits-vae"  # the registry's name of the line: data.source and model.family
 
 
-def deployed_champion(root: Path, serve: dict, env: dict | None = None, **params):
-    """A project whose briefly trained VAE passed a lenient gate, was packaged and is deployed."""
-    project = new_project(root)
-    project.set_params(
-        model=SMALL_VAE,
-        train=QUICK | {"max_steps": 240, "steps_per_epoch": 40},
-        evaluate=LENIENT,  # a baseline and a gate the quick model passes: it is champion
-        serve={"port": free_port(), "ready_timeout_s": 90} | serve,
-        **params,
-    )
+def deployed_champion(template: Path, root: Path, serve: dict, env: dict | None = None, **params):
+    """A copy of `template` (conftest's `champion_digits`), its champion packaged and deployed."""
+    project = copy_project(template, root)
+    project.set_params(serve={"port": free_port(), "ready_timeout_s": 90} | serve, **params)
     project.run("dvc", "repro", "package", check=True, env=env)
     project.run("genloop", "deploy", check=True)
     project.url = json.loads((project.root / ".genloop/deploy/current.json").read_text())["url"]
@@ -44,12 +36,12 @@ def deployed_champion(root: Path, serve: dict, env: dict | None = None, **params
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory, champion_digits):
     """A project with a champion VAE, packaged and deployed; undeployed at the end."""
     root = tmp_path_factory.mktemp("service")
     log = root / "params-read.jsonl"
     project = deployed_champion(
-        root / "project", {"max_concurrency": 2}, env={"GENLOOP_PARAMS_LOG": str(log)}
+        champion_digits, root / "project", {"max_concurrency": 2}, env={"GENLOOP_PARAMS_LOG": str(log)}
     )
     assert undeclared_params(log) == {}  # package with a champion reads serve and package: both listed
     yield project
@@ -448,71 +440,3 @@ def test_deploy_flow_packages_and_deploys(site):
     record = json.loads((site.root / ".genloop/deploy/current.json").read_text())
     assert record["bento"] in proc.stdout
     assert httpx.get(site.url + "/version").json()["model"] == record["model"]
-
-
-def test_a_text_model_served_end_to_end(project):
-    """A (briefly trained) GPT: prompts in, texts out; prompt characters it does not know get a 400."""
-    from tests.test_train import TINY_GPT
-
-    project.set_params(
-        data={"source": "pydoc:topics"},
-        model={"family": "gpt", "gpt": TINY_GPT},
-        train=QUICK,
-        serve={"port": free_port(), "ready_timeout_s": 90},
-    )
-    project.run("dvc", "repro", "evaluate", check=True)
-    version = json.loads((project.root / "artifacts/evaluate/decision.json").read_text())["challenger"]
-    project.run(
-        "python",
-        "-c",
-        f"from tasks.registry import champions; champions.promote({version!r}, 'test')",
-        check=True,
-    )
-    project.run("genloop", "stage", "package", check=True)
-    project.run("genloop", "deploy", check=True)
-    try:
-        url = json.loads((project.root / ".genloop/deploy/current.json").read_text())["url"]
-        body = {"n": 2, "prompt": "The ", "length": 30, "seed": 3, "temperature": 0.8}
-        out = httpx.post(url + "/generate", json=body).json()
-        texts = [s["text"] for s in out["samples"]]
-        assert len(texts) == 2 and all(t.startswith("The ") and len(t) == 34 for t in texts)
-        assert httpx.post(url + "/generate", json=body).json()["samples"][0]["text"] == texts[0]  # seeded
-        r = httpx.post(url + "/generate", json={"n": 1, "prompt": "naïve ☃"})
-        assert r.status_code == 400 and "does not know" in r.text
-        r = httpx.post(url + "/generate", json={"n": 1, "label": "3"})
-        assert r.status_code == 400 and r.json() == {
-            "error": "this model writes text: send `prompt`, not `label`"
-        }
-        # the drift monitor on prompts: pieces of the training text, then another corpus (SQL)
-        raw = "".join(p.read_text() for p in sorted((project.root / "data/raw").rglob("*.txt")))
-        project.set_params(monitor={"window_samples": 100, "min_samples": 100})
-        for i in range(100):
-            start = (i * 7919) % (len(raw) - 64)
-            prompt = raw[start : start + 8 + i % 48]
-            assert (
-                httpx.post(url + "/generate", json={"n": 1, "prompt": prompt, "length": 20}).status_code
-                == 200
-            )
-        quiet = json.loads(project.run("python", "-c", MONITOR, check=True).stdout.splitlines()[-1])
-        assert quiet["checks"]["request"]["status"] == "ok", quiet["checks"]["request"]
-        for i in range(100):
-            prompt = f"SELECT ID, NAME FROM T{i} WHERE X = {i * 37} AND Y < {i};"[: 8 + i % 48]
-            assert (
-                httpx.post(url + "/generate", json={"n": 1, "prompt": prompt, "length": 20}).status_code
-                == 200
-            )
-        moved = json.loads(project.run("python", "-c", MONITOR, check=True).stdout.splitlines()[-1])
-        assert "request" in moved["drifted_checks"], moved["checks"]["request"]
-        assert set(moved["checks"]["request"]["drifted"]) <= {"characters", "bigrams"}
-        db = sqlite3.connect(project.root / ".genloop/serving/serving.db")
-        stored = db.execute("SELECT COUNT(*), COUNT(prompt), COUNT(prompt_stats) FROM samples").fetchone()
-        db.close()
-        assert stored[0] >= 200 and stored[1] == 0 and stored[2] >= 200  # serve.log_prompts is false
-    finally:
-        project.run("genloop", "undeploy")
-
-
-MONITOR = (
-    "import json; from tasks.core.params import load; from tasks.monitor import run; "
-    "print(json.dumps(run(load())))"
-)

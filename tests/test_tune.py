@@ -163,13 +163,13 @@ def test_a_new_study_starts_from_the_served_champions_values(digits_project):
 
 
 @pytest.mark.slow
-def test_use_tuned_without_a_study_is_a_clear_error(project):
-    project.set_params(model=SMALL_MODEL, train={**SMALL_TRAIN, "use_tuned": True, "max_steps": 10})
-    proc = project.run("dvc", "repro", "train")
+def test_use_tuned_without_a_study_is_a_clear_error(digits):
+    digits.set_params(model=SMALL_MODEL, train={**SMALL_TRAIN, "use_tuned": True, "max_steps": 10})
+    proc = digits.run("dvc", "repro", "train")
     assert proc.returncode != 0
     assert "train.use_tuned is true but artifacts/tune/best_params.yaml holds no tuned values" in proc.stderr
-    assert read_tune(project, "summary.json") == {"enabled": False}  # the disabled stage ran, in no time
-    assert not (project.root / "artifacts/train/model").exists()
+    assert read_tune(digits, "summary.json") == {"enabled": False}  # the disabled stage ran, in no time
+    assert not (digits.root / "artifacts/train/model").exists()
 
 
 @pytest.mark.slow
