@@ -9,8 +9,9 @@
 - the service's batched generate (the call the service's batcher makes: 64 one-sample jobs of 64
   characters) beside the raw forward passes the same generation needs.
 
-It imports torch, numpy, pytorch_lightning and PyYAML (all on the GPU machine), the models (models/) and
-the training loop's Lightning module and data (tasks/training/module.py, data.py); nothing of the
+It imports torch, numpy, pytorch_lightning, PyYAML and scikit-learn (all on the GPU machine), the models
+(models/), the training loop's Lightning module and data (tasks/training/module.py, data.py) and the
+text split (tasks/core/text_split.py); nothing of the
 pipeline's services. The preset is trained with its own steps, schedule and validation, without the
 pipeline's early stopping or checkpoints, so its figure can differ slightly from `dvc repro`'s.
 
@@ -46,16 +47,13 @@ def params(path: Path) -> dict:
 
 
 def corpus(augment: dict) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Python's help topics, one file per topic joined in path order, split as tasks/augment.py does."""
+    """Python's help topics, one file per topic joined in path order, split as the augment stage does."""
     from pydoc_data.topics import topics
 
+    from tasks.core.text_split import split_text
+
     text = "\n".join(topics[name] for name in sorted(topics))
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    points, ids = np.unique(codes, return_inverse=True)
-    n_test, n_val = round(len(text) * augment["test_fraction"]), round(len(text) * augment["val_fraction"])
-    n_train = len(text) - n_val - n_test
-    splits = {"train": ids[:n_train], "val": ids[n_train : n_train + n_val], "test": ids[n_train + n_val :]}
-    return [chr(c) for c in points.tolist()], splits
+    return split_text(text, augment["test_fraction"], augment["val_fraction"])
 
 
 def gpt(config: dict, vocab: list[str]):

@@ -113,10 +113,9 @@ def drift(root: Path, family: str) -> float:
 
         files = sorted((root / "data/raw/files").rglob("*.png"))
         samples = np.stack([np.asarray(Image.open(f), np.float32)[None] / 255.0 for f in files])
-        kind, methods = "image", mp.methods.model_dump()
     else:
         samples = [f.read_text() for f in sorted((root / "data/raw/files").rglob("*.txt"))]
-        kind, methods = "text", mp.methods.model_dump()
+    kind, methods = "image" if family == "digits" else "text", mp.methods.model_dump()
 
     def side(s, e):
         return {"n": len(s), "stats": {n: s[:, i] for i, n in enumerate(names)}, "embedding": e}
@@ -175,13 +174,12 @@ def main() -> None:
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"\nseconds per 1,000 items (images; characters of text), sizes {', '.join(f'{k}x' for k in sizes)}"
-    )
+    units = " and per ".join(UNITS[f] for f in results)
+    print(f"\nseconds per {units}, sizes {', '.join(f'{k}x' for k in sizes)}")
     worst = 0.0
     for family, by_size in results.items():
         for name in [*STAGES, "drift"]:
-            per = [by_size[k]["times"][name] / by_size[k]["items"] * 1000 for k in sizes]
+            per = per_item(family, by_size, name, sizes)
             ratio = per[-1] / per[0]
             worst = max(worst, ratio)
             print(
@@ -196,6 +194,11 @@ def main() -> None:
     print(f"curves: {ROOT / 'bench' / 'scaling.png'}; figures: {json_out}")
 
 
+def per_item(family: str, by_size: dict, name: str, sizes: list[int]) -> list[float]:
+    """Seconds per PER[family] items of stage `name` at each size."""
+    return [by_size[k]["times"][name] / by_size[k]["items"] * PER[family] for k in sizes]
+
+
 def plot(results: dict, sizes: list[int], out: Path) -> None:
     import matplotlib
 
@@ -205,7 +208,7 @@ def plot(results: dict, sizes: list[int], out: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
     for ax, (family, by_size) in zip(axes[0], results.items(), strict=True):
         for name in [*STAGES, "drift"]:
-            per = [by_size[k]["times"][name] / by_size[k]["items"] * 1000 for k in sizes]
+            per = per_item(family, by_size, name, sizes)
             ax.plot(sizes, [p / per[0] for p in per], marker="o", label=name)
         ax.axhline(1.3, color="grey", linestyle="--", linewidth=1, label="target 1.3x")
         ax.set(title=f"{family}: time per item, relative to 1x", xlabel="data size (x)", xscale="log",

@@ -4,7 +4,7 @@ The model runs in one worker thread, one batch at a time, so the event loop keep
 and answering requests while it computes. A batch takes every job waiting, up to `max_batch_size`.
 When fewer are waiting than the recent demand (the most jobs waiting or running at once in the last
 second), it waits a little for the rest to arrive: at most half the last batch's running time and
-never past the oldest job's limit, so that a crowd fills each batch instead of splitting into ragged
+at most half the oldest job's limit, so that a crowd fills each batch instead of splitting into ragged
 ones, while a lone client, a second after any crowd, does not wait.
 A job that waited longer than `max_latency_s` before its batch started is refused with 503
 (overloaded) rather than answered late.
@@ -16,6 +16,7 @@ round trip: at one sample per request the hop cost more than a small model did (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -70,14 +71,15 @@ class Batcher:
                 for _ in range(INLINE_ROUNDS):
                     await asyncio.sleep(0)
             except asyncio.CancelledError:  # its request ended meanwhile: the job goes too
-                if entry in self.queue:
+                with contextlib.suppress(ValueError):
                     self.queue.remove(entry)
                 raise
             if len(self.queue) == 1 and self.queue[0] is entry and not self.running:
                 self.queue.popleft()
                 started = time.monotonic()
                 result = self.run([job])[0]
-                self._lone(job, time.monotonic() - started)
+                self.last_run_s = time.monotonic() - started  # an inline call is a batch of one too
+                self._lone(job, self.last_run_s)
                 return result
         self.arrived.set()
         return await entry[1]
@@ -97,8 +99,9 @@ class Batcher:
             while not self.queue:
                 self.arrived.clear()
                 await self.arrived.wait()
-            # wait for company at most half the last call, and never past the oldest job's limit
-            deadline = min(time.monotonic() + self.last_run_s / 2, self.queue[0][2] + self.max_latency_s)
+            # wait for company at most half the last call, and at most half the oldest job's limit
+            # (waiting up to the limit itself would have that job refused as overloaded)
+            deadline = min(time.monotonic() + self.last_run_s / 2, self.queue[0][2] + self.max_latency_s / 2)
             while len(self.queue) < self._target() and (left := deadline - time.monotonic()) > 0:
                 self.arrived.clear()
                 try:
@@ -141,7 +144,6 @@ class Batcher:
     def _lone(self, job, seconds: float) -> None:
         """A one-job call's time per unit of size, smoothed: one slow call (a collection, a busy core)
         changes little."""
-        self.last_run_s = seconds  # an inline call is a batch of one too
         unit = seconds / max(self.size(job), 1e-9)
         self.unit_s = unit if math.isinf(self.unit_s) else 0.8 * self.unit_s + 0.2 * unit
 

@@ -140,19 +140,17 @@ class Store:
         failures = 0
         while True:
             self.wake.wait()
-            with self.lock:
-                try:
-                    self._write_rows(self._take())
-                    failures = 0
-                except Exception:  # a locked or full disk, a failing featurizer: kept, tried again
-                    failures += 1
-                    LOG.exception("writing the request log failed (%d in a row); kept to try again", failures)
-                    if self.closing.is_set() and failures >= 3:
-                        LOG.error("stopping: %d requests' log could not be written", len(self.pending))
-                        return
-                    self.wake.set()
-                if self.closing.is_set() and not self.buffer:
+            try:
+                self.flush()
+                failures = 0
+            except Exception:  # a locked or full disk, a failing featurizer: kept, tried again
+                failures += 1
+                LOG.exception("writing the request log failed (%d in a row); kept to try again", failures)
+                if self.closing.is_set() and failures >= 3:
+                    LOG.error("stopping: %d requests' log could not be written", len(self.pending))
                     return
+            if self.closing.is_set() and not self.buffer:
+                return
             self.closing.wait(WRITE_EVERY_S if not failures else min(30.0, 2.0**failures))
 
     def _write_rows(self, rows: list[tuple], then: tuple | None = None) -> None:
@@ -166,9 +164,10 @@ class Store:
                     self._insert(*row)
                 if then is not None:
                     self.db.execute("INSERT INTO feedback VALUES (?,?,?,?,?)", then)
-        except BaseException:  # nothing was written: the rows go back, first in line
+        except BaseException:  # nothing was written: the rows go back, first in line, for the writer
             with self.buffer_lock:
                 self.buffer[:0] = rows
+            self.wake.set()
             raise
         with self.buffer_lock:
             for row in rows:

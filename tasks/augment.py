@@ -127,6 +127,8 @@ def process_images(files: list[dict], p: AugmentParams, out: Path, raw: Path = p
 def process_text(files: list[dict], p: AugmentParams, out: Path, raw: Path = paths.RAW) -> dict:
     import numpy as np
 
+    from tasks.core.text_split import split_text
+
     def joined(chosen: list[dict]) -> str:
         return "\n".join((raw / f["path"]).read_text("utf-8") for f in chosen)  # manifest order: by path
 
@@ -135,18 +137,7 @@ def process_text(files: list[dict], p: AugmentParams, out: Path, raw: Path = pat
         joined([f for f in files if not is_feedback(f)]),
         joined([f for f in files if is_feedback(f)]),
     )
-    own = len(text)
-    codes = np.frombuffer((text + ("\n" + extra if extra else "")).encode("utf-32-le"), dtype=np.uint32)
-    points, ids = np.unique(codes, return_inverse=True)  # the vocabulary, sorted, and each one's id
-    vocab = [chr(c) for c in points.tolist()]
-    ids = ids.astype(np.uint16)
-    n_test, n_val = round(own * p.test_fraction), round(own * p.val_fraction)
-    n_train = own - n_val - n_test
-    parts = {
-        "train": np.concatenate([ids[:n_train], ids[own:]]),
-        "val": ids[n_train : n_train + n_val],
-        "test": ids[n_train + n_val : own],
-    }
+    vocab, parts = split_text(text, p.test_fraction, p.val_fraction, extra)
     for split, arr in parts.items():
         np.save(out / f"{split}.npy", arr)
     return {"kind": "text", "vocab": vocab, "counts": {s: len(a) for s, a in parts.items()}}

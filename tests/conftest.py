@@ -140,6 +140,10 @@ def new_project(root: Path) -> Project:
     subprocess.run([*git, "add", "-A"], cwd=root, check=True)
     # a first commit, as in any real checkout (dvclive fails on a repository without one)
     subprocess.run([*git, "commit", "-qm", "project"], cwd=root, check=True)
+    return _opened(root)
+
+
+def _opened(root: Path) -> Project:
     # its own registry (BentoML model store), as it would have by default in its folder
     return Project(root, {"BENTOML_HOME": str(root / ".genloop" / "bentoml")})
 
@@ -216,14 +220,9 @@ def champion_digits(tmp_path_factory: pytest.TempPathFactory, prepared_digits: P
 
 def copy_project(template: Path, root: Path) -> Project:
     """A copy of a project folder (git, DVC cache, data, registry), but not DVC's run-time files."""
-    skip = {template / ".dvc" / "tmp"}
-    shutil.copytree(
-        template,
-        root,
-        symlinks=True,
-        ignore=lambda folder, names: [n for n in names if Path(folder, n) in skip],
-    )
-    return Project(root, {"BENTOML_HOME": str(root / ".genloop" / "bentoml")})
+    dvc = template / ".dvc"
+    shutil.copytree(template, root, symlinks=True, ignore=lambda d, names: ["tmp"] if Path(d) == dvc else [])
+    return _opened(root)
 
 
 @pytest.fixture
@@ -323,7 +322,6 @@ def digits_project(digits):
     """A project whose data/processed holds the digits, with a small model and study (tests of tune)."""
     digits.set_params(model=SMALL_MODEL, train=SMALL_TRAIN, tune=SMALL_TUNE)
     set_space(digits, SMALL_TUNE["space"])
-    digits.run("dvc", "repro", "augment", check=True)
     return digits
 
 

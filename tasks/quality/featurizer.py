@@ -14,13 +14,15 @@ import itertools
 import json
 import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from models.features import FEATURIZER_INFO as INFO
 from models.features import FEATURIZER_WEIGHTS as WEIGHTS
-from tasks.core.storage import content_hash, sha256_bytes, write_json
+from tasks.core.storage import content_hash, read_json, remove_orphans, sha256_bytes, write_json
 
 
 def fingerprint(train_x: np.ndarray, train_y: np.ndarray, seed: int) -> str:
@@ -71,8 +73,8 @@ def ensure(
     if shared is not None and (shared / INFO).is_file():
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy2(shared / WEIGHTS, folder / WEIGHTS)
-        shutil.copy2(shared / INFO, info_path)  # last: the fingerprint vouches for the weights beside it
-        info = json.loads(info_path.read_text())
+        info = read_json(shared / INFO)
+        write_json(info_path, info)  # last, whole: the fingerprint vouches for the weights beside it
         return Features(_load(folder, info)), info
     net, accuracy = _train(x, y, test, classes, seed)
     from safetensors.torch import save_model
@@ -97,15 +99,21 @@ def _shared(stamp: str) -> Path | None:
 
 
 def _publish(folder: Path, shared: Path) -> None:
-    """Copy the trained featurizer into the shared cache, whole or not at all (a rename)."""
-    staging = shared.with_name(f"{shared.name}.{os.getpid()}.tmp")
-    staging.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS, INFO):
-        shutil.copy2(folder / name, staging / name)
+    """Copy the trained featurizer into the shared cache, whole or not at all (a rename). A cache that
+    cannot be written (read-only, full) costs only the reuse, never the evaluation."""
+    staging = None
     try:
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphans(shared.parent, ".staging-")
+        staging = Path(tempfile.mkdtemp(dir=shared.parent, prefix=f".staging-{os.getpid()}-"))
+        for name in (WEIGHTS, INFO):
+            shutil.copy2(folder / name, staging / name)
         staging.rename(shared)
-    except OSError:  # another process published the same fingerprint first
-        shutil.rmtree(staging, ignore_errors=True)
+    except OSError as err:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not shared.is_dir():  # else another process published the same fingerprint first
+            print(f"note: the featurizer was not kept in {shared.parent}: {err}", file=sys.stderr)
 
 
 def _load(folder: Path, info: dict):
