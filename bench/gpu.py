@@ -183,13 +183,12 @@ def preset_quality(vocab, splits, preset: dict, smoke: bool, device: str):
 
 def vae_epoch(base: dict, smoke: bool, device: str) -> tuple[float, int]:
     """One epoch of params.yaml's VAE on the digits (after a warm-up epoch); seconds and steps."""
-    from sklearn.datasets import load_digits
-
     from models import export
+    from tasks.core.digits import load_digits
 
-    d = load_digits()
-    x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    y = d.target.astype(np.int64)
+    images, labels = load_digits()
+    x = np.rint(images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    y = labels
     n = len(x) if not smoke else 256
     order = np.random.default_rng(0).permutation(len(x))[:n]
     cut = int(n * 0.8)

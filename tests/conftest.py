@@ -231,6 +231,12 @@ def digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_digits: Pat
     return _enter(copy_project(prepared_digits, tmp_path / "project"), monkeypatch)
 
 
+@pytest.fixture
+def champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, champion_digits: Path) -> Project:
+    """A copy of `champion_digits` (trained, evaluated, champion; not packaged), the working directory."""
+    return _enter(copy_project(champion_digits, tmp_path / "project"), monkeypatch)
+
+
 def write_png(path: Path, pixels) -> None:
     from PIL import Image
 

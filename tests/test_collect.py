@@ -5,6 +5,7 @@ import pytest
 from tasks import collect
 from tasks.core import paths
 from tasks.core.errors import GenloopError
+from tests.conftest import REPO
 
 
 def test_sklearn_digits(project):
@@ -16,6 +17,27 @@ def test_sklearn_digits(project):
     assert set(first) == {"path", "sha256", "size", "source", "label"}
     assert first["source"].startswith("sklearn:digits#")
     assert (project.root / "data/raw" / first["path"]).stat().st_size == first["size"]
+
+
+def test_the_digits_read_without_sklearn_are_sklearns():
+    """tasks.core.digits reads the file scikit-learn ships; the same arrays as its load_digits, and
+    scikit-learn itself stays unimported (what the reader is for)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits as bundled
+
+    from tasks.core.digits import load_digits
+
+    images, labels = load_digits()
+    theirs = bundled()
+    assert np.array_equal(images, theirs.images) and np.array_equal(labels, theirs.target)
+    code = "import sys; from tasks.core import digits; digits.load_digits(); print('sklearn' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"
 
 
 def test_collecting_twice_is_byte_identical(project):

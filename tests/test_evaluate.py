@@ -112,23 +112,22 @@ def test_lineage_records_the_params_the_model_was_trained_with(digits):
     assert trained["params"]["train"]["lr"] == 0.003
 
 
-def test_a_model_of_another_dataset_starts_its_own_line(digits, shapes_folder):
+def test_a_model_of_another_dataset_starts_its_own_line(champion, shapes_folder):
     """A champion belongs to a line: one family on one dataset layout. A model trained on another
     folder becomes the champion of its own line, never of the digits'; forced into the digits' line by
     name, it is refused with a message saying why."""
     from tasks.core.datasets import line_of
 
-    digits.set_params(
-        model=SMALL_VAE, train=QUICK | {"max_steps": 160, "steps_per_epoch": 40}, evaluate=LENIENT
-    )
-    digits.run("dvc", "repro", "evaluate", check=True)
-    champion = aliases(digits)["genloop-sklearn-digits-vae"]["champion"]
+    digits = champion  # a project whose digits' champion was trained with SMALL_VAE, judged by LENIENT
+    first = aliases(digits)["genloop-sklearn-digits-vae"]["champion"]
 
-    digits.set_params(data={"source": str(shapes_folder)})
+    digits.set_params(
+        data={"source": str(shapes_folder)}, train=QUICK | {"max_steps": 160, "steps_per_epoch": 40}
+    )
     digits.run("dvc", "repro", "evaluate", check=True)
     shapes_line = f"genloop-{line_of(str(shapes_folder), 'vae')}"
     record = aliases(digits)
-    assert record["genloop-sklearn-digits-vae"]["champion"] == champion  # untouched
+    assert record["genloop-sklearn-digits-vae"]["champion"] == first  # untouched
     assert record[shapes_line]["champion"].startswith(f"{shapes_line}:")
     status = digits.run("genloop", "status", check=True).stdout
     assert "genloop-sklearn-digits-vae" in status and shapes_line in status
@@ -138,4 +137,4 @@ def test_a_model_of_another_dataset_starts_its_own_line(digits, shapes_folder):
     said = " ".join(proc.stderr.split())
     assert proc.returncode != 0 and "model line sklearn-digits-vae holds models of 8x8 images" in said
     assert "give it a line of its own with model.name" in said and "Traceback" not in said
-    assert aliases(digits)["genloop-sklearn-digits-vae"]["champion"] == champion
+    assert aliases(digits)["genloop-sklearn-digits-vae"]["champion"] == first

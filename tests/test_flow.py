@@ -62,37 +62,29 @@ def test_train_flow_runs_every_stage_through_dvc(harness, project):
     assert "up to date" in project.run("dvc", "repro", "evaluate", check=True).stdout
 
 
-def test_lifecycle_flow_serves_and_a_second_run_changes_nothing(harness, project):
-    """After the train flow, the lifecycle flow finds every stage up to date but package, serves the
+def test_lifecycle_flow_serves_and_a_second_run_changes_nothing(harness, champion):
+    """On a project whose champion is trained and evaluated (`dvc repro evaluate`, as the train flow
+    above leaves one), the lifecycle flow finds every stage up to date but package, serves the
     champion, and says so; run again, it runs nothing and deploys nothing."""
     import json
 
     from flows.lifecycle import lifecycle
-    from flows.train import train
     from tests.conftest import free_port
-    from tests.test_evaluate import LENIENT, SMALL_VAE
-    from tests.test_train import QUICK
 
-    project.set_params(
-        model=SMALL_VAE,
-        train=QUICK | {"max_steps": 240, "steps_per_epoch": 40},  # what the lenient gate promotes
-        evaluate=LENIENT,
-        serve={"port": free_port(), "ready_timeout_s": 90},
-    )
-    train()
+    champion.set_params(serve={"port": free_port(), "ready_timeout_s": 90})
     try:
         first = lifecycle()
         ran = {s for s, what in first["stages"].items() if what == "ran"}
         assert ran == {"package"} and first["decision"] == "promote", first
         assert first["deploy"] == "deployed" and first["url"]
-        current = json.loads((project.root / ".genloop/deploy/current.json").read_text())
+        current = json.loads((champion.root / ".genloop/deploy/current.json").read_text())
         assert current["bento"] == first["deployed"]
         second = lifecycle()
         assert set(second["stages"].values()) == {"unchanged"} and second["deploy"] == "already served"
-        saved = json.loads((project.root / "artifacts/lifecycle/summary.json").read_text())
+        saved = json.loads((champion.root / "artifacts/lifecycle/summary.json").read_text())
         assert saved["stages"] == second["stages"] and saved["deployed"] == first["deployed"]
     finally:
-        project.run("genloop", "undeploy")
+        champion.run("genloop", "undeploy")
 
 
 def test_lifecycle_retries_what_the_network_failed_and_never_a_refused_source(harness, project):
@@ -131,18 +123,18 @@ def test_lifecycle_retries_what_the_network_failed_and_never_a_refused_source(ha
     assert "does not exist" in str(state.result(raise_on_failure=False))
 
 
-def test_tune_flow_runs_two_workers_on_one_study(harness, project):
+def test_tune_flow_runs_two_workers_on_one_study(harness, digits):
     import json
 
     from flows.tune import tune
 
-    project.set_params(
+    digits.set_params(
         model={"vae": {"arch": "mlp", "hidden": [32], "latent_dim": 4, "prior_components": 0}},
         train={"steps_per_epoch": 5, "val_batches": 1, "sample_every_n_epochs": 0},
         tune={"enabled": True, "workers": 2, "n_trials": 5, "max_steps": 20, "startup_trials": 2},
     )
     summary = tune()
-    trials = json.loads((project.root / "artifacts/tune/trials.json").read_text())
+    trials = json.loads((digits.root / "artifacts/tune/trials.json").read_text())
     assert sorted(t["number"] for t in trials) == [0, 1, 2, 3, 4]  # each once, the budget not exceeded
     assert sum(summary["trials"].values()) == 5
     complete = [t["value"] for t in trials if t["state"] == "complete"]
@@ -151,6 +143,6 @@ def test_tune_flow_runs_two_workers_on_one_study(harness, project):
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    storage = JournalStorage(JournalFileBackend(str(project.root / "artifacts/tune/study/journal.log")))
+    storage = JournalStorage(JournalFileBackend(str(digits.root / "artifacts/tune/study/journal.log")))
     study = optuna.load_study(study_name=summary["study"], storage=storage)
     assert len({t.user_attrs["owner"]["pid"] for t in study.trials}) == 2  # two processes took trials

@@ -67,6 +67,8 @@ def test_bad_batch_stops_the_pipeline_and_keeps_data(project, digit_folder, tmp_
     project.set_params(
         data={"source": str(digit_folder)},
         validate={"image": {"labels": ["a", "b", "c"], "min_per_class": 20}},
+        train=QUICK_TRAIN,  # a model, however brief: what the bad batch must leave alone
+        evaluate=SMALL_BASELINE,
     )
     project.run("dvc", "repro", check=True)
     before, model_before = project.snapshot(), project.snapshot("artifacts/train/model")

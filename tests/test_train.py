@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from tasks import augment, collect, validate
+from tests.conftest import SMALL_BASELINE
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +47,9 @@ def weights(folder: Path) -> dict:
     return load_file(folder / "model.safetensors")
 
 
-def test_dvc_repro_trains_exports_and_then_does_nothing(project):
-    project.set_params(model={"vae": {"latent_dim": 4, "hidden": [32]}}, train=QUICK)
+def test_dvc_repro_trains_exports_and_then_does_nothing(digits):
+    project = digits  # the digits prepared (test_pipeline runs the data stages from scratch)
+    project.set_params(model={"vae": {"latent_dim": 4, "hidden": [32]}}, train=QUICK, evaluate=SMALL_BASELINE)
     proc = project.run("dvc", "repro", check=True)
     assert "Running stage 'train'" in proc.stdout
     out = project.root / "artifacts/train"

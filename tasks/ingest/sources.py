@@ -49,11 +49,12 @@ def sklearn_digits(dest: Path) -> list[Entry]:
     """The 1,797 8x8 digits of scikit-learn (bundled with it, no download), as 8-bit PNGs per label folder."""
     import numpy as np
     from PIL import Image
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
+    from tasks.core.digits import load_digits
+
+    images, labels = load_digits()
     entries = []
-    for i, (img, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
         pixels = np.rint(img * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
         buf = io.BytesIO()
         Image.fromarray(pixels, mode="L").save(buf, format="PNG")
