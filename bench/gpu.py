@@ -9,9 +9,10 @@
 - the service's batched generate (the call the service's batcher makes: 64 one-sample jobs of 64
   characters) beside the raw forward passes the same generation needs.
 
-It imports torch, numpy, pytorch_lightning, PyYAML and scikit-learn (all on the GPU machine), the models
-(models/), the training loop's Lightning module and data (tasks/training/module.py, data.py) and the
-text split (tasks/core/text_split.py); nothing of the
+It imports torch, numpy, pytorch_lightning and PyYAML (all on the GPU machine), the models (models/), the
+training loop's Lightning module and data (tasks/training/module.py, data.py), the text split
+(tasks/core/text_split.py) and the digits' reader (tasks/ingest/digits.py, which reads the file
+scikit-learn ships, so scikit-learn must be installed but is not imported); nothing of the
 pipeline's services. The preset is trained with its own steps, schedule and validation, without the
 pipeline's early stopping or checkpoints, so its figure can differ slightly from `dvc repro`'s.
 
@@ -184,7 +185,7 @@ def preset_quality(vocab, splits, preset: dict, smoke: bool, device: str):
 def vae_epoch(base: dict, smoke: bool, device: str) -> tuple[float, int]:
     """One epoch of params.yaml's VAE on the digits (after a warm-up epoch); seconds and steps."""
     from models import export
-    from tasks.core.digits import load_digits
+    from tasks.ingest.digits import load_digits
 
     images, labels = load_digits()
     x = np.rint(images * (255.0 / 16.0)).astype(np.uint8)[:, None]

@@ -204,7 +204,9 @@ def prepared_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def champion_digits(tmp_path_factory: pytest.TempPathFactory, prepared_digits: Path) -> Path:
     """A copy of `prepared_digits` whose briefly trained VAE passed a lenient gate: the champion of its
-    registry, not packaged. Made once per worker, for the tests of a deployed service."""
+    registry, not packaged. Made once per worker, for the tests of a deployed service and those that
+    need a registered champion (the `champion` fixture). Its copies inherit its params: model SMALL_VAE,
+    train QUICK with max_steps 240 and steps_per_epoch 40, evaluate LENIENT."""
     from tests.test_evaluate import LENIENT, SMALL_VAE
     from tests.test_train import QUICK
 

@@ -20,7 +20,7 @@ def test_sklearn_digits(project):
 
 
 def test_the_digits_read_without_sklearn_are_sklearns():
-    """tasks.core.digits reads the file scikit-learn ships; the same arrays as its load_digits, and
+    """tasks.ingest.digits reads the file scikit-learn ships; the same arrays as its load_digits, and
     scikit-learn itself stays unimported (what the reader is for)."""
     import subprocess
     import sys
@@ -28,12 +28,16 @@ def test_the_digits_read_without_sklearn_are_sklearns():
     import numpy as np
     from sklearn.datasets import load_digits as bundled
 
-    from tasks.core.digits import load_digits
+    from tasks.ingest.digits import load_digits
 
     images, labels = load_digits()
     theirs = bundled()
+    assert images.shape == (1797, 8, 8) and images.dtype == theirs.images.dtype == np.float64
+    assert labels.dtype == np.int64 and images.max() == 16.0
     assert np.array_equal(images, theirs.images) and np.array_equal(labels, theirs.target)
-    code = "import sys; from tasks.core import digits; digits.load_digits(); print('sklearn' in sys.modules)"
+    code = (
+        "import sys; from tasks.ingest import digits; digits.load_digits(); print('sklearn' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout

@@ -63,9 +63,9 @@ def test_train_flow_runs_every_stage_through_dvc(harness, project):
 
 
 def test_lifecycle_flow_serves_and_a_second_run_changes_nothing(harness, champion):
-    """On a project whose champion is trained and evaluated (`dvc repro evaluate`, as the train flow
-    above leaves one), the lifecycle flow finds every stage up to date but package, serves the
-    champion, and says so; run again, it runs nothing and deploys nothing."""
+    """On a project whose champion is trained and evaluated by `dvc repro evaluate` (the train flow
+    leaves the same: the test above), the lifecycle flow finds every stage up to date but package,
+    serves the champion, and says so; run again, it runs nothing and deploys nothing."""
     import json
 
     from flows.lifecycle import lifecycle

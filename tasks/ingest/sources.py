@@ -50,7 +50,7 @@ def sklearn_digits(dest: Path) -> list[Entry]:
     import numpy as np
     from PIL import Image
 
-    from tasks.core.digits import load_digits
+    from tasks.ingest.digits import load_digits
 
     images, labels = load_digits()
     entries = []
