@@ -187,9 +187,8 @@ def vae_epoch(base: dict, smoke: bool, device: str) -> tuple[float, int]:
     from models import export
     from tasks.ingest.digits import load_digits
 
-    images, labels = load_digits()
+    images, y = load_digits()
     x = np.rint(images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    y = labels
     n = len(x) if not smoke else 256
     order = np.random.default_rng(0).permutation(len(x))[:n]
     cut = int(n * 0.8)
