@@ -119,7 +119,7 @@ def gpt2_small(vocab, splits, base: dict, train: dict, smoke: bool, device: str)
     shape = dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, position="learned")
     if smoke:
         shape |= dict(block_size=32, n_layer=2, n_head=2, n_embd=32)
-    config = base | shape
+    config = {k: v for k, v in base.items() if k != "train"} | shape  # (its train keys are not the model's)
     batch, warmup, steps = (4, 2, 3) if smoke else (16, 15, 30)
     train = train | {"batch_size": batch, "compile": train.get("compile") or True, "warmup_steps": 0}
     tokens = batch * config["block_size"]
@@ -166,6 +166,7 @@ def preset_quality(vocab, splits, preset: dict, smoke: bool, device: str):
     """The GPU preset trained for its steps; bits/char on the test split; the trained model."""
     train = dict(preset["train"])
     config = dict(preset["model"]["gpt"])
+    train |= config.pop("train", None) or {}  # the family's own training settings, as params.py applies
     if smoke:
         config |= dict(block_size=32, n_layer=2, n_head=2, n_embd=32)
         train |= {"max_steps": 6, "steps_per_epoch": 3, "batch_size": 8, "val_batches": 2}

@@ -83,13 +83,17 @@ def project(root: Path) -> None:
 
 
 def set_params(root: Path, **sections) -> None:
+    """params.yaml with these values merged in, key by key at every depth."""
     import yaml
 
+    def merge(base: dict, over: dict) -> dict:
+        for key, value in over.items():
+            both = isinstance(value, dict) and isinstance(base.get(key), dict)
+            base[key] = merge(base[key], value) if both else value
+        return base
+
     path = root / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in sections.items():
-        params.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), sections), sort_keys=False))
 
 
 def stage(root: Path, name: str, env: dict) -> float:
@@ -144,7 +148,8 @@ def run(family: str, k: int, work: Path, env: dict) -> dict:
     )
     train_items = 0.8 * items if family == "digits" else 0.9 * items / 64  # images, or 64-character windows
     steps = max(1, math.ceil(train_items / BATCH))
-    model = {"family": "vae"} if family == "digits" else {"family": "gpt"}
+    # one epoch, not the character model's own budget (model.gpt.train)
+    model = {"family": "vae"} if family == "digits" else {"family": "gpt", "gpt": {"train": None}}
     set_params(root, data={"source": str(work / f"{family}-{k}x-data")}, model=model,
                train={"max_steps": steps, "steps_per_epoch": steps, "sample_every_n_epochs": 1})  # fmt: skip
     times = {name: stage(root, name, env) for name in STAGES}

@@ -45,13 +45,13 @@ def free_port() -> int:
 class Server:
     """`bentoml serve` in the background, stopped (with its workers) on exit."""
 
-    def __init__(self, target: str, args: dict, env: dict) -> None:
+    def __init__(self, target: str, args: dict, env: dict, cwd: Path = ROOT) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", target, "--port", str(self.port)]
         cmd += [f"--arg={k}={v}" for k, v in args.items()]
         fd, self.log = tempfile.mkstemp(prefix="bench-serve-", suffix=".log")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fd, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=fd, stderr=subprocess.STDOUT, env=env)
         os.close(fd)
 
     def __enter__(self) -> Server:

@@ -70,9 +70,11 @@ def stage(
 
     This runs the stage unconditionally; `dvc repro <name>` runs it only when its inputs changed.
     """
+    from models import cores
     from tasks.core.params import Recording, load
 
     params = load(params_file)
+    cores.claim(f"stage {name.value}", params_file)  # before the stage imports its math libraries
     module = importlib.import_module(f"tasks.{name.value}")
     log = os.environ.get("GENLOOP_PARAMS_LOG")  # note which params the stage reads (tests/test_pipeline.py)
     if log:
@@ -122,12 +124,14 @@ def tune_worker(
 ) -> None:
     """Run trials of the study until it has had tune.n_trials (on another machine: with tune.storage a
     PostgreSQL URL, in a checkout of the same project and data)."""
+    from models import cores
     from tasks.core.params import load
     from tasks.tuning.study import work
 
     params = load(params_file)
     if not params.require("tune").enabled:
         raise GenloopError("tune.enabled is false in params.yaml: set it to true to run trials")
+    cores.claim("tune worker", params_file)
     ran = work(params, study, progress=True)
     typer.echo(f"this worker ran {ran} trials")
 
@@ -148,6 +152,36 @@ def tune_dashboard(
         raise GenloopError(f"no study yet ({JOURNAL} is missing): run `genloop stage tune` first")
     typer.echo(f"optuna-dashboard: http://{host}:{port}  (Ctrl+C stops)")
     run_server(open_storage(tune.storage), host=host, port=port)
+
+
+runner_app = typer.Typer(
+    help="The warm stage runner: a process that has loaded the stages' libraries and forks each "
+    "`genloop stage` (genloop/runner.py; GENLOOP_RUNNER=0 turns it off).",
+    no_args_is_help=True,
+)
+app.add_typer(runner_app, name="runner")
+
+
+@runner_app.command("start")
+def runner_start() -> None:
+    """Start the runner for this environment now (the first `genloop stage` otherwise starts it)."""
+    from genloop import runner
+
+    if not runner.enabled():
+        raise GenloopError("the runner is off here (GENLOOP_RUNNER=0, or not Linux)")
+    r = runner.start_and_wait()
+    typer.echo(f"runner {r['fingerprint']} ready: pid {r['pid']}")
+
+
+@runner_app.command("stop")
+def runner_stop() -> None:
+    """Stop this user's runners; stages they are running go on to their end."""
+    from genloop import runner
+
+    stopped = runner.stop()
+    typer.echo(
+        f"stopped {len(stopped)} runner(s)" + (f": pid {', '.join(map(str, stopped))}" if stopped else "")
+    )
 
 
 @app.command()

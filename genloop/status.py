@@ -22,6 +22,8 @@ def show(console: Console | None = None) -> None:
     if not console.is_terminal:
         console.width = 160  # a log or a pipe: no need to squeeze the table into 80 columns
     deployment(console)
+    cores_plan(console)
+    runner(console)
     study(console)
     drift(console)
     retrains(console)
@@ -94,6 +96,44 @@ def deployment(console: Console) -> None:
     for event in deploy.history(5):
         detail = event.get("why") or event.get("reason") or event.get("url") or event.get("what") or ""
         console.print(f"  {event['at']}  {event['event']:<14} {event.get('bento', '')}  {detail}")
+
+
+def cores_plan(console: Console) -> None:
+    """The plan for this machine's cores (models/cores.py) and the processes sharing them now."""
+    from models import cores
+
+    try:
+        p = cores.plan()
+    except ValueError as err:  # a wrong GENLOOP_CORES, GENLOOP_THREADS or cores section
+        console.print(f"Cores: [bold red]{err}[/]")
+        return
+    each = f"{p['threads']} threads each (fixed)" if p["threads"] else "an equal share each"
+    console.print(
+        f"Cores: {p['cores']} (from {p['origin']}), shared by the processes doing math, {each}; "
+        f"ledger {p['ledger']}"
+    )
+    if not p["processes"]:
+        console.print("  none doing math now: the next stage, trial, service or monitor takes them all")
+    for c in p["processes"]:
+        console.print(f"  pid {c['pid']:<8} {c['role']:<16} {c['now']} thread(s)  {c['project']}")
+
+
+def runner(console: Console) -> None:
+    """The warm stage runner of this environment (genloop/runner.py)."""
+    import time
+
+    from genloop import runner as r
+
+    if not r.enabled():
+        console.print("Stage runner: off (GENLOOP_RUNNER=0, or not Linux): each stage imports its libraries")
+        return
+    found = [x for x in r.runners() if x["this"]]
+    if not found:
+        console.print("Stage runner: none for this environment (the next `genloop stage` starts one)")
+        return
+    idle = f"; it exits after {r.IDLE_S:g} s without a stage (genloop runner stop)"
+    age = time.time() - found[0]["since"]
+    console.print(f"Stage runner: pid {found[0]['pid']}, warm for {age / 60:.0f} min{idle}")
 
 
 def study(console: Console) -> None:

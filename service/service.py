@@ -78,6 +78,9 @@ class Model:
         features are computed from, later and off the request path: `featurize`)."""
         import torch
 
+        from models import cores
+
+        cores.follow()  # in the thread that computes: torch's threads are set per thread
         with torch.inference_mode():
             results = self.model.sample_batch(jobs)
         out = []
@@ -94,8 +97,10 @@ class Model:
         """(stats, embedding) of samples as written, many requests' at once (models/features.py)."""
         import numpy as np
 
+        from models import cores
         from models.features import features
 
+        cores.follow()
         return features(KIND, np.stack(written) if KIND == "image" else written, self.featurizer)
 
 
@@ -160,8 +165,11 @@ class Genloop:
     model_ref = bentoml.models.BentoModel(SETTINGS.model)
 
     def __init__(self) -> None:
+        from models import cores
         from service.store import Store
 
+        # the service's share of the machine's cores, beside training and the monitor (models/cores.py)
+        cores.claim("serve")
         self.model = Model(self.model_ref.path)
         self.batcher = Batcher(
             self.model, SETTINGS.max_batch_size, SETTINGS.max_latency_ms / 1000, size=job_size

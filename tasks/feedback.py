@@ -1,16 +1,17 @@
 """feedback: the samples people rated highly, drawn again from what the service logged, as a dataset.
 
-A DVC stage the flows run every time (the ratings live in the service's serving.db, which DVC does not
-track; by hand: `dvc repro --force feedback`). What it writes changes only when they do, so collect,
-which merges data/feedback into data/raw within retrain.max_synthetic_share (tasks/ingest/feedback.py),
-reruns only then. For each sample of this model line whose last rating is retrain.min_rating or
-higher, the version that drew it draws it again from the logged seed, position and condition: a model
-draws the same samples from the same seed, whatever else shared its batch (models/common.py:
-sample_batch). Files: data/feedback/files/<label>/feedback-<sample id>.png (or
-files/feedback-<sample id>.txt), listed with rating and model in data/feedback/manifest.json; a file
-made before is kept, not drawn again. Samples rated lower are never written: they go to
-artifacts/feedback/low_rated.json, which the model card lists. A text sample whose prompt was not
-logged (serve.log_prompts: false) cannot be drawn again: it is counted as skipped.
+A DVC stage the flows run again whenever the ratings changed since its last run: they live in the
+service's serving.db, which DVC does not track, so the stage records a fingerprint of those it read in
+artifacts/feedback/low_rated.json and the flow compares (by hand: `dvc repro --force feedback`). What it
+writes changes only when they do, so collect, which merges data/feedback into data/raw within
+retrain.max_synthetic_share (tasks/ingest/feedback.py), reruns only then. For each sample of this model
+line whose last rating is retrain.min_rating or higher, the version that drew it draws it again from the
+logged seed, position and condition: a model draws the same samples from the same seed, whatever else
+shared its batch (models/common.py: sample_batch). Files: data/feedback/files/<label>/feedback-<sample
+id>.png (or files/feedback-<sample id>.txt), listed with rating and model in
+data/feedback/manifest.json; a file made before is kept, not drawn again. Samples rated lower are never
+written: they go to artifacts/feedback/low_rated.json, which the model card lists. A text sample whose
+prompt was not logged (serve.log_prompts: false) cannot be drawn again: it is counted as skipped.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def last_ratings(params: Params) -> list[dict]:
     log = logs.ServingLogs(logs.files(params.require("monitor").logs, SERVING))
     last = {r["sample_id"]: r for r in log.rated(f"{store.name_of(line(params))}:")}
     return sorted(last.values(), key=lambda r: (-r["rating"], -r["at"], r["sample_id"]))
+
+
+def ratings_sha256(rows: list[dict]) -> str:
+    """A fingerprint of the ratings the stage reads: equal means its outputs would be the same."""
+    import json
+
+    return sha256_bytes(json.dumps(rows, sort_keys=True, default=str).encode())
 
 
 def _png(image) -> bytes:
@@ -123,13 +131,20 @@ def run(params: Params) -> dict:
         manifest = {"min_rating": retrain.min_rating if retrain else None, "files": files, "skipped": skipped}
         (stage / "manifest.json").write_text(dumps(manifest))
     keys = ("sample_id", "model", "rating", "comment", "label")
-    write_json(LOW, {"low": [{k: r[k] for k in keys} for r in low], "rated": len(rows)})
+    write_json(LOW, {"low": [{k: r[k] for k in keys} for r in low], "rated": len(rows),
+                     "ratings_sha256": ratings_sha256(rows)})  # fmt: skip
     return {"rated": len(rows), "written": len(files), "skipped": len(skipped), "low": len(low)}
 
 
 @task(name="feedback")
 def feedback_task() -> dict:
-    """Run the DVC stage `feedback`, always: the ratings may have changed since (DVC cannot tell)."""
-    repro("feedback", force=True)
+    """Run the DVC stage `feedback`: forced when the ratings changed since its last run (DVC cannot tell),
+    else as DVC decides (its code or params)."""
+    from tasks.core.params import load
+
+    params = load()
+    seen = read_json(LOW).get("ratings_sha256") if LOW.is_file() else None
+    rows = last_ratings(params) if params.retrain is not None else []
+    repro("feedback", force=seen != ratings_sha256(rows))
     manifest = read_json(MANIFEST)
     return {"written": len(manifest["files"]), "skipped": len(manifest["skipped"])}

@@ -10,11 +10,9 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
 from tasks.core import paths
 from tasks.core.orchestration import publish_markdown, task
-from tasks.core.storage import read_json, write_json
+from tasks.core.storage import parse_yaml, read_json, write_json
 
 STAGES = ("feedback", "collect", "validate", "augment", "tune", "train", "evaluate", "package")
 LOCK = Path("dvc.lock")
@@ -26,7 +24,7 @@ def lock_entries() -> dict[str, str]:
     """A fingerprint of each stage's record in dvc.lock (what it ran on and made)."""
     if not LOCK.is_file():
         return {}
-    stages = (yaml.safe_load(LOCK.read_text()) or {}).get("stages", {})
+    stages = (parse_yaml(LOCK.read_text()) or {}).get("stages", {})
     return {
         name: hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
         for name, entry in stages.items()
@@ -63,6 +61,9 @@ def markdown(s: dict) -> str:
 
 @task(name="lifecycle: dvc.lock before")
 def before_task() -> dict:
+    from tasks.core.orchestration import prefetch_status
+
+    prefetch_status()  # DVC's view of what is up to date, ready when the first stage's task asks
     return {"entries": lock_entries(), "started": time.time()}
 
 

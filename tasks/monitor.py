@@ -304,10 +304,12 @@ def emit(decision: dict) -> None:
 @task(name="monitor")
 def monitor_task() -> dict:
     """One window judged; the summary and chart as a Prefect artifact; the drift event when drifted."""
+    from models import cores
     from tasks.core.params import load
     from tasks.monitoring import report
 
-    decision = run(load())
+    with cores.claimed("monitor"):  # its share of the cores beside training and the service
+        decision = run(load())
     publish_markdown("drift", report.markdown(decision, CHART), f"drift monitor: {decision['verdict']}")
     if decision["drift"]:
         emit(decision)

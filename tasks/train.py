@@ -16,8 +16,13 @@ from tasks.core.storage import read_json
 
 
 def run(params: Params) -> dict:
+    from tasks.core.params import family_train
     from tasks.training.fit import fit
 
+    own = family_train(params)
+    if own:  # the train section's value of these keys is not the one used: say so
+        family = params.require("model").family
+        print(f"model.{family}.train sets " + ", ".join(f"{k} {v}" for k, v in own.items()), flush=True)
     tuned = None
     if params.require("train").use_tuned:
         params, tuned = apply_tuned(params)

@@ -53,7 +53,11 @@ def prepare(params: Params, name: str | None = None) -> str:
 
 
 def workers(params: Params, count: int, name: str) -> None:
-    """Run `count` worker processes on the study and wait for them (a failed one fails the stage)."""
+    """Run `count` worker processes on the study and wait for them (a failed one fails the stage). This
+    process only waits meanwhile, so it leaves the plan for the cores to them (models/cores.py)."""
+    from models import cores
+
+    cores.release()
     with params_file(params) as path:
         procs = [subprocess.Popen(worker_command(path, name), env=worker_env(count, i)) for i in range(count)]
         codes = [p.wait() for p in procs]
@@ -62,13 +66,9 @@ def workers(params: Params, count: int, name: str) -> None:
 
 
 def worker_env(count: int, index: int) -> dict[str, str]:
-    """The machine shared out between the workers: the CPU cores (each with all of them, their math
-    threads wait on each other: a 2-core machine ran a trial 10x slower so), and the GPUs, one each in
-    turn. Settings already in the environment are kept."""
-    threads = str(max(1, (os.cpu_count() or 1) // count))
+    """The GPUs shared out between the workers, one each in turn (a setting already in the environment
+    is kept). The CPU cores are shared by the plan each worker joins (models/cores.py)."""
     env = dict(os.environ)
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(key, threads)
     gpus = visible_gpus()
     if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]

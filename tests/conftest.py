@@ -65,16 +65,24 @@ def pytest_configure(config: pytest.Config) -> None:
     # One cache of trained featurizers for the run (tasks/quality/featurizer.py), fresh each run: the
     # projects of the tests evaluate the same digits, and each would train the same eye for 20 s.
     # xdist's workers inherit it from the controller.
+    # The stages of every test fork from this run's own warm runner (genloop/runner.py), stopped at the end.
     if not hasattr(config, "workerinput"):
         import tempfile
 
         config.genloop_cache = tempfile.mkdtemp(prefix="genloop-test-cache-")
         os.environ["GENLOOP_CACHE_DIR"] = config.genloop_cache
+        config.genloop_runners = tempfile.mkdtemp(prefix="genloop-test-runner-")
+        os.environ["GENLOOP_RUNNER_DIR"] = config.genloop_runners
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if hasattr(config, "genloop_cache"):
         shutil.rmtree(config.genloop_cache, ignore_errors=True)
+    if hasattr(config, "genloop_runners"):
+        from genloop import runner
+
+        runner.stop()
+        shutil.rmtree(config.genloop_runners, ignore_errors=True)
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -15,6 +15,7 @@ import pytest
 from tasks import augment, collect, validate
 from tasks.core import datasets, paths
 from tasks.core.errors import GenloopError
+from tasks.core.storage import pid_alive
 from tasks.ingest.sources import put
 from tests.conftest import BIN
 
@@ -75,6 +76,13 @@ def test_a_killed_collect_leaves_staging_that_the_next_run_removes(project):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     left = list((project.root / "data").glob(".raw.staging-*"))
+    # through the warm runner the stage ran in a process of its own, killed with the command: gone
+    # within moments (the kernel tears down its memory), after which its staging is an orphan
+    stage_pid = int(left[0].name.split("-")[1]) if left else proc.pid
+    deadline = time.monotonic() + 5
+    while pid_alive(stage_pid):
+        assert time.monotonic() < deadline, "the stage's process outlived the command"
+        time.sleep(0.01)
     assert left and not paths.RAW.exists()  # what a kill leaves; data/raw never half-written
     old_style = project.root / "data" / ".processed.staging-abc123"  # from before pids were in the name
     old_style.mkdir()

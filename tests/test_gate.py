@@ -205,4 +205,5 @@ def models_config(family: str) -> dict:
 
     from tests.conftest import REPO
 
-    return yaml.safe_load((REPO / "params.yaml").read_text())["model"][family]
+    section = yaml.safe_load((REPO / "params.yaml").read_text())["model"][family]
+    return {k: v for k, v in section.items() if k != "train"}  # the family's training settings aside

@@ -27,7 +27,8 @@ SMALL = {
 
 
 def config(family: str, **changes) -> dict:
-    return DEFAULTS[family] | SMALL[family] | changes
+    model = {k: v for k, v in DEFAULTS[family].items() if k != "train"}  # (the family's training settings)
+    return model | SMALL[family] | changes
 
 
 def make(family: str, **changes):
@@ -176,9 +177,11 @@ def test_every_registered_family_provides_its_facts():
             assert (
                 field.default in (dataclasses.MISSING, None) and field.default_factory is dataclasses.MISSING
             )
-        assert set(DEFAULTS[name]) == set(family.config_keys()), name  # params.yaml has every key
-        model = export.build(name, DEFAULTS[name], TEXT_DATA if family.kind == "text" else IMAGE_DATA)
-        assert model.family == name and model.config == DEFAULTS[name]
+        section = config(name) | {k: DEFAULTS[name][k] for k in SMALL[name]}  # params.yaml's, all of it
+        assert set(section) == set(family.config_keys()), name  # params.yaml has every key
+        assert set(DEFAULTS[name]) - set(section) <= {"train"}  # and beside them its training settings
+        model = export.build(name, section, TEXT_DATA if family.kind == "text" else IMAGE_DATA)
+        assert model.family == name and model.config == section
         assert ("interpolation" in family.pictures) == hasattr(model, "interpolate")
     assert models.for_kind("text") == ["gpt"] and set(models.for_kind("image")) == {"vae", "gan"}
 

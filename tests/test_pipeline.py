@@ -100,7 +100,7 @@ def test_no_stage_writes_a_tracked_file(project):
     the model's lineage says the tree was clean when it was trained."""
     import subprocess
 
-    tiny = {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32}
+    tiny = {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32, "train": None}  # QUICK_TRAIN holds
     project.set_params(
         data={"source": "pydoc:topics"}, model={"family": "gpt", "gpt": tiny}, train=QUICK_TRAIN
     )

@@ -19,7 +19,8 @@ from tests.conftest import SMALL_BASELINE
 
 pytestmark = pytest.mark.slow
 
-TINY_GPT = {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 64, "dropout": 0.1}
+# train: None, so the test's own train section holds (not the character model's 4,800-step defaults)
+TINY_GPT = {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 64, "dropout": 0.1, "train": None}
 QUICK = {
     "max_steps": 20,
     "steps_per_epoch": 10,

@@ -121,7 +121,8 @@ def test_a_run_leaves_the_callers_generator_alone(tmp_path):
         np.save(tmp_path / f"{split}.npy", ids)
     (tmp_path / "meta.json").write_text(json.dumps({"kind": "text", "vocab": TEXT_DATA["vocab"]}))
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["model"] |= {"family": "gpt", "gpt": raw["model"]["gpt"] | SMALL["gpt"] | {"dropout": 0.2}}
+    gpt = raw["model"]["gpt"] | SMALL["gpt"] | {"dropout": 0.2, "train": None}  # these 3 steps, not its own
+    raw["model"] |= {"family": "gpt", "gpt": gpt}
     raw["train"] |= {"max_steps": 3, "steps_per_epoch": 3, "val_batches": 1, "sample_every_n_epochs": 0}
     p = parse(raw)
     torch.manual_seed(123)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from models.families import FAMILIES, Family
 from service.settings import Limits
 from tasks.core.errors import GenloopError
+from tasks.core.storage import parse_yaml
 
 PARAMS_FILE = "params.yaml"
 BUILTIN_SOURCES = {"sklearn:digits": "image", "pydoc:topics": "text"}
@@ -90,8 +91,50 @@ class AugmentParams(Section):
     image: ImageAugment
 
 
+class TrainParams(Section):
+    seed: int
+    max_steps: int = Field(ge=1)  # the budget, in optimizer steps (rounded up to whole epochs)
+    # between validations and checkpoints; None: one pass over the training images, at least 50 steps
+    # (so a small folder trains as long as a large one), or 100 for text
+    steps_per_epoch: int | None = Field(ge=1)
+    steps_per_execution: int = Field(ge=1)  # optimizer steps per Lightning step
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    schedule: Literal["cosine", "constant"]
+    grad_clip: float = Field(ge=0)  # 0 = off
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"]
+    devices: int | Literal["auto"]
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"]
+    num_nodes: int = Field(ge=1)
+    # torch.compile: true (its default mode) or a mode by name; false = eager
+    compile: Literal[False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+    early_stopping_patience: int = Field(ge=0)  # epochs without improvement; 0 = off
+    sample_every_n_epochs: int = Field(ge=0)  # 0 = only at the end
+    val_batches: int | None = Field(ge=1)  # None = the whole validation split
+    init_from: str | None  # an exported model folder, or a registered version (genloop-<line>:champion)
+    ema_decay: float | None = Field(gt=0, lt=1)  # EMA of the weights per optimizer step; None = off
+    use_tuned: bool  # apply the tune stage's best values (artifacts/tune/best_params.yaml)
+
+
+def _optional(f) -> Any:
+    """A field's type with its bounds, or None."""
+    return (Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation) | None
+
+
+# A family's own training settings (model.<family>.train): any keys of train, each optional.
+TrainOverrides = create_model(
+    "TrainOverrides",
+    __base__=Section,
+    **{name: (_optional(f), None) for name, f in TrainParams.model_fields.items()},
+)
+
+
 def family_section(family: Family) -> type[Section]:
-    """The params model of model.<family>: the family's Config fields, with their bounds."""
+    """The params model of model.<family>: the family's Config fields, with their bounds, and `train`:
+    the family's own training settings, over the train section's (text and images differ)."""
     hints = typing.get_type_hints(family.config)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(family.config):
@@ -105,6 +148,7 @@ def family_section(family: Family) -> type[Section]:
         elif choices:
             hint = Literal[choices]
         fields[f.name] = (hint, Field(**bounds))
+    fields["train"] = (TrainOverrides | None, None)
     return create_model(f"{family.name.upper()}Params", __base__=Section, **fields)
 
 
@@ -138,7 +182,7 @@ class _ModelBase(Section):
             raise GenloopError(
                 f"params.yaml: model.family is {self.family} but there is no model.{self.family} section"
             )
-        return section.model_dump()
+        return section.model_dump(exclude={"train"})
 
 
 # family: one of FAMILIES; one optional section per family (only the chosen one must be there)
@@ -147,34 +191,6 @@ ModelParams = create_model(
     __base__=_ModelBase,
     **{name: (family_section(f) | None, None) for name, f in FAMILIES.items()},
 )
-
-
-class TrainParams(Section):
-    seed: int
-    max_steps: int = Field(ge=1)  # the budget, in optimizer steps (rounded up to whole epochs)
-    # between validations and checkpoints; None: one pass over the training images, at least 50 steps
-    # (so a small folder trains as long as a large one), or 100 for text
-    steps_per_epoch: int | None = Field(ge=1)
-    steps_per_execution: int = Field(ge=1)  # optimizer steps per Lightning step
-    batch_size: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    warmup_steps: int = Field(ge=0)
-    schedule: Literal["cosine", "constant"]
-    grad_clip: float = Field(ge=0)  # 0 = off
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"]
-    devices: int | Literal["auto"]
-    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"]
-    num_nodes: int = Field(ge=1)
-    # torch.compile: true (its default mode) or a mode by name; false = eager
-    compile: Literal[False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
-    early_stopping_patience: int = Field(ge=0)  # epochs without improvement; 0 = off
-    sample_every_n_epochs: int = Field(ge=0)  # 0 = only at the end
-    val_batches: int | None = Field(ge=1)  # None = the whole validation split
-    init_from: str | None  # an exported model folder, or a registered version (genloop-<line>:champion)
-    ema_decay: float | None = Field(gt=0, lt=1)  # EMA of the weights per optimizer step; None = off
-    use_tuned: bool  # apply the tune stage's best values (artifacts/tune/best_params.yaml)
 
 
 class EvaluateText(Section):
@@ -305,6 +321,13 @@ class ServeParams(Section, Limits):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class CoresParams(Section):
+    """The plan for this machine's cores (models/cores.py reads it, with the environment first)."""
+
+    total: Annotated[int, Field(ge=1)] | Auto  # cores to share; auto: those this process may use
+    threads: Annotated[int, Field(ge=1)] | Auto  # per process; auto: an equal share of total
+
+
 class Params(Section):
     data: DataParams
     collect: CollectParams
@@ -319,6 +342,7 @@ class Params(Section):
     serve: ServeParams | None = None
     monitor: MonitorParams | None = None
     retrain: RetrainParams | None = None
+    cores: CoresParams | None = None
 
     def require(self, section: str):
         value = getattr(self, section)
@@ -386,11 +410,20 @@ def _describe(err: ValidationError) -> str:
 
 
 def parse(raw: dict, origin: str = PARAMS_FILE) -> Params:
-    """Validate a parsed params mapping; every offending key is named in the error."""
+    """Validate a parsed params mapping; every offending key is named in the error. The chosen family's
+    own training settings (model.<family>.train) are applied over the train section here, so every
+    reader of params.train sees what that family trains with."""
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
         raise GenloopError(f"invalid parameters in {origin}:\n{_describe(err)}") from None
+    try:
+        params = _family_train(params)
+    except ValidationError as err:
+        family = params.model.family if params.model else "?"
+        raise GenloopError(
+            f"invalid parameters in {origin} (model.{family}.train over train):\n{_describe(err)}"
+        ) from None
     if params.tune is not None:
         from tasks.core.space import check_space
 
@@ -400,10 +433,29 @@ def parse(raw: dict, origin: str = PARAMS_FILE) -> Params:
     return params
 
 
+def _family_train(params: Params) -> Params:
+    """params with model.<family>.train applied over train (the section stays, for `family_train`)."""
+    over = family_train(params)
+    if not over or params.train is None:
+        return params
+    values = params.train.model_dump() | over
+    return params.model_copy(update={"train": TrainParams.model_validate(values)})
+
+
+def family_train(params: Params) -> dict[str, Any]:
+    """The chosen family's own training settings (model.<family>.train), as set in params.yaml."""
+    model = params.model
+    section = getattr(model, model.family, None) if model is not None else None
+    over = section.train if section is not None else None
+    return over.model_dump(exclude_none=True) if over is not None else {}
+
+
 def with_values(params: Params, values: dict[str, Any], origin: str = "the values given") -> Params:
     """`params` with dotted keys replaced (`train.lr: 0.003`, `model.vae.latent_dim: 16`), validated again
-    as params.yaml is."""
+    as params.yaml is. A train key the chosen family sets itself (model.<family>.train) is replaced
+    there too: the value given is the one trained with."""
     raw = params.model_dump(by_alias=True)
+    own = family_train(params)
     for key, value in values.items():
         *path, last = key.split(".")
         node = raw
@@ -412,6 +464,8 @@ def with_values(params: Params, values: dict[str, Any], origin: str = "the value
         if not isinstance(node, dict) or last not in node:
             raise GenloopError(f"{origin}: {key} is not a parameter")
         node[last] = value
+        if path == ["train"] and last in own:
+            raw["model"][raw["model"]["family"]]["train"][last] = value
     return parse(raw, origin)
 
 
@@ -421,7 +475,7 @@ def load(path: str | Path = PARAMS_FILE) -> Params:
     if not path.is_file():
         raise GenloopError(f"{path} not found: run genloop from the project folder (where params.yaml is)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise GenloopError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):

@@ -149,8 +149,8 @@ def within(space: dict, values: dict[str, Any]) -> dict[str, Any]:
 
 def read_tuned(path: Path = paths.TUNED) -> dict:
     """best_params.yaml: {study, trial, value, unit, params} ({params: {}} when nothing was tuned)."""
-    import yaml
+    from tasks.core.storage import parse_yaml
 
     if not path.is_file():
         return {"study": None, "params": {}}
-    return yaml.safe_load(path.read_text()) or {"study": None, "params": {}}
+    return parse_yaml(path.read_text()) or {"study": None, "params": {}}

@@ -129,6 +129,7 @@ def _train(x: np.ndarray, y: np.ndarray, test: tuple, classes: int, seed: int, s
     import torch
     import torch.nn.functional as F
 
+    from models import cores
     from models.classifier import Classifier, Config
 
     torch.manual_seed(seed)
@@ -140,7 +141,9 @@ def _train(x: np.ndarray, y: np.ndarray, test: tuple, classes: int, seed: int, s
     batches = (  # a fresh shuffle every pass over the data, as many passes as the steps take
         idx for _ in itertools.count() for idx in torch.randperm(len(xs), generator=g).split(128)
     )
-    for idx in itertools.islice(batches, steps):
+    for step, idx in enumerate(itertools.islice(batches, steps)):
+        if step % 50 == 0:
+            cores.follow()
         loss = F.cross_entropy(net(xs[idx]), ys[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -73,11 +73,13 @@ class Measure:
         draws of the test split's size (as many as N holds), so that every figure is measured at the
         same sample size as real data's, whose finite-sample bias (FD's above all) it shares, while the
         noise of one draw averages out."""
+        from models import cores
         from tasks.quality import metrics
 
         n = len(self.test_px)
         per_draw = []
         for start in range(0, max(len(images) - n, 0) + 1, n):
+            cores.follow()
             draw = images[start : start + n]
             f = self.features(draw)
             precision, recall = metrics.precision_recall(self.test_features, f, self.ev.knn_k)
@@ -105,6 +107,9 @@ class Measure:
         """All metrics of a model, and its samples (images array or list of texts)."""
         import torch
 
+        from models import cores
+
+        cores.follow()
         ev = self.ev
         if self.split.kind == "image":
             x, y = self.split.arrays["test"]

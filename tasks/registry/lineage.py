@@ -6,9 +6,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import yaml
-
 from tasks.core import paths
+from tasks.core.storage import parse_yaml
 
 TRACKED = ("data/raw", "data/processed", "artifacts/train/model")
 
@@ -27,7 +26,7 @@ def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
     """md5 of each tracked output as recorded in dvc.lock (what `dvc checkout` restores)."""
     if not lock.is_file():
         return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    stages = (parse_yaml(lock.read_text()) or {}).get("stages", {})
     found = {}
     for stage in stages.values():
         for out in stage.get("outs", []):

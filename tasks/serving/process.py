@@ -78,13 +78,16 @@ def port_free(host: str, port: int, wait_s: float = 20.0) -> bool:
 def start(bento: str, host: str, port: int) -> dict:
     import secrets
 
+    from models import cores
+
     store.home()
     DEPLOY.mkdir(parents=True, exist_ok=True)
     log_path = DEPLOY / f"{bento.replace(':', '-')}.log"
     # tells this server's answers from an old one's on a shared port
     server_id = secrets.token_hex(8) if tags_answers(bento) else None
     env = {**os.environ, "GENLOOP_SERVING_DIR": str(SERVING.resolve()), "BENTOML_DO_NOT_TRACK": "true",
-           "GENLOOP_SERVER_ID": server_id or "", "GENLOOP_LOG_FILE": str(log_path.resolve())}  # fmt: skip
+           "GENLOOP_SERVER_ID": server_id or "", "GENLOOP_LOG_FILE": str(log_path.resolve()),
+           **cores.variables()}  # fmt: skip
     launch = [sys.executable, "-m", "tasks.serving.launch"]  # bentoml serve, no control port on TCP
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(

@@ -1,5 +1,5 @@
 """What a training run shows and checks besides learning: sample pictures as it goes, a progress bar in
-optimizer steps, and equal replicas under DDP."""
+optimizer steps, equal replicas under DDP, and threads that follow the machine's plan for its cores."""
 
 from __future__ import annotations
 
@@ -9,7 +9,19 @@ from typing import Any
 import pytorch_lightning as pl
 
 import models
+from models import cores
 from tasks.core.errors import GenloopError
+
+
+class FollowCores(pl.Callback):
+    """Between Lightning steps, this process's threads follow the plan for the machine's cores
+    (models/cores.py): fewer when another process starts doing math, all again when it ends."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        cores.follow()
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx: int, *_: Any) -> None:
+        cores.follow()
 
 
 class SampleWriter(pl.Callback):

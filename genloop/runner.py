@@ -1,0 +1,453 @@
+"""A warm runner for `genloop stage`: a process that has imported the stages' libraries once and forks a
+child for each stage, so a stage starts its own work in a fraction of a second instead of after 3-8 s of
+imports (torch, Lightning, Great Expectations, torchmetrics; bench/startup.py measures both ways).
+
+How a stage runs through it:
+- `genloop stage <name>` (the client, which imports nothing heavy) connects to the runner's Unix socket,
+  sends its arguments, working folder, environment and umask, and hands over its stdin, stdout and
+  stderr (SCM_RIGHTS), so the stage writes to the same terminal, pipe or log as it would itself.
+- The runner forks a child, which takes those, starts a session of its own, and runs the same CLI
+  in-process; its exit status goes back to the client, which exits with it.
+- A signal to the client (Ctrl+C, a Prefect cancellation's SIGTERM) is passed on to the child. If the
+  client dies, even by SIGKILL (a flow run's process tree killed), its end of the socket closes and the
+  child kills its whole process group at once: a stage never outlives the command that started it.
+
+What is shared and what is not: the runner imports third-party libraries only, never genloop's own
+modules, so each stage imports the project's code fresh, edits included. It serves only clients whose
+Python, installed packages, runner code and environment (but for the variables a stage reads when it
+runs: DVC's, Prefect's, BentoML's, AWS's, genloop's own, the thread counts, PATH) are those it was
+started with; any other client starts a runner of its own. The first `genloop stage` without a runner
+starts one in the background and runs in-process as before; a runner exits after GENLOOP_RUNNER_IDLE_S
+(default 600) seconds without a stage, or at `genloop runner stop`. Its socket, lock and log are in
+GENLOOP_RUNNER_DIR (default $TMPDIR/genloop-<uid>/runner). It forks only while it is a single thread,
+never having started a math library's thread pool or CUDA. Linux only; GENLOOP_RUNNER=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# The libraries the stages import (measured with -X importtime), loaded once by the runner.
+PRELOAD = (
+    "numpy",
+    "yaml",
+    "pydantic",
+    "typer",
+    "rich.console",
+    "PIL.Image",
+    "pandas",
+    "scipy.stats",
+    "scipy.ndimage",
+    "sklearn.mixture",
+    "torch",
+    "pytorch_lightning",
+    "torchmetrics",
+    "safetensors.torch",
+    "dvclive",
+    "great_expectations",
+)
+# Variables a stage reads when it runs, not when a library is imported: they may differ between
+# clients of one runner (each child takes its client's whole environment).
+PER_CALL = ("DVC_", "PREFECT_", "BENTOML_", "AWS_", "GENLOOP_", "PYTEST_", "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PATH", "PWD", "OLDPWD", "SHLVL", "_",
+            "COLUMNS", "LINES", "TERM", "SSH_", "XDG_SESSION", "DISPLAY")  # fmt: skip
+IDLE_S = float(os.environ.get("GENLOOP_RUNNER_IDLE_S", "600"))
+CONNECT_TIMEOUT_S = 5.0
+
+
+def enabled() -> bool:
+    return sys.platform.startswith("linux") and os.environ.get("GENLOOP_RUNNER", "1") not in ("0", "false")
+
+
+def folder() -> Path:
+    """Where runners keep their sockets, locks and logs: GENLOOP_RUNNER_DIR, or one per user."""
+    default = Path(tempfile.gettempdir()) / f"genloop-{os.getuid()}" / "runner"
+    base = Path(os.environ.get("GENLOOP_RUNNER_DIR") or default)
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return base
+
+
+def _per_call(key: str) -> bool:
+    return any(key == p or (p.endswith("_") and key.startswith(p)) for p in PER_CALL)
+
+
+def fingerprint(env: dict[str, str] | None = None) -> str:
+    """What a runner must share with its clients: the interpreter, the installed packages (their
+    folders' modification times), this file, and the environment but for the per-call variables."""
+    env = dict(os.environ if env is None else env)
+    sites = sorted(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p))
+    blob = {
+        "python": [sys.executable, sys.version],
+        "sites": [(p, os.stat(p).st_mtime_ns) for p in sites],
+        "runner": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "env": sorted((k, v) for k, v in env.items() if not _per_call(k)),
+    }
+    return hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:20]
+
+
+def _send(conn: socket.socket, message: dict, fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode()
+    frame = struct.pack("!I", len(data)) + data
+    if fds:
+        socket.send_fds(conn, [frame], fds)
+    else:
+        conn.sendall(frame)
+
+
+def _recv_exactly(conn: socket.socket, n: int, fds: list[int] | None = None) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        if fds is not None and not buf:
+            chunk, got, _, _ = socket.recv_fds(conn, n - len(buf), 8)
+            fds.extend(got)
+        else:
+            chunk = conn.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
+def _recv(conn: socket.socket, fds: list[int] | None = None) -> dict:
+    (size,) = struct.unpack("!I", _recv_exactly(conn, 4, fds))
+    return json.loads(_recv_exactly(conn, size))
+
+
+# ---- the client: `genloop stage ...` ----------------------------------------------------------------
+
+
+def forward(argv: list[str]) -> int | None:
+    """Run `genloop <argv>` in a warm runner's child; its exit status, or None when no runner could take
+    it (then the caller runs it in-process, and a runner is started for the next stage)."""
+    if not enabled():
+        return None
+    fp = fingerprint()
+    path = folder() / f"{fp}.sock"
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(CONNECT_TIMEOUT_S)
+    try:
+        conn.connect(str(path))
+        umask = os.umask(0)
+        os.umask(umask)
+        request = {"argv0": os.path.abspath(sys.argv[0]), "argv": argv, "cwd": os.getcwd(),
+                   "env": dict(os.environ), "umask": umask}  # fmt: skip
+        _send(conn, request, [0, 1, 2])
+        answer = _recv(conn)
+    except (OSError, EOFError, ValueError):
+        conn.close()
+        start(fp)
+        return None
+    if "fallback" in answer:  # the runner could not fork safely; it says why in its log
+        conn.close()
+        return None
+    conn.settimeout(None)
+    return _wait(conn, answer["pid"])
+
+
+def _wait(conn: socket.socket, pid: int) -> int:
+    """Pass signals on to the stage's process until its exit status arrives."""
+
+    def pass_on(signum, frame) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, pass_on)
+    while True:
+        try:
+            answer = _recv(conn)
+        except InterruptedError:
+            continue
+        except (EOFError, OSError):
+            sys.stderr.write("error: the stage's process ended without an exit status (killed?)\n")
+            return 1
+        if "exit" in answer:
+            return int(answer["exit"])
+
+
+def start(fp: str) -> None:
+    """Start a runner for this environment in the background, unless one is starting already."""
+    import fcntl
+    import subprocess
+
+    lock = folder() / f"{fp}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by a live runner (starting or serving)
+    except OSError:
+        os.close(fd)
+        return
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    log = open(folder() / f"{fp}.log", "ab")  # noqa: SIM115  (the runner's from here on)
+    subprocess.Popen(
+        [sys.executable, "-m", "genloop.runner", fp],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        cwd="/",
+        start_new_session=True,  # not in the client's process group: it outlives the command
+    )
+    log.close()
+
+
+# ---- the runner ---------------------------------------------------------------------------------------
+
+
+def serve(fp: str) -> None:
+    import fcntl
+    import selectors
+    import threading
+
+    lock_fd = os.open(folder() / f"{fp}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return  # another runner for this environment won the race
+    os.set_inheritable(lock_fd, False)
+    if fingerprint() != fp:
+        print(f"runner {fp}: started in another environment; not serving", flush=True)
+        return
+    # Libraries must not start thread pools here: a fork keeps only the forking thread. The child's
+    # claim on the cores (models/cores.py) sets its real thread counts.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    sys.path[0] = os.path.dirname(sys.executable)  # as for the `genloop` command, not this folder
+    started = time.monotonic()
+    import importlib
+
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    print(f"runner {fp}: {len(PRELOAD)} libraries loaded in {time.monotonic() - started:.1f} s", flush=True)
+
+    path = folder() / f"{fp}.sock"
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    info = folder() / f"{fp}.json"
+    info.write_text(json.dumps({"pid": os.getpid(), "since": time.time(), "python": sys.executable}))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(64)
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno())
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the loop through the wakeup fd
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    children: dict[int, socket.socket] = {}
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, "accept")
+    sel.register(wake_r, selectors.EVENT_READ, "wake")
+    idle_since = time.monotonic()
+    try:
+        while True:
+            events = sel.select(timeout=5.0)
+            for key, _ in events:
+                if key.data == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        wake_r.recv(4096)
+                    continue
+                conn, _ = listener.accept()
+                inherited = [listener, wake_r, wake_w, *children.values()]
+                child = _accept(conn, inherited, lock_fd, threading.active_count())
+                if child:
+                    children[child] = conn
+                else:
+                    conn.close()
+            _reap(children)
+            if children:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > IDLE_S:
+                print(f"runner {fp}: idle for {IDLE_S:g} s, exiting", flush=True)
+                return
+    finally:
+        for leftover in (path, info):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+def runners() -> list[dict]:
+    """The runners of this user that are serving: fingerprint, pid, since (epoch seconds), python; and
+    whether each serves this environment."""
+    mine, out = fingerprint(), []
+    for info in sorted(folder().glob("*.json")):
+        try:
+            record = json.loads(info.read_text())
+            os.kill(record["pid"], 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        out.append(record | {"fingerprint": info.stem, "this": info.stem == mine})
+    return out
+
+
+def start_and_wait(timeout_s: float = 120.0) -> dict:
+    """A runner for this environment, started if there is none, once it answers."""
+    fp = fingerprint()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [r for r in runners() if r["fingerprint"] == fp]
+        if found and (folder() / f"{fp}.sock").exists():
+            return found[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no runner answered within {timeout_s:g} s: see {folder() / fp}.log")
+        start(fp)
+        time.sleep(0.2)
+
+
+def stop() -> list[int]:
+    """Stop this user's runners (the stages they run go on to their end); their pids."""
+    stopped = []
+    for r in runners():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(r["pid"], signal.SIGTERM)
+            stopped.append(r["pid"])
+    return stopped
+
+
+def _accept(conn: socket.socket, inherited: list[socket.socket], lock_fd: int, threads: int) -> int | None:
+    """Fork a child for the request on `conn`; its pid (None when the request was not taken)."""
+    fds: list[int] = []
+    try:
+        conn.settimeout(CONNECT_TIMEOUT_S)
+        request = _recv(conn, fds)
+        conn.settimeout(None)
+        if len(fds) != 3:
+            raise ValueError(f"expected stdin, stdout and stderr, got {len(fds)} descriptors")
+        if threads != 1:  # a library started a thread: forking now could leave a lock held forever
+            _send(conn, {"fallback": f"the runner has {threads} threads"})
+            return None
+        pid = os.fork()
+    except (OSError, EOFError, ValueError) as err:
+        print(f"runner: request refused: {err}", flush=True)
+        for fd in fds:
+            os.close(fd)
+        return None
+    if pid == 0:  # the child: none of the runner's sockets or its lock
+        try:
+            for sock in inherited:
+                sock.close()
+            os.close(lock_fd)
+            code = _child(conn, request, fds)
+        except BaseException as err:
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f"error: {err}\n")
+            code = 1
+        os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    return pid
+
+
+def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
+    import atexit
+
+    os.setsid()  # a process group of its own: killed as a whole when the client dies
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    streams = (sys.stdout, sys.stderr)  # the runner's, on the same descriptors now: flushed at the end
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        stream = open(fd, mode, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        if mode == "w":
+            stream.reconfigure(line_buffering=stream.isatty() or name == "stderr")
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.umask(request["umask"])
+    # as if started as the `genloop` command: what Lightning's DDP launcher runs again for each rank
+    sys.argv = [request["argv0"], *request["argv"]]
+    import __main__
+
+    __main__.__spec__, __main__.__file__ = None, request["argv0"]
+
+    _send(conn, {"pid": os.getpid()})
+    _die_with_client(conn, True)
+    code = 0
+    try:
+        from genloop.cli import main
+
+        main()
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        if not isinstance(exit.code, int | None):
+            sys.stderr.write(f"{exit.code}\n")
+    except KeyboardInterrupt:
+        code = 130
+    try:
+        atexit._run_exitfuncs()
+        for stream in (*streams, sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+    finally:
+        _die_with_client(conn, False)  # done: what it leaves running lives on, as after any command
+        with contextlib.suppress(OSError):
+            _send(conn, {"exit": code})
+    return code
+
+
+def _die_with_client(conn: socket.socket, on: bool) -> None:
+    """While on, the kernel kills this process group (SIGKILL) the moment the client's end of the socket
+    closes, which it does when the client dies: no thread of ours has to be scheduled, nor hold the GIL.
+    The client sends nothing after its request, so the socket turns readable only then."""
+    import fcntl
+
+    flags = fcntl.fcntl(conn, fcntl.F_GETFL)
+    if on:
+        fcntl.fcntl(conn, fcntl.F_SETOWN, -os.getpgid(0))
+        fcntl.fcntl(conn, getattr(fcntl, "F_SETSIG", 10), signal.SIGKILL)
+        fcntl.fcntl(conn, fcntl.F_SETFL, flags | os.O_ASYNC)
+    else:
+        fcntl.fcntl(conn, fcntl.F_SETFL, flags & ~os.O_ASYNC)
+
+
+def _reap(children: dict[int, socket.socket]) -> None:
+    """Collect children that ended; one killed by a signal tells its client so (it could not itself)."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is None:
+            continue
+        if os.WIFSIGNALED(status):
+            with contextlib.suppress(OSError):
+                _send(conn, {"exit": 128 + os.WTERMSIG(status), "signal": os.WTERMSIG(status)})
+        conn.close()
+
+
+def main() -> None:
+    """The `genloop` command: `genloop stage ...` through a warm runner when there is one."""
+    import tasks  # noqa: F401  (the no-telemetry defaults, in the environment a runner starts with)
+
+    argv = sys.argv[1:]
+    if argv[:1] == ["stage"] and "--help" not in argv:
+        code = forward(argv)
+        if code is not None:
+            sys.exit(code)
+    from genloop.cli import main as cli
+
+    cli()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
