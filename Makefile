@@ -87,6 +87,8 @@ bench: setup  ## benchmarks: side-by-side ratios
 	$(BIN)/python bench/drift.py
 	$(BIN)/python bench/serve.py  # needs a champion: run make demo first
 	$(BIN)/python bench/flow_overhead.py  # needs a pipeline that has run: make demo first
+	$(BIN)/python bench/sharing.py   # training and serving side by side, with the plan for the cores and without
+	$(BIN)/python bench/startup.py   # each stage's fixed cost, a cached lifecycle flow beside Metaflow's run
 
 up: setup  ## start the local Prefect server (UI at http://127.0.0.1:4200), a worker and the deployments
 	$(BIN)/genloop up

@@ -19,8 +19,10 @@ runs: DVC's, Prefect's, BentoML's, AWS's, genloop's own, the thread counts, PATH
 started with; any other client starts a runner of its own. The first `genloop stage` without a runner
 starts one in the background and runs in-process as before; a runner exits after GENLOOP_RUNNER_IDLE_S
 (default 600) seconds without a stage, or at `genloop runner stop`. Its socket, lock and log are in
-GENLOOP_RUNNER_DIR (default $TMPDIR/genloop-<uid>/runner). It forks only while it is a single thread,
-never having started a math library's thread pool or CUDA. Linux only; GENLOOP_RUNNER=0 turns it off.
+GENLOOP_RUNNER_DIR (default $XDG_RUNTIME_DIR/genloop/runner, else $TMPDIR/genloop-<uid>/runner: a
+folder only this user may enter, and a client talks only to a runner of its own user). It forks only
+while it is a single Python thread, never having started a math library's thread pool or CUDA. Linux
+only; GENLOOP_RUNNER=0 turns it off.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import signal
 import socket
 import struct
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,13 +55,19 @@ PRELOAD = (
     "torchmetrics",
     "safetensors.torch",
     "dvclive",
+    "dvc.repo",
+    "s3fs",
     "great_expectations",
 )
 # Variables a stage reads when it runs, not when a library is imported: they may differ between
 # clients of one runner (each child takes its client's whole environment).
 PER_CALL = ("DVC_", "PREFECT_", "BENTOML_", "AWS_", "GENLOOP_", "PYTEST_", "OMP_NUM_THREADS",
             "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PATH", "PWD", "OLDPWD", "SHLVL", "_",
-            "COLUMNS", "LINES", "TERM", "SSH_", "XDG_SESSION", "DISPLAY")  # fmt: skip
+            "COLUMNS", "LINES", "TERM", "SSH_", "XDG_SESSION", "DISPLAY",
+            # a DDP rank's (Lightning starts each rank as `genloop stage train` again); CUDA reads its
+            # devices when it starts, in the stage, not when torch is imported
+            "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PL_",
+            "CUDA_VISIBLE_DEVICES")  # fmt: skip
 IDLE_S = float(os.environ.get("GENLOOP_RUNNER_IDLE_S", "600"))
 CONNECT_TIMEOUT_S = 5.0
 
@@ -70,11 +77,11 @@ def enabled() -> bool:
 
 
 def folder() -> Path:
-    """Where runners keep their sockets, locks and logs: GENLOOP_RUNNER_DIR, or one per user."""
-    default = Path(tempfile.gettempdir()) / f"genloop-{os.getuid()}" / "runner"
-    base = Path(os.environ.get("GENLOOP_RUNNER_DIR") or default)
-    base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return base
+    """Where runners keep their sockets, locks and logs: GENLOOP_RUNNER_DIR, or one per user (only the
+    user may enter it: a client hands its environment and terminal to whoever listens there)."""
+    from models.cores import private_dir
+
+    return private_dir(os.environ.get("GENLOOP_RUNNER_DIR") or "runner")
 
 
 def _per_call(key: str) -> bool:
@@ -137,6 +144,9 @@ def forward(argv: list[str]) -> int | None:
     conn.settimeout(CONNECT_TIMEOUT_S)
     try:
         conn.connect(str(path))
+        _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != os.getuid():
+            raise OSError(f"{path} is served by uid {uid}, not this user")
         umask = os.umask(0)
         os.umask(umask)
         request = {"argv0": os.path.abspath(sys.argv[0]), "argv": argv, "cwd": os.getcwd(),
@@ -159,7 +169,10 @@ def _wait(conn: socket.socket, pid: int) -> int:
 
     def pass_on(signum, frame) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+            if signum in (signal.SIGINT, signal.SIGQUIT):  # a terminal's: to the whole group, as it would
+                os.killpg(pid, signum)
+            else:
+                os.kill(pid, signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, pass_on)
@@ -324,12 +337,14 @@ def _accept(conn: socket.socket, inherited: list[socket.socket], lock_fd: int, t
         conn.settimeout(None)
         if len(fds) != 3:
             raise ValueError(f"expected stdin, stdout and stderr, got {len(fds)} descriptors")
-        if threads != 1:  # a library started a thread: forking now could leave a lock held forever
-            _send(conn, {"fallback": f"the runner has {threads} threads"})
-            return None
+        unsafe = _unsafe_to_fork(threads)
+        if unsafe:  # forking now could leave a lock held forever, or CUDA unusable in the child
+            print(f"runner: not forking ({unsafe}); the stage runs in its own process", flush=True)
+            _send(conn, {"fallback": unsafe})
+            raise ValueError(unsafe)
         pid = os.fork()
     except (OSError, EOFError, ValueError) as err:
-        print(f"runner: request refused: {err}", flush=True)
+        print(f"runner: request not taken: {err}", flush=True)
         for fd in fds:
             os.close(fd)
         return None
@@ -349,8 +364,19 @@ def _accept(conn: socket.socket, inherited: list[socket.socket], lock_fd: int, t
     return pid
 
 
+def _unsafe_to_fork(threads: int) -> str | None:
+    """Why forking now would be unsafe, if it would."""
+    if threads != 1:
+        return f"the runner has {threads} Python threads"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "CUDA was initialised in the runner"
+    return None
+
+
 def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
     import atexit
+    import threading
 
     os.setsid()  # a process group of its own: killed as a whole when the client dies
     signal.set_wakeup_fd(-1)
@@ -377,8 +403,12 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
 
     __main__.__spec__, __main__.__file__ = None, request["argv0"]
 
+    _die_with_client(conn, True)  # armed before the client learns the pid: no moment without an owner
     _send(conn, {"pid": os.getpid()})
-    _die_with_client(conn, True)
+    import select
+
+    if select.select([conn], [], [], 0)[0] and not conn.recv(1, socket.MSG_PEEK):
+        os.killpg(0, signal.SIGKILL)  # the client died before it was armed
     code = 0
     try:
         from genloop.cli import main
@@ -388,9 +418,17 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
         code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
         if not isinstance(exit.code, int | None):
             sys.stderr.write(f"{exit.code}\n")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the command's own handler was reached
+        sys.stderr.write("interrupted\n")
         code = 130
+    except BaseException:  # as the interpreter would: the traceback, exit status 1
+        import traceback
+
+        traceback.print_exc()
+        code = 1
     try:
+        with contextlib.suppress(Exception):
+            threading._shutdown()  # non-daemon threads finish first, as at any exit
         atexit._run_exitfuncs()
         for stream in (*streams, sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -418,7 +456,7 @@ def _die_with_client(conn: socket.socket, on: bool) -> None:
 
 
 def _reap(children: dict[int, socket.socket]) -> None:
-    """Collect children that ended; one killed by a signal tells its client so (it could not itself)."""
+    """Collect children that ended, and tell each one's client how it ended."""
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -429,9 +467,11 @@ def _reap(children: dict[int, socket.socket]) -> None:
         conn = children.pop(pid, None)
         if conn is None:
             continue
-        if os.WIFSIGNALED(status):
-            with contextlib.suppress(OSError):
-                _send(conn, {"exit": 128 + os.WTERMSIG(status), "signal": os.WTERMSIG(status)})
+        # its own exit message came first if it sent one; this one counts when it could not (a signal,
+        # os._exit): the client takes the first
+        code = os.waitstatus_to_exitcode(status)
+        with contextlib.suppress(OSError):
+            _send(conn, {"exit": 128 - code if code < 0 else code})
         conn.close()
 
 

@@ -73,7 +73,7 @@ def _param_section(path: str | Path = "params.yaml") -> dict:
 
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         section = (yaml.load(Path(path).read_text(), Loader=loader) or {}).get("cores") or {}
-    except (OSError, ImportError, ValueError, AttributeError):
+    except Exception:  # no file, no PyYAML, not YAML: params.yaml is checked where the stages load it
         return {}
     return section if isinstance(section, dict) else {}
 
@@ -112,9 +112,30 @@ def variables(params_path: str | Path = "params.yaml") -> dict[str, str]:
     }
 
 
+def private_dir(name: str | Path) -> Path:
+    """A folder for this user's genloop processes: `name` as given when absolute, else under
+    $XDG_RUNTIME_DIR/genloop or $TMPDIR/genloop-<uid>. Made readable by the user alone; one that someone
+    else owns or others may write to (a shared /tmp) is refused."""
+    path = Path(name)
+    if not path.is_absolute():
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        base = Path(runtime, "genloop") if runtime else Path(tempfile.gettempdir(), f"genloop-{os.getuid()}")
+        path = base / path
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_private(base)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(path)
+    return path
+
+
+def _check_private(path: Path) -> None:
+    st = path.lstat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022 or not path.is_dir() or path.is_symlink():
+        raise PermissionError(f"{path} is not this user's own folder: remove it, or set another place")
+
+
 def ledger() -> Path:
-    default = Path(tempfile.gettempdir()) / f"genloop-{os.getuid()}" / "cores"
-    return Path(os.environ.get("GENLOOP_CORES_DIR") or default)
+    return private_dir(os.environ.get("GENLOOP_CORES_DIR") or "cores")
 
 
 def _started(pid: int) -> float | None:
@@ -122,8 +143,9 @@ def _started(pid: int) -> float | None:
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:  # gone, a zombie, or not ours to see
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except psutil.Error:  # gone, or not ours to see
         return None
 
 
@@ -175,7 +197,9 @@ class _Claim:
         self.path = ledger() / f"{self.pid}.json"
         self.share = settings.threads or settings.total
         self.checked = 0.0
-        self.applied = threading.local()  # torch's setting is per computing thread
+        # torch.set_num_threads sets the calling thread's OpenMP threads (and the default of threads that
+        # start computing later): each computing thread applies the share itself
+        self.applied = threading.local()
         self.blas = 0
         self.interop = False  # torch's inter-op pool sized (once, before its first use)
         self.write()
@@ -247,18 +271,20 @@ def claimed(role: str, params_path: str | Path = "params.yaml"):
             release()
 
 
-def follow() -> int | None:
+def follow(limit: int | None = None) -> int | None:
     """Between steps of work, in the thread that computes: read the ledger again (at most once a second)
-    and apply this process's share if it changed. Returns the threads, or None outside the plan."""
+    and apply this process's share if it changed; `limit` caps it for this thread (a background thread
+    beside the one that computes for requests). Returns the threads, or None outside the plan."""
     c = _claim
     if c is None:
         return None
     if time.monotonic() - c.checked >= FOLLOW_EVERY_S:
         with _lock:
-            if time.monotonic() - c.checked >= FOLLOW_EVERY_S:
+            if _claim is c and time.monotonic() - c.checked >= FOLLOW_EVERY_S:  # (not released meanwhile)
                 c.refresh()
-    _apply(c.share)
-    return c.share
+    threads = c.share if limit is None else min(c.share, limit)
+    _apply(threads, process=limit is None)
+    return threads
 
 
 def _set_variables(threads: int) -> None:
@@ -267,7 +293,8 @@ def _set_variables(threads: int) -> None:
         os.environ[var] = str(threads)
 
 
-def _apply(threads: int) -> None:
+def _apply(threads: int, process: bool = True) -> None:
+    """Torch's threads for the calling thread; with `process`, numpy's BLAS too (one setting for all)."""
     c = _claim
     if "torch" not in sys.modules:
         _after_torch_import()
@@ -280,7 +307,7 @@ def _apply(threads: int) -> None:
 
             torch.set_num_threads(threads)
             c.applied.threads = threads
-    if c is not None and c.blas != threads and "numpy" in sys.modules:
+    if process and c is not None and c.blas != threads and "numpy" in sys.modules:
         with contextlib.suppress(ImportError):
             from threadpoolctl import threadpool_limits
 

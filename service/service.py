@@ -18,6 +18,7 @@ Serve from source with `genloop serve` (it passes every setting of params.yaml's
 
 from __future__ import annotations
 
+import gc
 import secrets
 import time
 import uuid
@@ -100,7 +101,8 @@ class Model:
         from models import cores
         from models.features import features
 
-        cores.follow()
+        # the log writer's thread, beside the model's: one thread, or the two would stall each other
+        cores.follow(limit=1)
         return features(KIND, np.stack(written) if KIND == "image" else written, self.featurizer)
 
 
@@ -176,6 +178,11 @@ class Genloop:
         )
         self.store = Store(featurize=self.model.featurize)
         self.info = model_info()
+        # What the imports and the model made lives as long as the service: out of the collector's
+        # sight, a full collection walks only what requests make. Before, one paused every request for
+        # 60-130 ms every few seconds (the p99 of 50 requests/s on an idle machine: 52 ms).
+        gc.collect()
+        gc.freeze()
 
     @bentoml.on_shutdown
     def _close(self) -> None:

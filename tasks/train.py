@@ -19,13 +19,14 @@ def run(params: Params) -> dict:
     from tasks.core.params import family_train
     from tasks.training.fit import fit
 
-    own = family_train(params)
-    if own:  # the train section's value of these keys is not the one used: say so
-        family = params.require("model").family
-        print(f"model.{family}.train sets " + ", ".join(f"{k} {v}" for k, v in own.items()), flush=True)
     tuned = None
     if params.require("train").use_tuned:
         params, tuned = apply_tuned(params)
+    tuned_keys = {k.removeprefix("train.") for k in (tuned or {}).get("values", {})}
+    own = {k: v for k, v in family_train(params).items() if k not in tuned_keys}
+    if own:  # the train section's value of these keys is not the one used: say so
+        family = params.require("model").family
+        print(f"model.{family}.train sets " + ", ".join(f"{k} {v}" for k, v in own.items()), flush=True)
     return fit(params.require("model"), params.require("train"), tuned=tuned)
 
 

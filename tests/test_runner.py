@@ -92,13 +92,13 @@ def test_signals_reach_the_stage(digits):
     pid = runner_pid(env)
     client = subprocess.Popen([str(BIN / "genloop"), "stage", "train"], cwd=project.root, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    live = project.root / "artifacts/train/live"
-    wait_for(lambda: stage_children(pid, project.root) and live.exists(), "training never started")
+    last = project.root / "artifacts/train/checkpoints/last.ckpt"  # an epoch done: Lightning's loop runs
+    wait_for(lambda: stage_children(pid, project.root) and last.exists(), "training never started")
     stage = stage_children(pid, project.root)
     client.send_signal(signal.SIGINT)  # Ctrl+C
     out, err = client.communicate(timeout=60)
     # Lightning's own answer to Ctrl+C, from the stage's process, and its exit status 1 as the command's
-    assert "Detected KeyboardInterrupt" in err and client.returncode == 1, out + err
+    assert "Detected KeyboardInterrupt" in err and client.returncode == 1, (client.returncode, out, err)
     alive = psutil.wait_procs(stage, timeout=5)[1]
     assert not alive, [p.cmdline() for p in alive]
 

@@ -202,3 +202,37 @@ def test_the_budget_is_steps_whatever_the_dataset_size():
     assert abs(budget[digits] - budget[folder]) <= digits and min(budget.values()) >= train.max_steps
     fixed = train.model_copy(update={"steps_per_epoch": 30})
     assert steps_per_epoch("image", 720, fixed) == steps_per_epoch("text", 10, fixed) == 30
+
+
+def test_precision_auto_measures_bf16_on_a_cpu_that_has_it(monkeypatch, capsys):
+    """auto: on a CPU with native bf16, a few steps of the model in each precision decide, the faster
+    wins, and the run that follows starts from the random state and gradients it would have had."""
+    from types import SimpleNamespace
+
+    from tasks.training import fit
+
+    train = SimpleNamespace(precision="auto", accelerator="cpu")
+    model, data = make("gpt"), data_for("gpt", steps_per_epoch=5)
+    assert fit.resolve_precision(train, model, data) == "32-true"  # measured only where bf16 is native
+    seen = {}
+    real = fit.measure_bf16
+
+    def measured(*args):
+        seen["times"] = real(*args)
+        return seen["times"]
+
+    monkeypatch.setattr(fit, "native_bf16", lambda: True)
+    monkeypatch.setattr(fit, "measure_bf16", measured)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    chosen = fit.resolve_precision(train, model, data)
+    fp32, bf16 = seen["times"]
+    assert chosen == ("bf16-mixed" if bf16 < fp32 else "32-true")
+    assert f"precision auto: {chosen}" in capsys.readouterr().out
+    assert torch.equal(torch.rand(3), expected)
+    assert all(p.grad is None for p in model.parameters()) and data.dev == {}
+    monkeypatch.setattr(fit, "measure_bf16", lambda *a: (0.2, 0.1))
+    assert fit.resolve_precision(train, model, data) == "bf16-mixed"
+    gan = make("gan")  # two losses: float32, nothing measured
+    assert fit.resolve_precision(train, gan, data_for("gan", steps_per_epoch=5)) == "32-true"

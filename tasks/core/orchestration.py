@@ -1,10 +1,10 @@
 """How a Prefect task runs a stage: through `dvc repro`, so DVC alone decides what is up to date.
 
 A run from the Prefect UI and a `dvc repro` in a shell therefore skip the same work, write the same
-dvc.lock and share one cache. Within a flow run, DVC's `status` of the whole pipeline is asked once, in
-the flow's process, and a stage it found up to date is not started again through `dvc repro` (a second
-process, about 0.6 s even with nothing to do) until some stage of the run has run: from then on each
-stage goes through `dvc repro`, which decides again.
+dvc.lock and share one cache. Within a flow run, DVC's `status` of the whole pipeline is asked in the
+flow's own process, and a stage it finds up to date is not started again through `dvc repro` (a
+second process, about 0.6 s even with nothing to do). The answer holds until a stage of the run has
+run: then DVC's status is asked again before the next stage.
 """
 
 from __future__ import annotations
@@ -135,8 +135,10 @@ def repro(stage: str, force: bool = False) -> None:
         _say(f"Stage '{stage}' didn't change, skipping (dvc status)")
         return
     with _status_lock:
-        for key in [k for k in _up_to_date if k[1] == os.getcwd()]:
-            del _up_to_date[key]  # this stage may change what the next ones depend on
+        asked = [k for k in _up_to_date if k[1] == os.getcwd()]
+        pending = [_up_to_date.pop(k) for k in asked]  # this stage may change what the next ones depend on
+    for status in pending:
+        status.result()  # a status still running holds DVC's lock: `dvc repro` would give up on it
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
     tail: deque[str] = deque(maxlen=30)
     code = stream(cmd, tail=tail)

@@ -113,6 +113,13 @@ def resumable(last: Path, stamp: str) -> bool:
     return saved == stamp
 
 
+def saved_precision(last: Path) -> str | None:
+    """The precision a checkpoint's run trained in (None from before it was saved)."""
+    import torch
+
+    return torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("precision") or None
+
+
 def resolve_precision(train: TrainParams, model=None, data=None) -> str:
     """train.precision, or for `auto`: bf16 autocast on a GPU; on a CPU with native bf16 (AVX512-BF16 or
     AMX) bf16 autocast when a few steps of this model measure faster with it than in float32
@@ -304,13 +311,16 @@ def _fit(
         callbacks.append(EarlyStopping("val_loss", patience=train.early_stopping_patience, mode="min"))
     if progress:
         callbacks.append(StepProgressBar())
+    # auto may measure (bf16 on a CPU that has it): a resumed run keeps what its first part chose
+    saved = saved_precision(last) if resume else None
+    trainee.precision = saved or resolve_precision(train, model, data)
     trainer = pl.Trainer(
         max_epochs=math.ceil(train.max_steps / data.steps_per_epoch),  # the budget in whole epochs
         accelerator=train.accelerator,
         devices=train.devices,
         strategy=train.strategy,
         num_nodes=train.num_nodes,
-        precision=resolve_precision(train, model, data),
+        precision=trainee.precision,
         callbacks=callbacks,
         logger=logger,
         enable_progress_bar=progress,

@@ -62,6 +62,7 @@ class Trainee(pl.LightningModule):
         self.automatic_optimization = False
         self.noise: torch.Generator | None = None
         self.fingerprint = ""  # of params, data and code: saved in each checkpoint, checked on resume
+        self.precision = ""  # what train.precision resolved to: saved too, so a resumed run keeps it
         self.steps_done = 0  # optimizer steps (batches) of the run so far
         self._optimizers: list = []
         self._schedulers: list = []  # per optimizer: its scheduler or None
@@ -124,6 +125,7 @@ class Trainee(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["fingerprint"] = self.fingerprint
+        checkpoint["precision"] = self.precision
 
     # --- the loop -------------------------------------------------------------------------------
     def training_step(self, position, batch_idx: int) -> None:
