@@ -64,7 +64,7 @@ def main() -> None:
     out = Path(a.out)
     project = prepare("image", out, base)
     os.chdir(project)  # the study's journal and trial folders go under artifacts/tune/ there
-    shutil.rmtree("artifacts/tune/study", ignore_errors=True)
+    shutil.rmtree(".genloop/tune/study", ignore_errors=True)
     results = {}
     for label, pruner in ((base.tune.pruner, base.tune.pruner), ("none", "none")):
         p = with_values(base, {"tune.pruner": pruner, "tune.study": f"bench-{pruner}"}, "bench")

@@ -13,6 +13,7 @@ from tasks.evaluate import evaluate_task
 from tasks.feedback import feedback_task
 from tasks.lifecycle import before_task, summary_task
 from tasks.package import package_task
+from tasks.share import pull_task, push_task
 from tasks.train import train_task
 from tasks.tune import tune_task
 from tasks.validate import validate_task
@@ -21,6 +22,7 @@ from tasks.validate import validate_task
 @flow(name="lifecycle", log_prints=True)
 def lifecycle(force_collect: bool = False) -> dict:
     """From the source to a served model; a second run with nothing changed runs nothing."""
+    pull_task()  # with site.remote: what another checkout made, so DVC does not make it again
     before = before_task()
     feedback_task()
     collect_task(force=force_collect)
@@ -30,6 +32,7 @@ def lifecycle(force_collect: bool = False) -> dict:
     train_task()
     decision = evaluate_task()
     built = package_task()
+    push_task()  # with site.remote: every stage's outputs and dvc.lock, for every other checkout
     served = serve_task(built["bento"]) if built["bento"] else None
     return summary_task(before, decision, served)
 

@@ -16,6 +16,7 @@ from tasks.evaluate import evaluate_task
 from tasks.feedback import feedback_task
 from tasks.package import package_task
 from tasks.retrain import begin_task, finish_task, keep_champion_task, new_data_task
+from tasks.share import pull_task, push_task
 from tasks.train import train_task
 from tasks.tune import tune_task
 from tasks.validate import validate_task
@@ -29,6 +30,7 @@ def retrain(trigger: str = "person", detail: dict | None = None, force: bool = F
     if record["skipped"]:
         return finish_task(record, "skipped")
     try:
+        pull_task()  # with site.remote: what another checkout made
         feedback_task()  # rated samples drawn again, merged by collect within max_synthetic_share
         collect_task(force=True)
         record = new_data_task(record)
@@ -39,6 +41,7 @@ def retrain(trigger: str = "person", detail: dict | None = None, force: bool = F
         tune_task()
         train_task()
         decision = evaluate_task()
+        push_task()  # with site.remote: the model and its evaluation, whatever the gate said
         version = decision["challenger"]
         if decision["decision"] != "promote":
             return finish_task(record, "rejected", version=version, reasons=decision["reasons"])
@@ -46,6 +49,7 @@ def retrain(trigger: str = "person", detail: dict | None = None, force: bool = F
             return finish_task(record, "unchanged", version=version, reasons=["the model did not change"])
         try:
             built = package_task()
+            push_task()
             deployed = deploy_task(built["bento"])
         except Exception:
             keep_champion_task(version)

@@ -5,6 +5,7 @@ from prefect import flow
 
 from flows.data import data
 from tasks.evaluate import evaluate_task
+from tasks.share import push_task
 from tasks.train import train_task
 from tasks.tune import tune_task
 
@@ -15,7 +16,9 @@ def train(force_collect: bool = False) -> dict:
     data(force_collect=force_collect)
     tune_task()  # train reads its best_params.yaml (with train.use_tuned), so it must be up to date
     metrics = train_task()
-    return {"train": metrics, "evaluate": evaluate_task()}
+    result = {"train": metrics, "evaluate": evaluate_task()}
+    push_task()  # with site.remote: the model and its evaluation, for every other checkout
+    return result
 
 
 FLOW = train

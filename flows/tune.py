@@ -4,6 +4,7 @@ task each), then the DVC stage `tune` writes the study's outputs."""
 from prefect import flow
 
 from flows.data import data
+from tasks.share import push_task
 from tasks.tune import tune_study_task, tune_task, tune_worker_task
 
 
@@ -16,7 +17,9 @@ def tune(force_collect: bool = False) -> dict:
     codes = [r.result() for r in runs]
     if any(codes):
         raise RuntimeError(f"tune workers exited with {codes}: see their logs")
-    return tune_task()
+    result = tune_task()
+    push_task()
+    return result
 
 
 FLOW = tune

@@ -184,6 +184,28 @@ def runner_stop() -> None:
     )
 
 
+site_app = typer.Typer(
+    help="Where a team's shared state lives: the site section of params.yaml (site.remote on S3, "
+    "site.database on PostgreSQL); `genloop status` names the stores in use.",
+    no_args_is_help=True,
+)
+app.add_typer(site_app, name="site")
+
+
+@site_app.command("migrate")
+def site_migrate() -> None:
+    """Copy this machine's registry, champion record and stage outputs into the site's shared stores."""
+    from tasks.share import migrate
+
+    done = migrate()
+    typer.echo(f"shared: {len(done['versions'])} version(s), {len(done['bentos'])} Bento(s) exported")
+    typer.echo(f"champion record: {len(done['lines'])} line(s) moved to site.database")
+    for name in done["kept"]:
+        typer.echo(f"  kept {name} as site.database has it: it already holds another history of that line")
+    if done.get("dvc", {}).get("pushed"):
+        typer.echo("stage outputs and dvc.lock pushed to the DVC remote")
+
+
 @app.command()
 def serve(
     model: Annotated[str | None, typer.Option(help="Model version (default: the champion).")] = None,

@@ -21,14 +21,19 @@ def show(console: Console | None = None) -> None:
     console = console or Console()
     if not console.is_terminal:
         console.width = 160  # a log or a pipe: no need to squeeze the table into 80 columns
-    deployment(console)
-    cores_plan(console)
-    runner(console)
-    study(console)
-    drift(console)
-    retrains(console)
+    from tasks.core.errors import GenloopError
+
+    for part in (deployment, stores, cores_plan, runner, study, drift, retrains):
+        try:
+            part(console)
+        except GenloopError as err:  # a store that cannot be reached: say so, show the rest
+            console.print(f"[bold red]{err}[/]")
     use = usage(console)
-    versions = store.versions()
+    try:
+        versions = store.versions()
+    except GenloopError as err:
+        console.print(f"Model versions: [bold red]{err}[/]")
+        return
     if not versions:
         console.print(f"No model versions in the registry ({store.home()}): run `dvc repro evaluate`.")
         return
@@ -96,6 +101,24 @@ def deployment(console: Console) -> None:
     for event in deploy.history(5):
         detail = event.get("why") or event.get("reason") or event.get("url") or event.get("what") or ""
         console.print(f"  {event['at']}  {event['event']:<14} {event.get('bento', '')}  {detail}")
+
+
+def stores(console: Console) -> None:
+    """Where this checkout keeps its state: this machine, or the site's shared stores (passwords hidden)."""
+    from tasks.core import site
+    from tasks.core.errors import GenloopError
+
+    try:
+        rows = site.stores()
+    except GenloopError as err:
+        console.print(f"Stores: [bold red]{err}[/]")
+        return
+    shared = site.current().remote or site.current().database
+    console.print(
+        "Stores: " + ("shared (site in params.yaml)" if shared else "this machine only (no site set)")
+    )
+    for what, where in rows:
+        console.print(f"  {what:<24} {where}")
 
 
 def cores_plan(console: Console) -> None:

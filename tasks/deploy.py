@@ -126,7 +126,7 @@ def _require_bento(bento: str) -> None:
     """Refuse an unknown Bento before touching the running deployment, naming the ones there are."""
     bentoml = store.bentoml()
     try:
-        bentoml.get(bento)
+        bentos.get(bento)  # here, or built by another machine and shared (site.remote)
     except Exception:
         known = sorted(str(b.tag) for b in bentoml.list())
         hint = (
@@ -143,7 +143,7 @@ def _identity(record: dict) -> dict:
 def deploy(params: Params, bento: str | None = None, reason: str = "deploy") -> dict:
     """Serve `bento` (default: the one the package stage built) in place of the running deployment."""
     serve = params.require("serve")
-    bento = bento or packaged()
+    bento = bento or _champions_bento(params, packaged())
     with locked():
         _require_bento(bento)
         reconcile()
@@ -213,6 +213,23 @@ def _restore(previous: dict, bento: str, problem: str, timeout_s: float) -> dict
 
 def _bento_model(bento: str) -> str | None:
     return store.bentoml().get(bento).info.labels.get("model")
+
+
+def _champions_bento(params: Params, bento: str) -> str:
+    """The packaged Bento, or the champion's when the champion changed since it was built (a rollback or
+    promotion on another machine sharing site.database): packaged then, imported when shared."""
+    from tasks import package
+
+    champion = champions.champion(store.name_of(line(params)))
+    try:
+        serves = bentos.get(bento).info.labels.get("model")
+    except Exception:
+        serves = None  # not here nor shared: package the champion
+    if champion is None or serves == champion:
+        return bento
+    built = package.build(params, champion)
+    print(f"the champion of {store.name_of(line(params))} is now {champion}: deploying {built['bento']}")
+    return built["bento"]
 
 
 def undeploy() -> dict | None:

@@ -19,7 +19,7 @@ from tasks.core.errors import GenloopError
 from tasks.core.orchestration import publish_table, repro, task
 from tasks.core.params import Params, line
 from tasks.core.storage import content_hash, read_json, sha256_file, write_json
-from tasks.registry import bentos, champions, store
+from tasks.registry import bentos, champions, shared, store
 
 OUT = paths.ARTIFACTS / "package" / "bento.json"
 INCLUDE = ("service/*.py", "service/ui/*", "models/*.py")  # the code a Bento carries
@@ -45,7 +45,8 @@ def code(root: Path = Path(".")) -> dict[str, str]:
 
 def settings(params: Params, model: str) -> dict:
     """The Bento's arguments (service/settings.py): what the service does, not where deploy runs it."""
-    limits = params.require("serve").model_dump(include=set(Limits.model_fields))
+    serve = params.require("serve")
+    limits = {key: getattr(serve, key) for key in Limits.model_fields}  # not host or port: where it runs
     return {"model": model, "gpu": params.require("package").gpu, **limits}
 
 
@@ -63,7 +64,7 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
     tag = f"genloop:{version}"
     bentoml = store.bentoml()
     try:
-        bentoml.get(tag)
+        bentos.get(tag)  # built here, or by another machine and shared (site.remote)
         bentos.verify(tag)
     except (bentoml.exceptions.NotFound, GenloopError) as missing:
         if isinstance(missing, GenloopError):
@@ -90,6 +91,7 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
                 build_ctx=".",
                 _bento_store=bento_store,
             )
+    shared.share("bentos", tag)  # with site.remote: every machine can deploy it
     result = {"bento": tag, "model": model, "settings": args}
     if record:
         write_json(OUT, result)

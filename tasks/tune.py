@@ -32,7 +32,6 @@ def run(params: Params) -> dict:
     import models
 
     name = study.study_name(params)
-    study.STUDY_DIR.mkdir(parents=True, exist_ok=True)  # a declared output, even when PostgreSQL holds it all
     prepare(params, name)
     if tune.workers == 1:
         study.work(params, name, progress=True)

@@ -53,6 +53,14 @@ LONGEST_FIRST = [
     "test_tune.py",
     "test_feedback.py",
     "test_s3.py",
+    "test_site.py",
+    # the unit tier's longest files (make check), also longest first
+    "test_validate.py",
+    "test_augment.py",
+    "test_metrics.py",
+    "test_monitor_parts.py",
+    "test_collect.py",
+    "test_gate.py",
 ]
 
 

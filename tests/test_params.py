@@ -30,6 +30,9 @@ def test_default_params_file_loads(project):
         ({"model": {"family": "vae", "vae": {"channels": [32, 0]}}}, "model.vae.channels.1"),
         ({"model": {"family": "vae", "vae": {"hidden": [-5]}}}, "model.vae.hidden.0"),
         ({"model": {"family": "vae", "vae": {"channels": [32]}}}, "model.vae.channels"),
+        ({"site": {"remote": "team-bucket/genloop"}}, "site.remote"),
+        ({"site": {"database": "mysql://db/genloop"}}, "site.database"),
+        ({"site": {"remot": "s3://b/p"}}, "site.remot: unknown key (did you mean remote?)"),
     ],
 )
 def test_bad_keys_are_named(raw, named):
@@ -160,3 +163,30 @@ def test_a_preset_is_a_whole_params_file(preset):
     assert set(yaml.safe_load(preset.read_text())) == sections
     parsed = load(preset)
     assert all(getattr(parsed, s if s != "validate" else "validate_") is not None for s in sections)
+
+
+def test_a_password_in_the_site_is_refused_and_never_shown(project, monkeypatch):
+    """Credentials come from the environment: a URL with a password is refused, the message names the
+    variable to use, and neither the error nor `genloop status` prints the password."""
+    from tasks.core import site
+
+    with pytest.raises(GenloopError, match="PGPASSWORD") as err:
+        parse({"site": {"database": "postgresql://genloop:hunter2@db:5432/genloop"}})
+    assert "hunter2" not in str(err.value) and "genloop:***@db:5432" in str(err.value)
+    monkeypatch.setenv("GENLOOP_SITE_DATABASE", "postgresql://genloop:hunter2@db/genloop")
+    with pytest.raises(GenloopError, match="PGPASSWORD") as err:
+        site.current()
+    assert "hunter2" not in str(err.value)
+    out = project.run("genloop", "status", env={"GENLOOP_SITE_DATABASE": "postgresql://genloop:hunter2@db/x"})
+    assert "hunter2" not in out.stdout + out.stderr and "site.database" in out.stdout
+
+
+def test_status_names_the_stores_here_and_with_a_site(project):
+    out = project.run("genloop", "status", check=True).stdout
+    assert "this machine only" in out and ".dvc/cache" in out and "genloop-aliases.json" in out
+    database = "postgresql://genloop@127.0.0.1:9/g"  # nothing listens there: named, the rest shown
+    project.set_params(site={"remote": "s3://team/genloop", "database": database})
+    out = project.run("genloop", "status", check=True).stdout
+    assert "s3://team/genloop/dvc" in out and "s3://team/genloop/registry" in out
+    assert f"champion record          {database}" in out
+    assert f"cannot use the database of site.database ({database})" in out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, read_tune, set_space
+from tests.conftest import read_tune, set_space
+from tests.postgres_server import postgres
 
 
 def study_of(project):
@@ -22,7 +22,7 @@ def study_of(project):
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    journal = project.root / "artifacts/tune/study/journal.log"
+    journal = project.root / ".genloop/tune/study/journal.log"
     storage = JournalStorage(JournalFileBackend(str(journal)))
     (summary,) = optuna.get_all_study_summaries(storage)
     return optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -46,7 +46,7 @@ def test_a_study_killed_with_sigkill_continues_where_it_stopped(digits_project):
     try:
         while time.monotonic() < deadline:  # one trial done, the next with a checkpoint of its own
             time.sleep(0.5)
-            if not (project.root / "artifacts/tune/study/journal.log").is_file():
+            if not (project.root / ".genloop/tune/study/journal.log").is_file():
                 continue
             trials = study_of(project).get_trials(deepcopy=False)
             done = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -62,9 +62,9 @@ def test_a_study_killed_with_sigkill_continues_where_it_stopped(digits_project):
     before = {t.number: t.value for t in study_of(project).get_trials() if t.state == TrialState.COMPLETE}
     # the worst moment too: killed while it held the journal's lock, a symlink beside it, as one made
     # with a relative path leaves it (dangling from its folder: the next worker used to spin forever)
-    lock = project.root / "artifacts/tune/study/journal.log.lock"
+    lock = project.root / ".genloop/tune/study/journal.log.lock"
     lock.unlink(missing_ok=True)
-    lock.symlink_to("artifacts/tune/study/journal.log")
+    lock.symlink_to(".genloop/tune/study/journal.log")
 
     project.run("genloop", "stage", "tune", check=True)
     trials = read_tune(project, "trials.json")
@@ -112,45 +112,11 @@ def test_failed_trials_are_recorded_with_their_reason_and_the_study_goes_on(digi
     assert trials[2].state.name == "COMPLETE" and math.isfinite(trials[2].value)
 
 
-def start_postgres() -> tuple[str, callable]:
-    """A throwaway PostgreSQL cluster on loopback (Debian's binaries, run as its `postgres` user when
-    this is root, in a folder of its own that user can reach); returns its URL and a function that
-    stops and removes it."""
-    import tempfile
-
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-    if not bins:
-        pytest.skip("Debian's postgresql is not installed (make test installs it with apt-get as root)")
-    bin_dir, port = bins[-1], free_port()
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    root = Path(tempfile.mkdtemp(prefix="genloop-pg-"))
-    if as_user:
-        shutil.chown(root, "postgres")
-    data = root / "data"
-
-    def pg(*args) -> None:
-        proc = subprocess.run([*as_user, *map(str, args)], capture_output=True, text=True)
-        assert proc.returncode == 0, f"{args[0]} failed: {proc.stdout}{proc.stderr}"
-
-    def stop() -> None:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
-        shutil.rmtree(root, ignore_errors=True)
-
-    try:
-        pg(bin_dir / "initdb", "-D", data, "-U", "postgres", "-A", "trust")
-        opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}"
-        pg(bin_dir / "pg_ctl", "-D", data, "-o", opts, "-w", "-l", root / "log", "start")
-    except AssertionError:
-        stop()
-        raise
-    return f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", stop
-
-
 @pytest.mark.slow
 def test_a_study_in_postgresql_shared_by_two_workers(digits_project):
     project = digits_project
-    url, stop = start_postgres()
-    try:
+    with postgres() as server:
+        url = server.replace("postgresql://", "postgresql+psycopg://")
         project.set_params(tune={"storage": url, "workers": 2, "n_trials": 4, "max_steps": 30})
         out = project.run("genloop", "stage", "tune", check=True).stdout
         summary = read_tune(project, "summary.json")
@@ -159,7 +125,5 @@ def test_a_study_in_postgresql_shared_by_two_workers(digits_project):
         assert sorted(t["number"] for t in trials) == [0, 1, 2, 3]
         complete = [t["value"] for t in trials if t["state"] == "complete"]
         assert summary["best_value"] == min(complete)
-        assert not (project.root / "artifacts/tune/study/journal.log").exists()  # all of it in PostgreSQL
+        assert not (project.root / ".genloop/tune/study/journal.log").exists()  # all of it in PostgreSQL
         assert "password" not in out
-    finally:
-        stop()

@@ -93,7 +93,7 @@ def _status() -> set[str] | None:
     try:
         from dvc.repo import Repo
 
-        with Repo() as repo:
+        with Repo(_wait_for_lock=True) as repo:
             changed = repo.status()
             return {s.addressing for s in repo.index.stages} - set(changed)
     except Exception:  # a broken dvc.yaml, a held lock: `dvc repro` will say what
@@ -139,7 +139,10 @@ def repro(stage: str, force: bool = False) -> None:
         pending = [_up_to_date.pop(k) for k in asked]  # this stage may change what the next ones depend on
     for status in pending:
         status.result()  # a status still running holds DVC's lock: `dvc repro` would give up on it
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
+    # --wait-for-lock: a second flow run in this checkout waits for the first one's stage to end
+    # (DVC's stages of one repository never run at once) instead of failing on DVC's lock
+    args = ["repro", "--single-item", stage, *(["--force"] if force else [])]
+    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
     tail: deque[str] = deque(maxlen=30)
     code = stream(cmd, tail=tail)
     if code != 0:

@@ -328,6 +328,33 @@ class CoresParams(Section):
     threads: Annotated[int, Field(ge=1)] | Auto  # per process; auto: an equal share of total
 
 
+class SiteParams(Section):
+    """Where a team's shared state lives (tasks/core/site.py); empty: this machine only."""
+
+    remote: str | None = None  # s3://bucket/prefix: the DVC remote and the registry's
+    database: str | None = None  # postgresql://user@host:port/db: the champion record, the service's log
+
+    @field_validator("remote")
+    @classmethod
+    def _remote(cls, v: str | None) -> str | None:
+        if v and (not v.startswith("s3://") or not v[5:].split("/")[0]):
+            raise ValueError("an S3 location with a bucket: s3://bucket/prefix (empty: this machine only)")
+        return v or None
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if not v.startswith(("postgresql://", "postgresql+psycopg://")):
+            raise ValueError("a PostgreSQL URL: postgresql://user@host:port/db (empty: this machine only)")
+        from urllib.parse import urlsplit
+
+        if urlsplit(v).password is not None:
+            raise ValueError("no password in the URL: set PGPASSWORD (or ~/.pgpass) instead")
+        return v
+
+
 class Params(Section):
     data: DataParams
     collect: CollectParams
@@ -343,6 +370,7 @@ class Params(Section):
     monitor: MonitorParams | None = None
     retrain: RetrainParams | None = None
     cores: CoresParams | None = None
+    site: SiteParams | None = None
 
     def require(self, section: str):
         value = getattr(self, section)
@@ -378,10 +406,16 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _describe(err: ValidationError) -> str:
+def _describe(err: ValidationError, prefix: tuple[str, ...] = ()) -> str:
     """One line per mistake: a misspelt key is named with the key it probably meant, and the 'missing'
-    error of that meant key is not repeated (nor the whole section dumped)."""
-    errors = err.errors()
+    error of that meant key is not repeated (nor the whole section dumped). `prefix`: where the model
+    validated sits in params.yaml. A store's URL is shown without its password."""
+    errors = [{**e, "loc": (*prefix, *e["loc"])} for e in err.errors()]
+    for e in errors:
+        if e["loc"][:1] == ("site",) and isinstance(e.get("input"), str):
+            from tasks.core.site import redact
+
+            e["input"] = redact(e["input"])
     meant: set[tuple] = set()
     lines = []
     for e in errors:

@@ -41,6 +41,20 @@ def staged(tag: str) -> Iterator[object]:
         publish(tag)
 
 
+def get(tag: str):
+    """The Bento `tag` from this machine's store, imported from site.remote when another machine built
+    it; BentoML's NotFound when neither has it."""
+    from tasks.registry import shared
+
+    bentoml = store.bentoml()
+    try:
+        return bentoml.get(tag)
+    except bentoml.exceptions.NotFound:
+        if shared.found_elsewhere("bentos", tag):
+            return bentoml.get(tag)
+        raise
+
+
 def verify(tag: str) -> Path:
     """The Bento's folder, after checking it is complete; a GenloopError naming what is wrong if not."""
     bentoml = store.bentoml()

@@ -56,9 +56,12 @@ def register(
     (weights not matching their hash) is replaced. Returns the tag."""
     bento = bentoml()
     tag = f"{name_of(line)}:{version}"
+    from tasks.registry import shared
+
     try:
         bento.models.get(tag)
         verify(tag)
+        shared.share("models", tag)  # registered before site.remote was set: shared now
         return tag
     except bento.exceptions.NotFound:
         pass
@@ -78,6 +81,7 @@ def register(
                 shutil.copy2(file, target)
         publish(tag)
     verify(tag)
+    shared.share("models", tag)  # with site.remote: every machine can use it
     return tag
 
 
@@ -149,10 +153,17 @@ def folder(tag: str) -> Path:
 
 
 def _folder(tag: str) -> Path:
+    """A version's folder here; one that another machine registered is imported from site.remote."""
+    from tasks.registry import shared
+
     bento = bentoml()
     try:
         return Path(bento.models.get(tag).path)
-    except Exception as err:  # NotFound, BentoMLException on a malformed tag
+    except bento.exceptions.NotFound as err:
+        if shared.found_elsewhere("models", tag):
+            return Path(bento.models.get(tag).path)
+        raise GenloopError(f"no model version {tag!r} in the registry ({home()}): {err}") from None
+    except Exception as err:  # BentoMLException on a malformed tag
         raise GenloopError(f"no model version {tag!r} in the registry ({home()}): {err}") from None
 
 

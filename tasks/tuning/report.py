@@ -12,7 +12,7 @@ import yaml
 
 from tasks.core import paths
 from tasks.core.storage import write_json
-from tasks.tuning.study import STUDY_DIR, TUNE
+from tasks.tuning.study import TUNE
 
 BEST = paths.TUNED
 TRIALS = TUNE / "trials.json"
@@ -83,7 +83,6 @@ def write(study, unit: str, storage: str) -> dict:
 
 def write_disabled() -> dict:
     """tune.enabled is false: empty outputs, written in no time (train's dependency stays the same)."""
-    STUDY_DIR.mkdir(parents=True, exist_ok=True)  # a declared output: there, and empty
     summary = {"enabled": False}
     write_json(TRIALS, [])
     write_json(SUMMARY, summary)

@@ -28,7 +28,9 @@ from tasks.core.errors import GenloopError
 from tasks.core.params import Params, line, with_values
 
 TUNE = paths.ARTIFACTS / "tune"
-STUDY_DIR = TUNE / "study"  # the journal and each trial's folder: kept between runs (resume)
+# the journal and each trial's folder: working state kept between runs (a killed study resumes), not a
+# result, so not a DVC output (another checkout takes the stage's results from the remote without it)
+STUDY_DIR = paths.STATE / "tune" / "study"
 JOURNAL = STUDY_DIR / "journal.log"
 TRIALS_DIR = STUDY_DIR / "trials"
 HEARTBEAT_S, GRACE_S = 20, 60  # PostgreSQL: a trial silent for a minute belongs to a dead worker

@@ -1,0 +1,76 @@
+"""The flows' exchange with the site's shared stores (tasks/core/remote.py): pull what the DVC remote
+has before the stages run, push what they made after. With no site.remote both do nothing."""
+
+from __future__ import annotations
+
+from tasks.core.orchestration import task
+
+
+def _line() -> str:
+    from tasks.core.params import line, load
+
+    return line(load())
+
+
+@task(name="site: pull")
+def pull_task() -> dict:
+    """The line's dvc.lock and the outputs it names, from site.remote: DVC then finds up to date every
+    stage another checkout already ran."""
+    from tasks.core import remote, site
+
+    if not site.current().remote:
+        return {"remote": None}
+    return remote.pull(_line())
+
+
+@task(name="site: push")
+def push_task() -> dict:
+    """What the stages made, and the line's dvc.lock, to site.remote."""
+    from tasks.core import remote, site
+
+    if not site.current().remote:
+        return {"remote": None}
+    return remote.push(_line())
+
+
+def migrate() -> dict:
+    """Copy this machine's state into the site's shared stores, so a user who started on a laptop keeps
+    their history: every registered version and Bento to site.remote (BentoML's export, skipped when
+    there already), each line's champion record to site.database (a line the database already holds
+    with another history is left as it is, and named), and the stage outputs with dvc.lock to the DVC
+    remote."""
+    import json
+
+    from tasks.core import site
+    from tasks.core.errors import GenloopError
+    from tasks.core.storage import read_json
+    from tasks.registry import champions, shared, store
+
+    here = site.current()
+    if not here.remote and not here.database:
+        raise GenloopError("no site is set: set site.remote and/or site.database in params.yaml first")
+    done: dict = {"versions": [], "bentos": [], "lines": [], "kept": []}
+    if here.remote:
+        bentoml = store.bentoml()
+        for version in store.versions():
+            if shared.export("models", version["tag"]):
+                done["versions"].append(version["tag"])
+        for bento in bentoml.bentos.list():
+            if bento.tag.name == "genloop" and shared.export("bentos", str(bento.tag)):
+                done["bentos"].append(str(bento.tag))
+    if here.database:
+        local = store.home() / champions.RECORD
+        record = read_json(local) if local.is_file() else {}
+        for name, entry in record.items():
+            if champions.adopt(name, entry):
+                done["lines"].append(name)
+            elif json.dumps(champions.record().get(name), sort_keys=True) != json.dumps(
+                entry, sort_keys=True
+            ):
+                done["kept"].append(name)
+    if here.remote:
+        from tasks.core import remote
+        from tasks.core.params import line, load
+
+        done["dvc"] = remote.push(line(load()))
+    return done
