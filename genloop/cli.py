@@ -194,12 +194,16 @@ app.add_typer(site_app, name="site")
 
 @site_app.command("migrate")
 def site_migrate() -> None:
-    """Copy this machine's registry, champion record and stage outputs into the site's shared stores."""
+    """Copy this machine's registry, champion record, service log and stage outputs into the site's
+    shared stores (run it again at will: what is there already is kept)."""
     from tasks.share import migrate
 
     done = migrate()
     typer.echo(f"shared: {len(done['versions'])} version(s), {len(done['bentos'])} Bento(s) exported")
     typer.echo(f"champion record: {len(done['lines'])} line(s) moved to site.database")
+    if done.get("log"):
+        rows = ", ".join(f"{n} {table}" for table, n in done["log"].items())
+        typer.echo(f"service log: {rows} copied to site.database (rows already there were kept)")
     for name in done["kept"]:
         typer.echo(f"  kept {name} as site.database has it: it already holds another history of that line")
     if done.get("dvc", {}).get("pushed"):

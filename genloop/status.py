@@ -241,15 +241,29 @@ def usage(console: Console) -> dict[str, dict]:
     """Requests and ratings the service recorded, in all and in the last 24 hours; returns the figures
     per model version for the versions table."""
     from service.store import usage as read
+    from service.store import usage_of
+    from tasks.core import site
+    from tasks.core.errors import GenloopError
     from tasks.serving.process import SERVING
 
-    db = SERVING / "serving.db"
-    if not db.is_file():
-        console.print("Service use: no requests recorded yet")
-        return {}
-    u = read(db)
+    database = site.current().database
+    if database:
+        from tasks.monitoring.logs import DatabaseLogs
+
+        where = f"{site.redact(database)}, every replica"
+        try:
+            u = usage_of(DatabaseLogs(database)._query)
+        except GenloopError as err:
+            console.print(f"Service use: [bold red]{err}[/]")
+            return {}
+    else:
+        where = SERVING / "serving.db"
+        if not where.is_file():
+            console.print("Service use: no requests recorded yet")
+            return {}
+        u = read(where)
     console.print(
-        f"Service use ({db}): {u['requests']} requests ({u['requests_recent']} in the last 24 h), "
+        f"Service use ({where}): {u['requests']} requests ({u['requests_recent']} in the last 24 h), "
         f"{u['samples']} samples; {u['ratings']} ratings ({u['ratings_recent']} in the last 24 h)"
     )
     return u["per_model"]

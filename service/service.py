@@ -168,7 +168,7 @@ class Genloop:
 
     def __init__(self) -> None:
         from models import cores
-        from service.store import Store
+        from service.store import open_store
 
         # the service's share of the machine's cores, beside training and the monitor (models/cores.py)
         cores.claim("serve")
@@ -176,7 +176,7 @@ class Genloop:
         self.batcher = Batcher(
             self.model, SETTINGS.max_batch_size, SETTINGS.max_latency_ms / 1000, size=job_size
         )
-        self.store = Store(featurize=self.model.featurize)
+        self.store = open_store(featurize=self.model.featurize)  # serving.db, or site.database
         self.info = model_info()
         # What the imports and the model made lives as long as the service: out of the collector's
         # sight, a full collection walks only what requests make. Before, one paused every request for

@@ -92,18 +92,8 @@ class Store:
     def __init__(self, folder: Path | None = None, featurize: Callable[[list], tuple] | None = None) -> None:
         """`featurize`: (stats, embedding) of a list of samples as the model wrote them, for samples
         logged with `written` instead of their features: computed by the writer, for many at once."""
-        folder = folder or default_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / "serving.db"
-        # users' comments and what they asked for: readable by the service's user only (SQLite gives
-        # its -wal and -shm files the database file's permissions)
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        os.chmod(self.path, 0o600)
         self.lock = threading.Lock()
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # fsync at each commit: durable once we answer
-        migrate(self.db)
+        self._open(folder)
         # the log waiting for the writer; taken only with `lock` held too, so a rating (which holds it)
         # finds every request logged before it either committed or in what it takes
         self.featurize = featurize
@@ -114,6 +104,32 @@ class Store:
         self.closing = threading.Event()
         self.writer = threading.Thread(target=self._write_log, name="serving-log", daemon=True)
         self.writer.start()
+
+    def _open(self, folder: Path | None) -> None:
+        folder = folder or default_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "serving.db"
+        # users' comments and what they asked for: readable by the service's user only (SQLite gives
+        # its -wal and -shm files the database file's permissions)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(self.path, 0o600)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # fsync at each commit: durable once we answer
+        migrate(self.db)
+
+    # the database's own calls: SQLite here, PostgreSQL in service/shared_store.py
+    def _transaction(self) -> contextlib.AbstractContextManager:
+        return transaction(self.db)
+
+    def _execute(self, sql: str, args: tuple) -> None:
+        self.db.execute(sql, args)
+
+    def _executemany(self, sql: str, rows: list[tuple]) -> None:
+        self.db.executemany(sql, rows)
+
+    def _fetchone(self, sql: str, args: tuple) -> tuple | None:
+        return self.db.execute(sql, args).fetchone()
 
     def log_request(
         self, request_id: str, model: str, req: dict, latency_ms: float, samples: list[dict]
@@ -159,11 +175,11 @@ class Store:
             return
         try:
             self._featurize([s for row in rows for s in row[5]])
-            with transaction(self.db):
+            with self._transaction():
                 for row in rows:
                     self._insert(*row)
                 if then is not None:
-                    self.db.execute("INSERT INTO feedback VALUES (?,?,?,?,?)", then)
+                    self._execute("INSERT INTO feedback VALUES (?,?,?,?,?)", then)
         except BaseException:  # nothing was written: the rows go back, first in line, for the writer
             with self.buffer_lock:
                 self.buffer[:0] = rows
@@ -201,7 +217,7 @@ class Store:
         import numpy as np
 
         ids = [s["id"] for s in samples]
-        self.db.execute(
+        self._execute(
             "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 request_id, now, model, req.get("n"), req.get("seed"),
@@ -210,7 +226,7 @@ class Store:
                 latency_ms, "{}", json.dumps(ids),
             ),
         )  # fmt: skip
-        self.db.executemany(
+        self._executemany(
             "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [
                 (
@@ -232,7 +248,7 @@ class Store:
         n = self.pending.get(request_id)  # popped only once committed: absent means on disk or unknown
         if n is None:
             with self.lock:
-                row = self.db.execute("SELECT n FROM requests WHERE id = ?", (request_id,)).fetchone()
+                row = self._fetchone("SELECT n FROM requests WHERE id = ?", (request_id,))
             n = row and row[0]
         return n is not None and int(index) < n
 
@@ -261,23 +277,30 @@ def _blob(vector, np) -> bytes | None:
 def usage(path: Path, recent_s: float = 86_400.0) -> dict:
     """How the service has been used, from its records (read-only): requests, samples and ratings in all
     and in the last `recent_s` seconds, and per model version its requests, ratings and mean rating."""
-    since = time.time() - recent_s
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        requests, samples, recent = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(at >= ?), 0) FROM requests", (since,)
-        ).fetchone()
-        ratings, rated_recently = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(at >= ?), 0) FROM feedback", (since,)
-        ).fetchone()
-        per_model: dict[str, dict] = {}
-        for model, n in db.execute("SELECT model, COUNT(*) FROM requests GROUP BY model"):
-            per_model[model] = {"requests": n, "ratings": 0, "mean_rating": None}
-        for model, n, mean in db.execute("SELECT model, COUNT(*), AVG(rating) FROM feedback GROUP BY model"):
-            per_model.setdefault(model, {"requests": 0})
-            per_model[model] |= {"ratings": n, "mean_rating": mean}
+        return usage_of(lambda sql, args: db.execute(sql, args).fetchall(), recent_s)
     finally:
         db.close()
+
+
+def usage_of(query: Callable[..., list], recent_s: float = 86_400.0) -> dict:
+    """`usage` through `query(sql, args)`, whichever database answers it."""
+    since = time.time() - recent_s
+    ((requests, samples, recent),) = query(
+        "SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(CASE WHEN at >= ? THEN 1 ELSE 0 END), 0) "
+        "FROM requests",
+        (since,),
+    )
+    ((ratings, rated_recently),) = query(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN at >= ? THEN 1 ELSE 0 END), 0) FROM feedback", (since,)
+    )
+    per_model: dict[str, dict] = {}
+    for model, n in query("SELECT model, COUNT(*) FROM requests GROUP BY model", ()):
+        per_model[model] = {"requests": n, "ratings": 0, "mean_rating": None}
+    for model, n, mean in query("SELECT model, COUNT(*), AVG(rating) FROM feedback GROUP BY model", ()):
+        per_model.setdefault(model, {"requests": 0})
+        per_model[model] |= {"ratings": n, "mean_rating": None if mean is None else float(mean)}
     return {
         "requests": requests,
         "requests_recent": recent,
@@ -286,3 +309,14 @@ def usage(path: Path, recent_s: float = 86_400.0) -> dict:
         "ratings_recent": rated_recently,
         "per_model": per_model,
     }
+
+
+def open_store(featurize: Callable[[list], tuple] | None = None) -> Store:
+    """The service's store: PostgreSQL shared by every replica when GENLOOP_SITE_DATABASE is set (the
+    site's database, passed by `genloop deploy`), else this deployment's serving.db."""
+    url = os.environ.get("GENLOOP_SITE_DATABASE")
+    if url:
+        from service.shared_store import SharedStore
+
+        return SharedStore(url, featurize=featurize)
+    return Store(featurize=featurize)

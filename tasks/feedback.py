@@ -36,7 +36,7 @@ def last_ratings(params: Params) -> list[dict]:
     from tasks.registry import store
     from tasks.serving.process import SERVING
 
-    log = logs.ServingLogs(logs.files(params.require("monitor").logs, SERVING))
+    log = logs.open_logs(params.require("monitor").logs, SERVING)
     last = {r["sample_id"]: r for r in log.rated(f"{store.name_of(line(params))}:")}
     return sorted(last.values(), key=lambda r: (-r["rating"], -r["at"], r["sample_id"]))
 

@@ -138,7 +138,7 @@ def run(params: Params, now: float | None = None) -> dict:
         ) from None
     kind, names = ref.kind, tuple(ref.info["stats"])
     now = time.time() if now is None else now
-    log = logs.ServingLogs(logs.files(mp.logs, SERVING))
+    log = logs.open_logs(mp.logs, SERVING)
     prefix = f"{name}:"  # every version of the line: one that is served but not champion is drift
     start = champion_since(name, tag)
     if mp.window_samples:

@@ -23,7 +23,8 @@ from tasks.registry import bentos, champions, shared, store
 
 OUT = paths.ARTIFACTS / "package" / "bento.json"
 INCLUDE = ("service/*.py", "service/ui/*", "models/*.py")  # the code a Bento carries
-SERVE_DEPS = ("bentoml", "torch", "numpy", "safetensors", "pillow", "pydantic")  # models/ and service/
+# models/ and service/ (psycopg: the log in site.database, shared by every replica)
+SERVE_DEPS = ("bentoml", "torch", "numpy", "safetensors", "pillow", "pydantic", "psycopg", "psycopg-binary")
 
 
 def pinned(lock: Path = Path("requirements.lock")) -> list[str]:

@@ -89,7 +89,7 @@ def new_ratings(params: Params, since: float | None, until: float) -> int:
     from tasks.registry import store
     from tasks.serving.process import SERVING
 
-    log = logs.ServingLogs(logs.files(params.require("monitor").logs, SERVING))
+    log = logs.open_logs(params.require("monitor").logs, SERVING)
     return len(log.ratings(f"{store.name_of(line(params))}:", since or 0.0, until))
 
 

@@ -37,8 +37,8 @@ def migrate() -> dict:
     """Copy this machine's state into the site's shared stores, so a user who started on a laptop keeps
     their history: every registered version and Bento to site.remote (BentoML's export, skipped when
     there already), each line's champion record to site.database (a line the database already holds
-    with another history is left as it is, and named), and the stage outputs with dvc.lock to the DVC
-    remote."""
+    with another history is left as it is, and named), this deployment's serving.db into the shared
+    log, and the stage outputs with dvc.lock to the DVC remote."""
     import json
 
     from tasks.core import site
@@ -68,9 +68,54 @@ def migrate() -> dict:
                 entry, sort_keys=True
             ):
                 done["kept"].append(name)
+        from tasks.serving.process import SERVING
+
+        if (SERVING / "serving.db").is_file():
+            done["log"] = copy_log(SERVING / "serving.db", here.database)
     if here.remote:
         from tasks.core import remote
         from tasks.core.params import line, load
 
         done["dvc"] = remote.push(line(load()))
     return done
+
+
+def copy_log(path, url: str) -> dict[str, int]:
+    """The rows of a serving.db into site.database's log, in one transaction; rows already there (a
+    migration run twice) are not copied again. Returns the rows read per table."""
+    import sqlite3
+
+    from service.shared_store import connect, migrate
+    from tasks.core import site
+
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    counts: dict[str, int] = {}
+    try:
+        with connect(url) as conn:
+            migrate(conn)
+            with conn.transaction(), conn.cursor() as cur:
+                for table in ("requests", "samples", "feedback"):
+                    if not src.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
+                        continue  # a file of an older schema
+                    rows = src.execute(f"SELECT * FROM {table}").fetchall()
+                    counts[table] = len(rows)
+                    if not rows:
+                        continue
+                    marks = ", ".join(["%s"] * len(rows[0]))
+                    if table == "feedback":  # no key of its own: the same rating at the same time
+                        cur.executemany(
+                            f"INSERT INTO feedback SELECT {marks} WHERE NOT EXISTS (SELECT 1 FROM feedback "
+                            "WHERE sample_id = %s AND at = %s)",
+                            [(*row, row[0], row[1]) for row in rows],
+                        )
+                    else:
+                        cur.executemany(
+                            f"INSERT INTO {table} VALUES ({marks}) ON CONFLICT (id) DO NOTHING", rows
+                        )
+    except Exception as err:
+        if type(err).__module__.startswith("psycopg"):
+            raise site.unreachable(url, err) from None
+        raise
+    finally:
+        src.close()
+    return counts

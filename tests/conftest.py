@@ -40,6 +40,7 @@ os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 # `--dist loadfile` hands files out in collection order, so each worker starts on a long one and the
 # quick files fill the gaps at the end instead of one long file running alone.
 LONGEST_FIRST = [
+    "test_site.py",
     "test_service.py",
     "test_deploy_safety.py",
     "test_evaluate.py",
@@ -53,7 +54,6 @@ LONGEST_FIRST = [
     "test_tune.py",
     "test_feedback.py",
     "test_s3.py",
-    "test_site.py",
     # the unit tier's longest files (make check), also longest first
     "test_validate.py",
     "test_augment.py",

@@ -10,7 +10,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
+import httpx
+import psycopg
 import pytest
 
 from tests.conftest import REPO, copy_project, free_port, new_project
@@ -76,6 +79,18 @@ def summary(project) -> dict:
     return json.loads((project.root / "artifacts/lifecycle/summary.json").read_text())
 
 
+RECORD = "import json; from tasks.registry import champions; print(json.dumps(champions.record()[%r]))"
+
+
+def served_model(project) -> str:
+    """The model version the project's deployment serves (from its record, as `genloop status` has it)."""
+    return json.loads((project.root / ".genloop/deploy/current.json").read_text())["model"]
+
+
+def url_of(project) -> str:
+    return json.loads((project.root / ".genloop/deploy/current.json").read_text())["url"]
+
+
 def weights(project, tag: str) -> str:
     from tasks.core.storage import sha256_file
 
@@ -102,6 +117,45 @@ def test_a_second_checkout_pulls_reruns_nothing_and_serves_the_same_weights(site
         assert site["remote"] in status and "postgresql://postgres@127.0.0.1" in status
         assert site["remote"] in (b.root / ".dvc/config.local").read_text()
         assert subprocess.run(["git", "diff", "--quiet", "--", ".dvc"], cwd=b.root).returncode == 0  # clean
+
+        # both serve at once, one log: a sample made on A is rated on B, and B's monitor sees both
+        a_url, b_url = url_of(a), url_of(b)
+        made = httpx.post(a_url + "/generate", json={"n": 3, "seed": 1}, timeout=60).json()
+        sample = made["samples"][0]["id"]
+        rated = httpx.post(b_url + "/feedback", json={"sample_id": sample, "rating": 5}, timeout=60)
+        assert rated.status_code == 200, rated.text
+        other = httpx.post(b_url + "/generate", json={"n": 2, "seed": 2}, timeout=60).json()
+        with psycopg.connect(site["database"]) as conn:
+            stored = conn.execute("SELECT COUNT(*) FROM genloop_log.feedback WHERE sample_id = %s", (sample,))
+            assert stored.fetchone()[0] == 1
+            for _ in range(50):  # the log is group-committed off the request path, within 50 ms
+                served = conn.execute("SELECT request_id FROM genloop_log.samples").fetchall()
+                if {made["request_id"], other["request_id"]} <= {r[0] for r in served}:
+                    break  # both replicas' requests, in one table
+                time.sleep(0.1)
+            else:
+                pytest.fail(f"B's request never reached the shared log: {served}")
+        assert not (b.root / ".genloop/serving/serving.db").exists()  # nothing kept apart on B
+        b.run("genloop", "flow", "monitor", check=True)
+        history = (b.root / "artifacts/monitor/history.jsonl").read_text().splitlines()
+        assert json.loads(history[-1])["samples"] == len(served)  # every replica's, in one window
+
+        # A promotes v2 (trained longer); B's next deploy serves it. A rolls back; B's next deploy
+        # serves the restored v1: one champion record, whichever machine changed it
+        a.set_params(train={"max_steps": 480})
+        a.run("genloop", "flow", "lifecycle", check=True)
+        third = summary(a)
+        assert third["decision"] == "promote" and third["challenger"] != v1, third
+        v2 = third["challenger"]
+        b.run("genloop", "deploy", check=True)
+        assert served_model(b) == v2
+        a.run("genloop", "rollback", check=True)
+        assert served_model(a) == v1
+        b.run("genloop", "deploy", check=True)
+        assert served_model(b) == v1
+        record = json.loads(b.run("python", "-c", RECORD % v1.split(":")[0], check=True).stdout)
+        events = [(e["event"], e["tag"]) for e in record["history"]]
+        assert events == [("promote", v1), ("promote", v2), ("rollback", v1)]
     finally:
         a.run("genloop", "undeploy")
         b.run("genloop", "undeploy")
@@ -156,3 +210,83 @@ def test_a_kill_during_an_export_leaves_nothing_another_machine_sees(site, tmp_p
         [sys.executable, "-c", f"from tasks.registry import store; store.folder({tag!r})"],
         cwd=REPO, env={**os.environ, **a.env, "BENTOML_HOME": str(tmp_path / "b")}, check=True,
     )  # fmt: skip
+
+
+def test_two_replicas_write_one_log_and_the_readers_see_it_whole(postgres_server, monkeypatch):
+    """The service's store on site.database: a sample logged by one replica is known to another (a
+    rating sent there is stored once), and the monitor's reader and the usage figures see both."""
+    import numpy as np
+
+    from service.shared_store import SharedStore
+    from service.store import usage_of
+    from tasks.monitoring.logs import DatabaseLogs, open_logs
+
+    url = new_database(postgres_server)
+    a, b = SharedStore(url), SharedStore(url)  # two replicas (the second finds the schema made)
+    rows = [{"id": f"r1-{i}", "label": "3", "asked": True, "stats": [0.5, 1.0],
+             "embedding": np.ones(4, np.float32)} for i in range(2)]  # fmt: skip
+    a.log_request("r1", "genloop-x:v1", {"n": 2, "seed": 7, "label": "3"}, 3.0, rows)
+    a.flush()  # the group commit, as 50 ms after the answer
+    assert b.known_sample("r1-1") and not b.known_sample("r1-2") and not b.known_sample("r9-0")
+    b.add_feedback("r1-1", 4, "nice", "genloop-x:v1")
+    b.log_request("r2", "genloop-x:v1", {"n": 1, "seed": 8}, 2.0, [rows[0] | {"id": "r2-0"}])
+    a.close()
+    b.close()  # what was queued is written at shutdown
+    monkeypatch.setenv("GENLOOP_SITE_DATABASE", url)
+    log = open_logs([], None)
+    assert isinstance(log, DatabaseLogs)
+    served = log.samples("genloop-x")
+    assert sorted(s["id"] for s in served) == ["r1-0", "r1-1", "r2-0"]
+    assert np.frombuffer(served[0]["embedding"], np.float32).tolist() == [1.0] * 4
+    (rating,) = log.rated("genloop-x")
+    assert (rating["sample_id"], rating["rating"], rating["seed"], rating["position"]) == ("r1-1", 4, 7, 1)
+    assert log.samples("genloop-y") == [] and log.rated("genloop-") != []  # a line is a range of tags
+    use = usage_of(log._query)
+    assert (use["requests"], use["samples"], use["ratings"]) == (2, 3, 1)
+    assert use["per_model"]["genloop-x:v1"]["mean_rating"] == 4.0
+
+
+def test_a_laptops_history_moves_to_the_site_and_another_machine_sees_it(site, tmp_path, champion_digits):
+    """`genloop site migrate` on a project that started on one machine: its versions, champion record,
+    service log and stage outputs; run twice, nothing is copied twice."""
+    import numpy as np
+
+    from service.store import Store
+    from tasks.core.storage import read_json
+
+    laptop = copy_project(champion_digits, tmp_path / "laptop")
+    laptop.env.update(site["env"])
+    tag = read_json(laptop.root / "artifacts/evaluate/decision.json")["challenger"]
+    log = Store(folder=laptop.root / ".genloop/serving")
+    served = [{"id": "r1-0", "stats": [1.0], "embedding": np.ones(2)}]
+    log.log_request("r1", tag, {"n": 1, "seed": 3}, 2.0, served)
+    log.add_feedback("r1-0", 5, "kept", tag)
+    log.close()
+    laptop.set_params(site={"remote": site["remote"], "database": site["database"]})
+    out = laptop.run("genloop", "site", "migrate", check=True).stdout
+    assert "1 version(s)" in out and "1 line(s) moved" in out and "1 feedback" in out, out
+    again = laptop.run("genloop", "site", "migrate", check=True).stdout
+    assert "0 version(s)" in again and "0 line(s) moved" in again  # already there: kept as it was
+
+    other = new_project(tmp_path / "other")
+    other.env.update(site["env"])
+    other.set_params(site={"remote": site["remote"], "database": site["database"]})
+    record = json.loads(other.run("python", "-c", RECORD % tag.split(":")[0], check=True).stdout)
+    assert record["champion"] == tag
+    fetched = other.run("python", "-c", f"from tasks.registry import store; print(store.folder({tag!r}))")
+    assert fetched.returncode == 0 and str(other.root) in fetched.stdout, fetched.stderr
+    assert weights(other, tag) == weights(laptop, tag)
+    with psycopg.connect(site["database"]) as conn:
+        tables = ("requests", "feedback")
+        counts = [conn.execute(f"SELECT COUNT(*) FROM genloop_log.{t}").fetchone()[0] for t in tables]
+    assert counts == [1, 1]
+    assert shared_lock(site["remote"], laptop) == (laptop.root / "dvc.lock").read_bytes()
+
+
+def shared_lock(remote: str, project) -> bytes | None:
+    """The dvc.lock of the project's line in the remote, as another checkout would take it."""
+    code = (
+        "import sys; from tasks.core import objects, site; from tasks.core.params import line, load; "
+        f"sys.stdout.buffer.write(objects.read(site.join({remote!r}, 'pipelines', line(load()), 'dvc.lock')))"
+    )
+    return project.run("python", "-c", code, check=True).stdout.encode()

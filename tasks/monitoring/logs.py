@@ -1,9 +1,10 @@
 """What the service logged, read through one interface whatever holds it.
 
-Each replica of the service writes its own `serving.db` (service/store.py). `ServingLogs` reads one or
-many of them, read-only, as one log: the monitor gives it the files its replicas wrote (monitor.logs:
-paths or glob patterns; by default the local deployment's). A shared store for many machines would
-implement the same two methods (`samples`, `ratings`) over a PostgreSQL table or Parquet files on S3.
+Each replica of the service on one machine writes its own `serving.db` (service/store.py).
+`ServingLogs` reads one or many of them, read-only, as one log: the monitor gives it the files its
+replicas wrote (monitor.logs: paths or glob patterns; by default the local deployment's). With
+site.database set, every replica on every machine writes to PostgreSQL instead (service/shared_store.py)
+and `DatabaseLogs` reads the same rows there. `open_logs` picks the one in use.
 """
 
 from __future__ import annotations
@@ -96,3 +97,33 @@ def arrays(
     s = np.array([json.loads(r[stats]) for r in kept], dtype=np.float32)
     e = np.stack([np.frombuffer(r[embedding], dtype=np.float32) for r in kept])
     return s, e
+
+
+class DatabaseLogs(ServingLogs):
+    """The samples and ratings every replica wrote to site.database, as one log."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__([])
+        self.url = url
+
+    def _query(self, statement: str, args: tuple) -> list[tuple]:
+        from service.shared_store import connect, migrate, sql
+        from tasks.core import site
+
+        try:
+            with connect(self.url) as conn:
+                migrate(conn)  # the tables, empty, before any replica has served
+                return [tuple(r) for r in conn.execute(sql(statement), args).fetchall()]
+        except Exception as err:
+            if type(err).__module__.startswith("psycopg"):
+                raise site.unreachable(self.url, err) from None
+            raise
+
+
+def open_logs(patterns: list[str], default: Path) -> ServingLogs:
+    """The service's log in use: site.database when it is set, else the serving.db files named by
+    `patterns` (monitor.logs; [] means the local deployment's, `default`)."""
+    from tasks.core import site
+
+    url = site.current().database
+    return DatabaseLogs(url) if url else ServingLogs(files(patterns, default))

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.core import paths
+from tasks.core import paths, site
 from tasks.core.storage import pid_alive
 from tasks.registry import store
 
@@ -87,7 +87,7 @@ def start(bento: str, host: str, port: int) -> dict:
     server_id = secrets.token_hex(8) if tags_answers(bento) else None
     env = {**os.environ, "GENLOOP_SERVING_DIR": str(SERVING.resolve()), "BENTOML_DO_NOT_TRACK": "true",
            "GENLOOP_SERVER_ID": server_id or "", "GENLOOP_LOG_FILE": str(log_path.resolve()),
-           **cores.variables()}  # fmt: skip
+           **cores.variables(), **site.current().variables()}  # fmt: skip
     launch = [sys.executable, "-m", "tasks.serving.launch"]  # bentoml serve, no control port on TCP
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
