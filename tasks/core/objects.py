@@ -44,9 +44,10 @@ def client():
 
 
 def failed(url: str, err: Exception) -> GenloopError:
-    """What went wrong with `url`, naming site.remote."""
+    """What went wrong with `url`, in one line naming site.remote."""
     code = getattr(err, "response", {}).get("Error", {}).get("Code") if hasattr(err, "response") else None
-    reason = f"{code}: {err}" if code else f"{type(err).__name__}: {err}"
+    reason = " ".join(str(err).split())
+    reason = f"{code}: {reason}" if code else f"{type(err).__name__}: {reason}"
     return GenloopError(f"cannot use {url} (site.remote): {reason} (check AWS_ENDPOINT_URL and AWS_* keys)")
 
 

@@ -67,9 +67,12 @@ def _dvc(*args: str) -> None:
 
     tail: deque[str] = deque(maxlen=20)
     code = stream([sys.executable, "-m", "dvc", "--wait-for-lock", *args], prefix="dvc", tail=tail)
-    if code != 0:
-        text = "\n".join(tail)
-        raise GenloopError(f"dvc {args[0]} with the remote of site.remote failed (exit {code}):\n{text}")
+    if code != 0:  # one line: DVC's own error (its log above has the rest)
+        errors = [line for line in tail if line.startswith("ERROR")] or [
+            line for line in tail if line.strip()
+        ]
+        reason = errors[-1].removeprefix("ERROR: ") if errors else f"exit {code}"
+        raise GenloopError(f"dvc {args[0]} with the DVC remote of site.remote failed: {reason}")
 
 
 def pull(line: str, remote: str | None = None) -> dict:
@@ -78,8 +81,8 @@ def pull(line: str, remote: str | None = None) -> dict:
     remote = remote if remote is not None else site.current().remote
     if not remote:
         return {"remote": None}
+    shared = objects.read(_lock_url(remote, line))  # first: an unreachable remote changes nothing here
     configure(remote)
-    shared = objects.read(_lock_url(remote, line))
     local = LOCK.read_bytes() if LOCK.is_file() else None
     base = BASE.read_text().strip() if BASE.is_file() else None
     took = False

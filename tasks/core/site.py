@@ -120,5 +120,5 @@ def _engine(url: str):
 
 def unreachable(url: str, err: Exception) -> GenloopError:
     """The error for a database that refused or could not be reached, naming the setting and the store."""
-    reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+    reason = " ".join(str(getattr(err, "orig", None) or err).split())
     return GenloopError(f"cannot use the database of site.database ({redact(url)}): {reason}")
