@@ -57,3 +57,23 @@ def test_an_unreachable_database_is_one_line_naming_the_setting(monkeypatch, tmp
         open_logs([], tmp_path).samples("genloop-x")
     assert "\n" not in str(err.value)
     assert "site.database (postgresql://genloop@127.0.0.1:9/genloop)" in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_stage_waits_for_the_lock_another_run_holds_in_the_same_checkout(project):
+    """Two flow runs in one checkout: the second one's stage waits for DVC's lock instead of failing with
+    "Unable to acquire lock" (which no retry would have cured)."""
+    import subprocess
+    import sys
+
+    from tasks.core.orchestration import repro
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from dvc.repo import Repo; import time; r = Repo(); r.lock.lock(); "
+         "print('held', flush=True); time.sleep(4); r.lock.unlock()"],
+        cwd=project.root, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    repro("feedback")  # waits for the lock, then runs
+    assert holder.wait() == 0
+    assert (project.root / "data/feedback/manifest.json").is_file()
