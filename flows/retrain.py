@@ -41,19 +41,20 @@ def retrain(trigger: str = "person", detail: dict | None = None, force: bool = F
         tune_task()
         train_task()
         decision = evaluate_task()
-        push_task()  # with site.remote: the model and its evaluation, whatever the gate said
         version = decision["challenger"]
         if decision["decision"] != "promote":
+            push_task()  # with site.remote: the model and its evaluation, for every other checkout
             return finish_task(record, "rejected", version=version, reasons=decision["reasons"])
         if version == record["champion_before"]:
+            push_task()
             return finish_task(record, "unchanged", version=version, reasons=["the model did not change"])
         try:
             built = package_task()
-            push_task()
             deployed = deploy_task(built["bento"])
         except Exception:
             keep_champion_task(version)
             raise
+        push_task()  # after the deploy: a remote that fails here leaves the new champion served
         return finish_task(record, "promoted", version=version, deployed=deployed["bento"])
     except Exception as err:
         finish_task(record, "failed", error=str(err).splitlines()[0][:300] if str(err) else repr(err))

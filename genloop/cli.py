@@ -203,11 +203,12 @@ def site_migrate() -> None:
     typer.echo(f"champion record: {len(done['lines'])} line(s) moved to site.database")
     if done.get("log"):
         rows = ", ".join(f"{n} {table}" for table, n in done["log"].items())
-        typer.echo(f"service log: {rows} copied to site.database (rows already there were kept)")
+        typer.echo(f"service log: {rows} row(s) copied to site.database (rows already there are not copied)")
     for name in done["kept"]:
         typer.echo(f"  kept {name} as site.database has it: it already holds another history of that line")
     if done.get("dvc", {}).get("pushed"):
-        typer.echo("stage outputs and dvc.lock pushed to the DVC remote")
+        lock = "and dvc.lock " if done["dvc"].get("lock") else "(the line's shared dvc.lock kept as it was) "
+        typer.echo(f"stage outputs {lock}pushed to the DVC remote")
 
 
 @app.command()
@@ -231,6 +232,9 @@ def serve(
     serve_params = params.require("serve")
     args = [f"--arg={k}={v}" for k, v in package.settings(params, model).items()]
     os.environ["GENLOOP_SERVING_DIR"] = str(SERVING.resolve())
+    from tasks.core import site
+
+    os.environ.update(site.current().variables())  # the log in site.database, as a deployment's
     address = ["--host", serve_params.host, "--port", str(port or serve_params.port)]
     launch = [sys.executable, "-m", "tasks.serving.launch"]  # bentoml serve, no control port on TCP
     os.execv(sys.executable, [*launch, "serve", "service.service:Genloop", *address, *args])

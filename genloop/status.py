@@ -246,7 +246,11 @@ def usage(console: Console) -> dict[str, dict]:
     from tasks.core.errors import GenloopError
     from tasks.serving.process import SERVING
 
-    database = site.current().database
+    try:
+        database = site.current().database
+    except GenloopError as err:  # said once already, under Stores
+        console.print(f"Service use: [bold red]{err}[/]")
+        return {}
     if database:
         from tasks.monitoring.logs import DatabaseLogs
 

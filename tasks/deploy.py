@@ -127,7 +127,9 @@ def _require_bento(bento: str) -> None:
     bentoml = store.bentoml()
     try:
         bentos.get(bento)  # here, or built by another machine and shared (site.remote)
-    except Exception:
+    except GenloopError:
+        raise  # the shared registry could not be read: its own message
+    except Exception:  # NotFound, or a malformed tag
         known = sorted(str(b.tag) for b in bentoml.list())
         hint = (
             f"Bentos here: {', '.join(known[-8:])}" if known else "there are none yet: run the package stage"
@@ -216,15 +218,20 @@ def _bento_model(bento: str) -> str | None:
 
 
 def _champions_bento(params: Params, bento: str) -> str:
-    """The packaged Bento, or the champion's when the champion changed since it was built (a rollback or
-    promotion on another machine sharing site.database): packaged then, imported when shared."""
+    """The packaged Bento, or, with site.database set, the champion's when the champion changed since it
+    was built (a rollback or promotion on another machine): packaged then, imported when shared. On one
+    machine a deploy stays what the package stage built (`genloop status` warns when that is not the
+    champion)."""
     from tasks import package
+    from tasks.core import site
 
+    if not site.current().database:
+        return bento
     champion = champions.champion(store.name_of(line(params)))
     try:
         serves = bentos.get(bento).info.labels.get("model")
-    except Exception:
-        serves = None  # not here nor shared: package the champion
+    except store.bentoml().exceptions.NotFound:
+        serves = None  # neither here nor shared: package the champion
     if champion is None or serves == champion:
         return bento
     built = package.build(params, champion)

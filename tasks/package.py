@@ -65,11 +65,17 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
     tag = f"genloop:{version}"
     bentoml = store.bentoml()
     try:
-        bentos.get(tag)  # built here, or by another machine and shared (site.remote)
-        bentos.verify(tag)
-    except (bentoml.exceptions.NotFound, GenloopError) as missing:
-        if isinstance(missing, GenloopError):
+        bentos.get(tag)  # built here, or by another machine and shared (an unreachable remote: its error)
+        found = True
+    except bentoml.exceptions.NotFound:
+        found = False
+    if found:
+        try:
+            bentos.verify(tag)
+        except GenloopError:
             bentoml.bentos.delete(tag)  # incomplete: build it again
+            found = False
+    if not found:
         info = store.info(model)
         lineage = info["metadata"].get("lineage", {})
         labels = {
@@ -92,7 +98,7 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
                 build_ctx=".",
                 _bento_store=bento_store,
             )
-    shared.share("bentos", tag)  # with site.remote: every machine can deploy it
+    shared.share("bentos", tag)  # with site.remote: every machine can deploy it (once exported, a no-op)
     result = {"bento": tag, "model": model, "settings": args}
     if record:
         write_json(OUT, result)

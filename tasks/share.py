@@ -19,6 +19,7 @@ def pull_task() -> dict:
     from tasks.core import remote, site
 
     if not site.current().remote:
+        remote.forget()  # a site unset since: DVC's default remote is the local cache again
         return {"remote": None}
     return remote.pull(_line())
 
@@ -76,13 +77,15 @@ def migrate() -> dict:
         from tasks.core import remote
         from tasks.core.params import line, load
 
-        done["dvc"] = remote.push(line(load()))
+        name = line(load())
+        # the team's dvc.lock of the line, when there is one, stays theirs: only the outputs go up
+        done["dvc"] = remote.push(name, share_lock=remote.shared_lock(name, here.remote) is None)
     return done
 
 
 def copy_log(path, url: str) -> dict[str, int]:
     """The rows of a serving.db into site.database's log, in one transaction; rows already there (a
-    migration run twice) are not copied again. Returns the rows read per table."""
+    migration run twice) are not copied again. Returns the rows copied per table."""
     import sqlite3
 
     from service.shared_store import connect, migrate
@@ -98,9 +101,10 @@ def copy_log(path, url: str) -> dict[str, int]:
                     if not src.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
                         continue  # a file of an older schema
                     rows = src.execute(f"SELECT * FROM {table}").fetchall()
-                    counts[table] = len(rows)
+                    counts[table] = 0
                     if not rows:
                         continue
+                    before = cur.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
                     marks = ", ".join(["%s"] * len(rows[0]))
                     if table == "feedback":  # no key of its own: the same rating at the same time
                         cur.executemany(
@@ -112,6 +116,7 @@ def copy_log(path, url: str) -> dict[str, int]:
                         cur.executemany(
                             f"INSERT INTO {table} VALUES ({marks}) ON CONFLICT (id) DO NOTHING", rows
                         )
+                    counts[table] = cur.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] - before
     except Exception as err:
         if type(err).__module__.startswith("psycopg"):
             raise site.unreachable(url, err) from None

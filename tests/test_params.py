@@ -177,8 +177,13 @@ def test_a_password_in_the_site_is_refused_and_never_shown(project, monkeypatch)
     with pytest.raises(GenloopError, match="PGPASSWORD") as err:
         site.current()
     assert "hunter2" not in str(err.value)
-    out = project.run("genloop", "status", env={"GENLOOP_SITE_DATABASE": "postgresql://genloop:hunter2@db/x"})
-    assert "hunter2" not in out.stdout + out.stderr and "site.database" in out.stdout
+    for url in (
+        "postgresql://genloop:hunter2@db/x",
+        "postgresql://genloop@db/x?sslmode=require&password=hunter2",
+    ):
+        out = project.run("genloop", "status", env={"GENLOOP_SITE_DATABASE": url})
+        assert out.returncode == 0 and "hunter2" not in out.stdout + out.stderr, out.stderr
+        assert "site.database" in out.stdout and "model versions" in out.stdout.lower()  # the rest shown
 
 
 def test_status_names_the_stores_here_and_with_a_site(project):

@@ -267,6 +267,7 @@ def test_a_laptops_history_moves_to_the_site_and_another_machine_sees_it(site, t
     assert "1 version(s)" in out and "1 line(s) moved" in out and "1 feedback" in out, out
     again = laptop.run("genloop", "site", "migrate", check=True).stdout
     assert "0 version(s)" in again and "0 line(s) moved" in again  # already there: kept as it was
+    assert "0 requests, 0 samples, 0 feedback" in again
 
     other = new_project(tmp_path / "other")
     other.env.update(site["env"])

@@ -348,9 +348,10 @@ class SiteParams(Section):
             return None
         if not v.startswith(("postgresql://", "postgresql+psycopg://")):
             raise ValueError("a PostgreSQL URL: postgresql://user@host:port/db (empty: this machine only)")
-        from urllib.parse import urlsplit
+        from urllib.parse import parse_qs, urlsplit
 
-        if urlsplit(v).password is not None:
+        parts = urlsplit(v)
+        if parts.password is not None or {"password", "sslpassword"} & set(parse_qs(parts.query)):
             raise ValueError("no password in the URL: set PGPASSWORD (or ~/.pgpass) instead")
         return v
 

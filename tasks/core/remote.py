@@ -1,8 +1,8 @@
 """Data and stage outputs through a DVC remote on S3 (site.remote), so another checkout reproduces
 nothing the remote already has.
 
-- `configure()` points DVC at `<site.remote>/dvc` in `.dvc/config.local` (git stays clean); with no
-  site set it removes what it added there.
+- `configure()` points DVC at `<site.remote>/dvc` in `.dvc/config.local` (git stays clean); once the
+  site is unset, the next flow removes what it added there (`forget()`).
 - `push()` sends every output dvc.lock names to the remote, then the model line's dvc.lock to
   `<site.remote>/pipelines/<line>/dvc.lock`: what another checkout needs to know which outputs are the
   pipeline's current ones (dvc.lock is made by the stages, not kept in git).
@@ -100,22 +100,37 @@ def pull(line: str, remote: str | None = None) -> dict:
     return {"remote": remote, "took_lock": took}
 
 
-def push(line: str, remote: str | None = None) -> dict:
-    """After stages ran: their outputs to the remote, then the line's dvc.lock. Returns what it did."""
+def push(line: str, remote: str | None = None, share_lock: bool = True) -> dict:
+    """After stages ran: their outputs to the remote, then (`share_lock`) the line's dvc.lock, as it was
+    when the push began. Returns what it did."""
     remote = remote if remote is not None else site.current().remote
     if not remote or not LOCK.is_file():
         return {"remote": remote, "pushed": False}
     configure(remote)
+    data = LOCK.read_bytes()  # the outputs pushed are those it names (a stage may rewrite it meanwhile)
     _dvc("push")
-    data = LOCK.read_bytes()
-    objects.write(_lock_url(remote, line), data)
-    _mark(data)
-    return {"remote": remote, "pushed": True}
+    if share_lock:
+        objects.write(_lock_url(remote, line), data)
+        _mark(data)
+    return {"remote": remote, "pushed": True, "lock": share_lock}
+
+
+def shared_lock(line: str, remote: str) -> bytes | None:
+    """The line's dvc.lock in the remote, or None."""
+    return objects.read(_lock_url(remote, line))
+
+
+def forget() -> None:
+    """No site set: drop the DVC remote genloop added to .dvc/config.local, if it is there (read as text
+    first, so that a checkout that never had a site pays nothing)."""
+    local = Path(".dvc/config.local")
+    if local.is_file() and f"'remote \"{NAME}\"'" in local.read_text():
+        configure(None)
 
 
 def _mark(data: bytes) -> None:
     BASE.parent.mkdir(parents=True, exist_ok=True)
-    BASE.write_text(_sha(data) or "")
+    write_bytes_atomic(BASE, (_sha(data) or "").encode())
 
 
 def _say(line: str) -> None:

@@ -63,16 +63,19 @@ def current(params_file: str | Path = "params.yaml") -> Site:
 
 
 def redact(url: str | None) -> str:
-    """A store's URL fit to print: any password replaced by ***."""
+    """A store's URL fit to print: any password (in the address or a password= parameter) as ***."""
     if not url:
         return ""
+    import re
+
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+    query = re.sub(r"((?:^|&)(?:ssl)?password=)[^&]*", r"\1***", parts.query)
+    return urlunsplit(parts._replace(query=query))
 
 
 def stores(site: Site | None = None) -> list[tuple[str, str]]:

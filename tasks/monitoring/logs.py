@@ -111,9 +111,10 @@ class DatabaseLogs(ServingLogs):
         from tasks.core import site
 
         try:
-            with connect(self.url) as conn:
-                migrate(conn)  # the tables, empty, before any replica has served
-                return [tuple(r) for r in conn.execute(sql(statement), args).fetchall()]
+            if getattr(self, "_conn", None) is None or self._conn.closed:
+                self._conn = connect(self.url)  # one connection for this reader's queries
+                migrate(self._conn)  # the tables, empty, before any replica has served (a read once made)
+            return [tuple(r) for r in self._conn.execute(sql(statement), args).fetchall()]
         except Exception as err:
             if type(err).__module__.startswith("psycopg"):
                 raise site.unreachable(self.url, err) from None

@@ -2,12 +2,13 @@
 imported on use by another machine.
 
 Each item is two objects under `<site.remote>/registry/<models|bentos>/<name>/`: the archive
-(`<version>.tar.gz`, BentoML's export) and, written only after the archive is whole, its manifest
-(`<version>.json`: the archive's sha256 and size, and for a version its weights' sha256). An item
-without a manifest was never finished (an export killed half way): no machine sees it. An import checks
-the archive against the manifest, imports it into a staging store and moves it into the real one in
-one rename (store.staging), and then checks the weights against their registered sha256 as every read
-does.
+(`<version>-<sha256>.tar.gz`, BentoML's export, named by its content) and, written only after the
+archive is whole, its manifest (`<version>.json`: the archive's name, sha256 and size, and for a
+version its weights' sha256). An item without a manifest was never finished (an export killed half
+way): no machine sees it. Two machines exporting the same item at once each upload their own archive,
+so whichever manifest lands last names an archive that is there and matches it. An import checks the
+archive against the manifest, imports it into a staging store, checks the weights there against the
+manifest, and moves it into the real store in one rename (store.staging).
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ def remote() -> str | None:
     return site.current().remote
 
 
-def _urls(remote_url: str, kind: str, tag: str) -> tuple[str, str]:
+def _base(remote_url: str, kind: str, tag: str) -> str:
     name, version = tag.split(":")
-    base = site.join(remote_url, "registry", kind, name, version)
-    return f"{base}.tar.gz", f"{base}.json"
+    return site.join(remote_url, "registry", kind, name, version)
 
 
 def manifest(kind: str, tag: str, remote_url: str | None = None) -> dict | None:
@@ -40,7 +40,7 @@ def manifest(kind: str, tag: str, remote_url: str | None = None) -> dict | None:
     remote_url = remote_url or remote()
     if not remote_url:
         return None
-    data = objects.read(_urls(remote_url, kind, tag)[1])
+    data = objects.read(_base(remote_url, kind, tag) + ".json")
     return json.loads(data) if data is not None else None
 
 
@@ -51,24 +51,26 @@ def export(kind: str, tag: str, remote_url: str | None = None) -> bool:
     if not remote_url or manifest(kind, tag, remote_url) is not None:
         return False
     bentoml = store.bentoml()
-    archive_url, manifest_url = _urls(remote_url, kind, tag)
+    base = _base(remote_url, kind, tag)
     with tempfile.TemporaryDirectory(prefix="genloop-export-") as tmp:
         target = f"{tmp}/{tag.split(':')[1]}.tar.gz"
         if kind == "models":
             path = Path(bentoml.models.export_model(tag, target, output_format="gz"))
         else:
             path = Path(bentoml.bentos.export_bento(tag, target, output_format="gz"))
+        digest = sha256_file(path)
         entry = {
             "tag": tag,
             "kind": kind,
-            "archive_sha256": sha256_file(path),
+            "archive": f"{base.rsplit('/', 1)[1]}-{digest[:16]}.tar.gz",
+            "archive_sha256": digest,
             "size": path.stat().st_size,
             "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         if kind == "models":
             entry["weights_sha256"] = store.info(tag)["metadata"].get("weights_sha256")
-        objects.upload(path, archive_url)
-    objects.write(manifest_url, json.dumps(entry, indent=1).encode())  # last: the export is whole
+        objects.upload(path, f"{base.rsplit('/', 1)[0]}/{entry['archive']}")
+    objects.write(base + ".json", json.dumps(entry, indent=1).encode())  # last: the export is whole
     return True
 
 
@@ -80,7 +82,7 @@ def fetch(kind: str, tag: str, remote_url: str | None = None) -> bool:
     if entry is None:
         return False
     bentoml = store.bentoml()
-    archive_url = _urls(remote_url, kind, tag)[0]
+    archive_url = f"{_base(remote_url, kind, tag).rsplit('/', 1)[0]}/{entry['archive']}"
     with tempfile.TemporaryDirectory(prefix="genloop-import-") as tmp:
         path = Path(tmp) / "item.tar.gz"
         objects.download(archive_url, path)
@@ -90,17 +92,20 @@ def fetch(kind: str, tag: str, remote_url: str | None = None) -> bool:
             if kind == "models":
                 from bentoml._internal.models.model import ModelStore
 
-                bentoml.models.import_model(str(path), _model_store=ModelStore(root))
+                model = bentoml.models.import_model(str(path), _model_store=ModelStore(root))
+                weights = Path(model.path) / store.FILES[0]
+                expected = entry.get("weights_sha256")
+                if (
+                    not weights.is_file()
+                    or sha256_file(weights) != expected
+                    or (model.info.metadata.get("weights_sha256") != expected)
+                ):  # checked before it is published: a bad import never reaches the store
+                    raise GenloopError(f"model version {tag} from {remote_url} does not match its manifest")
             else:
                 from bentoml._internal.bento.bento import BentoStore
 
                 bentoml.bentos.import_bento(str(path), _bento_store=BentoStore(root))
             publish(tag)
-    if kind == "models":
-        store.verify(tag)  # the weights against the sha256 they were registered with
-        registered = store.info(tag)["metadata"].get("weights_sha256")
-        if registered != entry.get("weights_sha256"):
-            raise GenloopError(f"model version {tag} from {remote_url} does not match its manifest's weights")
     return True
 
 
