@@ -7,6 +7,15 @@ RAW = DATA / "raw"
 MANIFEST = RAW / "manifest.json"
 # Project-local state outside data/ (see tasks/ingest/batches.py).
 STATE = Path(".genloop")
+
+
+def registry_home() -> Path:
+    """The registry's folder (BentoML's store): BENTOML_HOME, else .genloop/bentoml in the project."""
+    import os
+
+    return Path(os.environ.get("BENTOML_HOME") or (STATE / "bentoml").resolve())
+
+
 RAW_PENDING = STATE / "raw.pending"
 RAW_PREVIOUS = STATE / "raw.previous"
 QUARANTINE = STATE / "quarantine"  # a rejected batch holding secrets: its owner's eyes only

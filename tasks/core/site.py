@@ -81,9 +81,9 @@ def redact(url: str | None) -> str:
 def stores(site: Site | None = None) -> list[tuple[str, str]]:
     """Each store this checkout uses and where it is: what `genloop status` shows."""
     site = site or current()
-    from tasks.core.paths import STATE
+    from tasks.core.paths import registry_home
 
-    home = Path(os.environ.get("BENTOML_HOME") or (STATE / "bentoml").resolve())  # the registry's store
+    home = registry_home()
     database = redact(site.database)
     return [
         ("data and stage outputs", join(site.remote, "dvc") if site.remote else ".dvc/cache"),

@@ -105,13 +105,14 @@ class DatabaseLogs(ServingLogs):
     def __init__(self, url: str) -> None:
         super().__init__([])
         self.url = url
+        self._conn = None  # opened at the first query, kept for this reader's others
 
     def _query(self, statement: str, args: tuple) -> list[tuple]:
         from service.shared_store import connect, migrate, sql
         from tasks.core import site
 
         try:
-            if getattr(self, "_conn", None) is None or self._conn.closed:
+            if self._conn is None or self._conn.closed:
                 self._conn = connect(self.url)  # one connection for this reader's queries
                 migrate(self._conn)  # the tables, empty, before any replica has served (a read once made)
             return [tuple(r) for r in self._conn.execute(sql(statement), args).fetchall()]

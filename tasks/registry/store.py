@@ -31,7 +31,7 @@ FILES = ("model.safetensors", "model.json", paths.TRAINING_RECORD)  # an exporte
 
 def home() -> Path:
     """The store's folder; set before bentoml is imported, which reads BENTOML_HOME once."""
-    os.environ.setdefault("BENTOML_HOME", str((paths.STATE / "bentoml").resolve()))
+    os.environ.setdefault("BENTOML_HOME", str(paths.registry_home()))
     return Path(os.environ["BENTOML_HOME"])
 
 
