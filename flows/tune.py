@@ -1,11 +1,13 @@
-"""The tune flow: bring the data up to date, run tune.workers worker processes on one study (one Prefect
-task each), then the DVC stage `tune` writes the study's outputs."""
+"""The tune flow: bring the data up to date, run tune.workers workers on one study, then the DVC stage
+`tune` writes the study's outputs. With the study in PostgreSQL and the flow run by a server that has
+the tune-worker deployment, each worker is a run of that deployment, on whichever worker of the pool
+(any machine) takes it; otherwise they are processes here, one Prefect task each."""
 
 from prefect import flow
 
 from flows.data import data
-from tasks.share import push_task
-from tasks.tune import tune_study_task, tune_task, tune_worker_task
+from tasks.share import pull_task, push_task
+from tasks.tune import deployed_workers_task, join_task, tune_study_task, tune_task, tune_worker_task
 
 
 @flow(name="tune", log_prints=True)
@@ -13,13 +15,23 @@ def tune(force_collect: bool = False) -> dict:
     """data flow, then the study's workers side by side, then `dvc repro tune` (best_params.yaml, report)."""
     data(force_collect=force_collect)
     plan = tune_study_task()
-    runs = [tune_worker_task.submit(i, plan["workers"], plan["study"]) for i in range(plan["workers"])]
-    codes = [r.result() for r in runs]
-    if any(codes):
-        raise RuntimeError(f"tune workers exited with {codes}: see their logs")
+    states = deployed_workers_task(plan["workers"], plan["study"]) if plan["shared"] else None
+    if states is None:
+        runs = [tune_worker_task.submit(i, plan["workers"], plan["study"]) for i in range(plan["workers"])]
+        states = ["COMPLETED" if r.result() == 0 else "FAILED" for r in runs]
+    if any(s != "COMPLETED" for s in states):
+        raise RuntimeError(f"tune workers ended {states}: see their logs")
     result = tune_task()
     push_task()
     return result
+
+
+@flow(name="tune-worker", log_prints=True)
+def tune_worker(study: str | None = None) -> None:
+    """One worker on a study in PostgreSQL (tune.storage): trials until it has had tune.n_trials. Run on
+    any machine of the pool, in its own checkout, after the site's data is pulled."""
+    pull_task()
+    join_task(study)
 
 
 FLOW = tune

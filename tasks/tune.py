@@ -105,16 +105,25 @@ class params_file:
         os.unlink(self.path)
 
 
+WORKER_DEPLOYMENT = "tune-worker/tune-worker"  # prefect.yaml: one worker on a study, on any machine
+
+
 @task(name="tune-study")
 def tune_study_task() -> dict:
-    """Create or load the study of params.yaml, for the workers to share: {enabled, workers, study}."""
+    """Create or load the study of params.yaml, for the workers to share: {enabled, workers, study,
+    shared} (shared: in PostgreSQL, so workers on other machines can join)."""
     from tasks.core.params import load
 
     params = load()
     tune = params.require("tune")
     if not tune.enabled:
-        return {"enabled": False, "workers": 0, "study": None}
-    return {"enabled": True, "workers": tune.workers, "study": prepare(params)}
+        return {"enabled": False, "workers": 0, "study": None, "shared": False}
+    return {
+        "enabled": True,
+        "workers": tune.workers,
+        "study": prepare(params),
+        "shared": tune.storage != "journal",
+    }
 
 
 @task(name="tune-worker")
@@ -123,6 +132,54 @@ def tune_worker_task(index: int, count: int, name: str) -> int:
     from tasks.core.orchestration import stream
 
     return stream(worker_command("params.yaml", name), f"worker {index}", env=worker_env(count, index))
+
+
+@task(name="tune-workers: deployment runs")
+def deployed_workers_task(count: int, name: str, poll_s: float = 2.0) -> list[str] | None:
+    """`count` runs of the tune-worker deployment on the study, picked up by any worker of the pool on
+    any machine; waits for them and returns their final states. None when this flow run has no server
+    with that deployment (`genloop flow tune` on its own): the workers then run here."""
+    import time
+
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def exists() -> bool:
+        async with get_client() as client:
+            try:
+                await client.read_deployment_by_name(WORKER_DEPLOYMENT)
+                return True
+            except ObjectNotFound:
+                return False
+
+    if not run_coro_as_sync(exists()):
+        return None
+    runs = [
+        run_deployment(WORKER_DEPLOYMENT, parameters={"study": name}, timeout=0, as_subflow=True)
+        for _ in range(count)
+    ]  # timeout=0: all started at once; waited for below
+
+    async def states() -> list:
+        async with get_client() as client:
+            return [(await client.read_flow_run(r.id)).state for r in runs]
+
+    while True:
+        found = run_coro_as_sync(states())
+        if all(s and s.is_final() for s in found):
+            return [s.type.value for s in found]
+        time.sleep(poll_s)
+
+
+@task(name="tune: join")
+def join_task(name: str | None) -> None:
+    """Run trials of the study in this checkout until it has had tune.n_trials."""
+    from tasks.core.errors import GenloopError
+    from tasks.core.orchestration import stream
+
+    if stream(worker_command("params.yaml", name)) != 0:
+        raise GenloopError("the tune worker failed: see its output above")
 
 
 @task(name="tune")

@@ -80,6 +80,32 @@ def test_every_family_has_a_space_and_trials_apply_it():
     assert p.train.max_steps == params.tune.max_steps and p.train.use_tuned is False
 
 
+def test_the_private_optuna_api_in_use_is_there_in_the_pinned_version():
+    """tasks/tuning/study.py runs a trial's heartbeat itself (ask/tell has no public one): this fails
+    when an Optuna inside the pin moves what it relies on, and when the pin is widened."""
+    import inspect
+    import re
+
+    import optuna
+    from optuna.storages import BaseStorage, RetryFailedTrialCallback
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    pin = re.search(r'"optuna>=([0-9.]+),<([0-9.]+)"', (REPO / "pyproject.toml").read_text())
+    assert pin and (pin[1], pin[2]) == ("5.0", "5.1"), "widen the pin only after checking the API below"
+    assert optuna.__version__.startswith("5.0."), optuna.__version__
+    assert list(inspect.signature(get_heartbeat_thread).parameters) == ["trial_id", "storage"]
+    study = optuna.create_study()
+    trial = study.ask()
+    assert isinstance(study._storage, BaseStorage)
+    assert study._storage.get_trial(trial._trial_id).number == trial.number
+    with get_heartbeat_thread(trial._trial_id, study._storage):  # in memory: a thread that does nothing
+        pass
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    RetryFailedTrialCallback(max_retry=1)(study, study.trials[0])
+    (waiting,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert RetryFailedTrialCallback.retried_trial_number(waiting) == 0
+
+
 @pytest.mark.slow
 def test_a_small_study_end_to_end_then_train_uses_its_best_values(digits_project):
     project = digits_project

@@ -1,8 +1,9 @@
 """The tune study's storage and workers: a study killed with SIGKILL and resumed, failed trials recorded
-with their reason, and a study in PostgreSQL shared by two workers."""
+with their reason, and a study in PostgreSQL shared by workers in two checkouts, one killed mid-trial."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import read_tune, set_space
@@ -45,6 +47,7 @@ def test_a_study_killed_with_sigkill_continues_where_it_stopped(digits_project):
     deadline, running = time.monotonic() + 300, None
     try:
         while time.monotonic() < deadline:  # one trial done, the next with a checkpoint of its own
+            assert proc.poll() is None, "the stage ended before it could be killed"
             time.sleep(0.5)
             if not (project.root / ".genloop/tune/study/journal.log").is_file():
                 continue
@@ -113,17 +116,71 @@ def test_failed_trials_are_recorded_with_their_reason_and_the_study_goes_on(digi
 
 
 @pytest.mark.slow
-def test_a_study_in_postgresql_shared_by_two_workers(digits_project):
+def test_two_checkouts_share_a_postgresql_study_and_a_dead_workers_trial_runs_again(digits_project, tmp_path):
+    """Two workers in two folders on one study in PostgreSQL; one is killed with SIGKILL mid-trial. The
+    other fails that trial by its heartbeat, runs it again, and the study ends at exactly n_trials
+    complete trials."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tests.conftest import copy_project
+    from tests.postgres_server import new_database
+
     project = digits_project
     with postgres() as server:
-        url = server.replace("postgresql://", "postgresql+psycopg://")
-        project.set_params(tune={"storage": url, "workers": 2, "n_trials": 4, "max_steps": 30})
-        out = project.run("genloop", "stage", "tune", check=True).stdout
+        url = new_database(server).replace("postgresql://", "postgresql+psycopg://")
+        project.set_params(
+            tune={
+                "storage": url,
+                "n_trials": 6,
+                "max_steps": 150,
+                "pruner": "none",
+                "heartbeat_s": 1,
+                "grace_s": 4,
+            }
+        )
+        other = copy_project(project.root, tmp_path / "other")  # a second checkout of the same project
+
+        def worker(root: Path) -> subprocess.Popen:
+            return subprocess.Popen(
+                [str(Path(sys.executable).parent / "genloop"), "tune", "worker"],
+                cwd=root, env={**os.environ, **project.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, start_new_session=True,
+            )  # fmt: skip
+
+        def trials() -> list:
+            storage = optuna.storages.RDBStorage(url)
+            (summary,) = optuna.get_all_study_summaries(storage)
+            return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+
+        first, second = worker(project.root), worker(other.root)
+        try:
+            deadline, victim = time.monotonic() + 180, None
+            while victim is None:  # a trial of the first worker, training (its values drawn)
+                assert time.monotonic() < deadline and first.poll() is None, "no trial started"
+                time.sleep(0.2)
+                pids = {first.pid} | {c.pid for c in psutil.Process(first.pid).children(recursive=True)}
+                with contextlib.suppress(Exception):
+                    victim = next(
+                        t for t in trials()
+                        if t.state == TrialState.RUNNING and t.params and t.user_attrs["owner"]["pid"] in pids
+                    )  # fmt: skip
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        out, _ = second.communicate(timeout=300)
+        assert second.returncode == 0, out
+        ended = trials()
+        assert [t.state for t in ended].count(TrialState.COMPLETE) == 6 and len(ended) == 7, out
+        dead = ended[victim.number]
+        assert dead.state == TrialState.FAIL
+        (retry,) = [t for t in ended if t.system_attrs.get("failed_trial") == victim.number]
+        assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+        # the stage in the first checkout runs no more trials and reports the study
+        project.run("genloop", "stage", "tune", check=True)
         summary = read_tune(project, "summary.json")
-        assert summary["storage"] == url and sum(summary["trials"].values()) == 4
-        trials = read_tune(project, "trials.json")
-        assert sorted(t["number"] for t in trials) == [0, 1, 2, 3]
-        complete = [t["value"] for t in trials if t["state"] == "complete"]
-        assert summary["best_value"] == min(complete)
+        assert summary["storage"] == url and summary["trials"]["complete"] == 6
+        rows = read_tune(project, "trials.json")
+        assert rows[victim.number]["reason"].startswith("its worker died")
+        assert rows[retry.number]["source"] == f"retry of trial {victim.number}"
         assert not (project.root / ".genloop/tune/study/journal.log").exists()  # all of it in PostgreSQL
-        assert "password" not in out

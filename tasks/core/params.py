@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from models.families import FAMILIES, Family
 from service.settings import Limits
@@ -244,6 +252,8 @@ class TuneParams(Section):
     n_trials: int = Field(ge=1)
     workers: int = Field(ge=1, le=64)
     max_steps: int = Field(ge=1)  # each trial's budget in optimizer steps
+    heartbeat_s: int = Field(ge=1)  # PostgreSQL: a running trial's heartbeat
+    grace_s: int = Field(ge=2)  # PostgreSQL: a trial silent this long belongs to a dead worker
     seed: int
     startup_trials: int = Field(ge=0)
     pruner: Literal["median", "percentile", "hyperband", "none"]
@@ -258,6 +268,12 @@ class TuneParams(Section):
         if v != "journal" and not v.startswith(("postgresql://", "postgresql+")):
             raise ValueError("journal (a file, one machine) or a PostgreSQL URL: postgresql+psycopg://...")
         return v
+
+    @model_validator(mode="after")
+    def _grace(self) -> TuneParams:
+        if self.grace_s <= self.heartbeat_s:
+            raise ValueError("tune.grace_s must exceed tune.heartbeat_s (else live trials are failed)")
+        return self
 
 
 class DriftMethod(Section):

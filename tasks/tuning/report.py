@@ -12,7 +12,7 @@ import yaml
 
 from tasks.core import paths
 from tasks.core.storage import write_json
-from tasks.tuning.study import TUNE
+from tasks.tuning.study import TUNE, retry_of
 
 BEST = paths.TUNED
 TRIALS = TUNE / "trials.json"
@@ -22,7 +22,8 @@ REPORT = TUNE / "report.html"
 
 def trial_rows(study) -> list[dict[str, Any]]:
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    retries = {t.user_attrs["retry_of"]: t.number for t in trials if "retry_of" in t.user_attrs}
+    retries = {n: t.number for t in trials if (n := retry_of(t)) is not None}
+    retries_of = {run: failed for failed, run in retries.items()}
     rows = []
     for t in trials:
         value = t.value if t.value is not None and math.isfinite(t.value) else None
@@ -40,7 +41,9 @@ def trial_rows(study) -> list[dict[str, Any]]:
                 "epochs": t.user_attrs.get("epochs"),
                 "device_seconds": t.user_attrs.get("device_seconds"),
                 "reason": reason,
-                "source": t.user_attrs.get("source", "sampled"),
+                "source": f"retry of trial {retries_of[t.number]}"
+                if t.number in retries_of
+                else t.user_attrs.get("source", "sampled"),
                 "resumed": t.user_attrs.get("resumed", False),
                 "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
             }

@@ -2,10 +2,15 @@
 each a short run of the same `fit` that train uses, in its own folder.
 
 Storage: a journal file on one machine (Optuna's JournalStorage, safe for several processes; SQLite is
-not), or PostgreSQL for workers on many machines (RDBStorage with a heartbeat, so the trials of a
-worker that died are failed by the others). A journal has no heartbeat: a trial left RUNNING by a
-process of this machine that is gone is failed when a worker next claims a trial. Either way, a trial
-failed that way is run once more with the same params, and its folder's last checkpoint resumes it.
+not), or PostgreSQL for workers on many machines (RDBStorage with Optuna's heartbeat, so the trials of a
+worker that died are failed by the others after tune.grace_s). A journal has no heartbeat: a trial left
+RUNNING by a process of this machine that is gone is failed when a worker next claims a trial. Either
+way, Optuna's RetryFailedTrialCallback queues it once more with the same params, and its folder's last
+checkpoint resumes it.
+
+Optuna's private API still used here, checked by tests/test_tune.py against the pinned version
+(pyproject.toml): `optuna.storages._heartbeat.get_heartbeat_thread` (ask/tell has no public heartbeat),
+`Study._storage`, `Trial._trial_id`.
 """
 
 from __future__ import annotations
@@ -33,15 +38,46 @@ TUNE = paths.ARTIFACTS / "tune"
 STUDY_DIR = paths.STATE / "tune" / "study"
 JOURNAL = STUDY_DIR / "journal.log"
 TRIALS_DIR = STUDY_DIR / "trials"
-HEARTBEAT_S, GRACE_S = 20, 60  # PostgreSQL: a trial silent for a minute belongs to a dead worker
 JOURNAL_GRACE_S = 5
 # what every trial trains with, whatever params.yaml says (max_steps: tune.max_steps): one device, as
 # trials spread over processes and machines rather than over DDP ranks
 TRIAL_FIXED = {"max_steps": None, "devices": 1, "num_nodes": 1, "strategy": "auto"}
 
 
-def open_storage(storage: str):
-    """The study's storage: `journal` (a file here) or a PostgreSQL URL."""
+def retrying():
+    """Optuna's own retry: a trial failed because its worker died is queued again once, with its params
+    and user attributes (its folder, whose last checkpoint resumes it)."""
+    from optuna.storages import RetryFailedTrialCallback
+
+    with _stable():
+        return RetryFailedTrialCallback(max_retry=1)
+
+
+@contextlib.contextmanager
+def _stable() -> Iterator[None]:
+    """Optuna marks its retry callback experimental (since 2.8); the pin in pyproject.toml holds it."""
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+def retry_of(trial) -> int | None:
+    """The number of the trial this one runs again, or None."""
+    from optuna.storages import RetryFailedTrialCallback
+
+    if not trial.system_attrs:
+        return None
+    with _stable():
+        return RetryFailedTrialCallback.retried_trial_number(trial)
+
+
+def open_storage(storage: str, heartbeat_s: int = 20, grace_s: int = 60):
+    """The study's storage: `journal` (a file here) or a PostgreSQL URL, whose running trials send a
+    heartbeat every heartbeat_s and are failed by the other workers after grace_s of silence."""
     import optuna
 
     if storage == "journal":
@@ -61,9 +97,9 @@ def open_storage(storage: str):
     try:
         return optuna.storages.RDBStorage(
             storage,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=_retry,
+            heartbeat_interval=heartbeat_s,
+            grace_period=grace_s,
+            heartbeat_stale_trial_callback=retrying(),
             engine_kwargs={"pool_pre_ping": True},
         )
     except Exception as err:  # a wrong URL, a server down: say which, without the password
@@ -156,7 +192,7 @@ def open_study(params: Params, storage: Any = None, name: str | None = None):
 
     tune = params.require("tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = storage or open_storage(tune.storage)
+    storage = storage or open_storage(tune.storage, tune.heartbeat_s, tune.grace_s)
     return optuna.create_study(
         study_name=name or study_name(params),
         storage=storage,
@@ -167,25 +203,26 @@ def open_study(params: Params, storage: Any = None, name: str | None = None):
     )
 
 
-def backend(study):
-    """The study's storage itself: Optuna wraps a database's in a cache (_CachedStorage)."""
-    from optuna.storages._cached_storage import _CachedStorage
+_ENGINES: dict[str, Any] = {}
 
-    storage = study._storage
-    return storage._backend if isinstance(storage, _CachedStorage) else storage
+
+def _engine(url: str):
+    """One SQLAlchemy engine per database for the claim lock (Optuna's own engine is private)."""
+    if url not in _ENGINES:
+        from sqlalchemy import create_engine
+
+        _ENGINES[url] = create_engine(url, pool_pre_ping=True)
+    return _ENGINES[url]
 
 
 @contextlib.contextmanager
-def claim_lock(study) -> Iterator[None]:
+def claim_lock(study, storage: str) -> Iterator[None]:
     """One worker at a time counts the trials and starts the next: the budget is never exceeded."""
-    from optuna.storages import RDBStorage
-
-    storage = backend(study)
-    if isinstance(storage, RDBStorage):
+    if storage != "journal":
         from sqlalchemy import text
 
         key = zlib.crc32(study.study_name.encode())  # a PostgreSQL advisory lock per study
-        with storage.engine.connect() as conn:
+        with _engine(storage).connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
                 yield
@@ -216,36 +253,27 @@ def _alive(owner: dict) -> bool:
         return False
 
 
-def _retry(study, trial) -> None:
-    """Run a trial cut short by a dead worker once more, with the same params, in the same folder (its
-    last checkpoint resumes it). The retry takes the dead trial's place in the budget."""
-    if "retry_of" in trial.user_attrs:
-        return
-    attrs = {"source": f"retry of trial {trial.number}", "retry_of": trial.number}
-    if "folder" in trial.user_attrs:
-        attrs["folder"] = trial.user_attrs["folder"]
-    study.enqueue_trial(trial.params, user_attrs=attrs)
-
-
-def fail_dead(study) -> list[int]:
+def fail_dead(study, storage: str) -> list[int]:
     """Fail the RUNNING trials whose worker is gone, and queue them again; returns their numbers."""
     import optuna
     from optuna.trial import TrialState
 
-    storage = backend(study)
-    if isinstance(storage, optuna.storages.RDBStorage):
-        stale = storage._get_stale_trial_ids(study._study_id)  # what fail_stale_trials fails next
-        optuna.storages.fail_stale_trials(study)  # by heartbeat; its callback queues the retries
-        return [storage.get_trial_number_from_id(i) for i in stale]
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if storage != "journal":  # by heartbeat; the storage's callback (retrying) queues the retries
+        optuna.storages.fail_stale_trials(study)
+        now = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        return sorted(running & now)
     failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in study.get_trials(states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get("owner")
         if owner is None or _alive(owner):
             continue
-        storage.set_trial_user_attr(t._trial_id, "reason", f"its worker (pid {owner['pid']}) died")
-        if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+        # the reason first (a finished trial takes no attributes); the retry is made from the copy read
+        # before it, so it does not inherit the reason
+        study._storage.set_trial_user_attr(t._trial_id, "reason", f"its worker (pid {owner['pid']}) died")
+        if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
             failed.append(t.number)
-            _retry(study, t)
+            retrying()(study, t)
     return failed
 
 
@@ -254,7 +282,7 @@ def spent(trials) -> int:
     worker and queued again (their retry counts in their place)."""
     from optuna.trial import TrialState
 
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    retried = {n for t in trials if (n := retry_of(t)) is not None}
     started = [t for t in trials if t.state != TrialState.WAITING]
     return len(started) - len(retried & {t.number for t in started if t.state == TrialState.FAIL})
 
@@ -262,13 +290,15 @@ def spent(trials) -> int:
 def claim(study, params: Params):
     """The next trial of the budget, or None when the study has had its tune.n_trials."""
     tune = params.require("tune")
-    with claim_lock(study):
-        fail_dead(study)
+    with claim_lock(study, tune.storage):
+        fail_dead(study, tune.storage)
         trials = study.get_trials(deepcopy=False)
         if spent(trials) >= tune.n_trials:
             return None
         study.sampler = sampler(tune, len(trials))
         trial = study.ask()
+        if tune.storage != "journal":  # at once: a worker killed before its heartbeat thread starts
+            study._storage.record_heartbeat(trial._trial_id)  # would leave it RUNNING for ever
         trial.set_user_attr("owner", _owner())
         if "folder" not in trial.user_attrs:  # a retry keeps the folder of the trial it retries
             trial.set_user_attr("folder", str(TRIALS_DIR / study.study_name / f"{trial.number:04d}"))
@@ -280,7 +310,7 @@ def seed_first_trial(study, params: Params) -> None:
     it never recommends worse than what is served."""
     from tasks.core.space import within
 
-    with claim_lock(study):
+    with claim_lock(study, params.require("tune").storage):
         if study.get_trials(deepcopy=False):
             return
         values, source = champion_values(params)
