@@ -1,13 +1,21 @@
 """The tune flow: bring the data up to date, run tune.workers workers on one study, then the DVC stage
 `tune` writes the study's outputs. With the study in PostgreSQL and the flow run by a server that has
-the tune-worker deployment, each worker is a run of that deployment, on whichever worker of the pool
-(any machine) takes it; otherwise they are processes here, one Prefect task each."""
+the tune-worker deployment, this run is one worker and the others are runs of that deployment, on
+whichever worker of the pool (any machine) takes them; otherwise they are processes here, one Prefect
+task each."""
 
 from prefect import flow
 
 from flows.data import data
 from tasks.share import pull_task, push_task
-from tasks.tune import deployed_workers_task, join_task, tune_study_task, tune_task, tune_worker_task
+from tasks.tune import (
+    join_task,
+    settle_workers_task,
+    start_workers_task,
+    tune_study_task,
+    tune_task,
+    tune_worker_task,
+)
 
 
 @flow(name="tune", log_prints=True)
@@ -15,11 +23,14 @@ def tune(force_collect: bool = False) -> dict:
     """data flow, then the study's workers side by side, then `dvc repro tune` (best_params.yaml, report)."""
     data(force_collect=force_collect)
     plan = tune_study_task()
-    states = deployed_workers_task(plan["workers"], plan["study"]) if plan["shared"] else None
-    if states is None:
+    others = start_workers_task(plan["workers"] - 1, plan["study"]) if plan["shared"] else None
+    if others is not None:
+        join_task(plan["study"])  # the study ends even when no other worker of the pool is free
+        states = ["COMPLETED", *settle_workers_task(others)]
+    else:
         runs = [tune_worker_task.submit(i, plan["workers"], plan["study"]) for i in range(plan["workers"])]
         states = ["COMPLETED" if r.result() == 0 else "FAILED" for r in runs]
-    if any(s != "COMPLETED" for s in states):
+    if any(s not in ("COMPLETED", "CANCELLED") for s in states):
         raise RuntimeError(f"tune workers ended {states}: see their logs")
     result = tune_task()
     push_task()

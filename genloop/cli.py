@@ -241,6 +241,38 @@ def serve(
 
 
 @app.command()
+def package(
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Also write the image recipe and Kubernetes manifests into this folder."),
+    ] = None,
+) -> None:
+    """Build (or find) the champion's Bento, as the package stage does. With --cluster DIR, also write
+    what a cluster runs it with: DIR/Containerfile (BentoML's, its pins checked against
+    requirements.lock), DIR/kubernetes.yaml (Deployment, Service) and DIR/secret.yaml (GENLOOP_API_KEY;
+    mode 0600, keep it out of git)."""
+    from tasks.core.params import load
+    from tasks.package import build
+
+    params = load()
+    built = build(params, record=False)
+    typer.echo(f"bento {built['bento']} ({built['model']})")
+    if cluster:
+        from pathlib import Path
+
+        from tasks.serving.cluster import write
+
+        written = write(params, built["bento"], Path(cluster))
+        for what in ("containerfile", "kubernetes", "secret"):
+            typer.echo(f"  {what}: {written[what]}")
+        image = f"{params.require('package').cluster.image}:{built['bento'].split(':')[1]}"
+        typer.echo(
+            f"  build the image: docker build -f {written['containerfile']} -t {image} {written['context']}"
+        )
+        typer.echo(f"  then: kubectl apply -f {written['secret']} -f {written['kubernetes']}")
+
+
+@app.command()
 def deploy(
     bento: Annotated[str | None, typer.Option(help="Bento tag (default: what `package` built).")] = None,
 ) -> None:
@@ -287,12 +319,45 @@ def status() -> None:
 
 
 @app.command()
-def up(port: Annotated[int, typer.Option(help="Port of the Prefect server (UI and API).")] = 4200) -> None:
+def up(
+    port: Annotated[int, typer.Option(help="Port of the Prefect server (UI and API).")] = 4200,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on; other than loopback only with PREFECT_SERVER_API_AUTH_STRING."
+        ),
+    ] = "127.0.0.1",
+    worker: Annotated[bool, typer.Option(help="Start a worker in this folder too.")] = True,
+) -> None:
     """Start a local Prefect server, a worker and the deployments of prefect.yaml (what `make up` runs)."""
+    from genloop.server import deployed_code
     from genloop.server import up as start
 
-    url = start(port)
+    url = start(port, host, worker)
     typer.echo(f"Prefect UI: {url}   (export PREFECT_API_URL={url}/api to send `genloop flow` runs there)")
+    repository, commit = deployed_code()
+    if commit:
+        typer.echo(f"workers elsewhere (genloop worker) run commit {commit[:12]} of {repository}")
+
+
+@app.command()
+def worker(
+    api: Annotated[str, typer.Option(envvar="PREFECT_API_URL", help="The Prefect server's URL.")],
+    folder: Annotated[str, typer.Option(help="Where this worker's checkouts live.")] = "genloop-worker",
+    pool: Annotated[str, typer.Option(help="The work pool.")] = "genloop",
+    name: Annotated[str | None, typer.Option(help="The worker's name in the UI.")] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Flow runs at a time (1: the checkout's stages serial).")
+    ] = 1,
+) -> None:
+    """Run a worker of the pool here, until stopped: on this or another machine, with no checkout. Its
+    flow runs clone the deployed commit into FOLDER and pull the site's data there. Set
+    PREFECT_API_AUTH_STRING when the server has auth, and the site's GENLOOP_SITE_REMOTE/_DATABASE."""
+    from pathlib import Path
+
+    from genloop.server import worker as become
+
+    become(api, Path(folder), pool, name, limit)
 
 
 @app.command()

@@ -1,11 +1,16 @@
-"""`genloop up` / `genloop down`: a local Prefect server, a worker, and the deployments of prefect.yaml.
+"""`genloop up` / `genloop down`: a Prefect server, a worker, and the deployments of prefect.yaml;
+`genloop worker`: a worker of the pool on any machine, with checkouts of its own (genloop/steps.py).
 
 State lives in .genloop/ (the server's SQLite database, pid files, logs), so the project is
-self-contained; nothing listens beyond 127.0.0.1.
+self-contained. The server listens on 127.0.0.1 unless told otherwise, and on any other address only
+with Prefect's API auth (PREFECT_SERVER_API_AUTH_STRING): a server other machines reach is never open.
+The database is Prefect's to choose: PREFECT_API_DATABASE_CONNECTION_URL (postgresql+asyncpg://...)
+puts it in PostgreSQL.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -18,18 +23,66 @@ from tasks.core.errors import GenloopError
 
 STATE = Path(".genloop")
 POOL = "genloop"
+# Flow runs send a heartbeat (Prefect's own); a run two heartbeats late belongs to a worker that died
+# with it, and an automation marks it Crashed, so that it can be run again elsewhere.
+HEARTBEAT_S = 30  # Prefect's least
+ZOMBIES = {
+    "name": "genloop: a silent flow run crashed",
+    "description": "a flow run whose heartbeat stopped (its worker or machine died) is marked Crashed",
+    "trigger": {
+        "type": "event",
+        "posture": "Proactive",
+        "after": ["prefect.flow-run.heartbeat"],
+        "expect": ["prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in
+                   ("Completed", "Failed", "Cancelled", "Crashed"))],
+        "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+        "for_each": ["prefect.resource.id"],
+        "threshold": 1,
+        "within": 2 * HEARTBEAT_S,
+    },
+    "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
+                 "message": f"no heartbeat for {2 * HEARTBEAT_S} s: its worker died"}],
+}  # fmt: skip
+
+
+AUTH = "PREFECT_SERVER_API_AUTH_STRING"  # the server's user:password; clients send PREFECT_API_AUTH_STRING
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: other machines may resolve it
+        return False
+
+
+def _git(*args: str) -> str:
+    proc = subprocess.run(["git", *args], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def deployed_code() -> tuple[str, str]:
+    """What workers without this folder check out: the repository (its origin, else this folder) and
+    the commit checked out here."""
+    return _git("remote", "get-url", "origin") or str(Path.cwd().resolve()), _git("rev-parse", "HEAD")
 
 
 def _env(port: int) -> dict[str, str]:
-    return {
+    repository, commit = deployed_code()
+    env = {
         **os.environ,
         "PREFECT_HOME": str((STATE / "prefect").resolve()),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
         "GENLOOP_PROJECT": str(Path.cwd().resolve()),
+        "GENLOOP_REPOSITORY": repository,
+        "GENLOOP_COMMIT": commit,
         # DVC stages call `genloop`: the worker's flow runs need this environment's commands first.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    if os.environ.get(AUTH):
+        env.setdefault("PREFECT_API_AUTH_STRING", os.environ[AUTH])
+    return env
 
 
 def _prefect(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -55,14 +108,20 @@ def _spawn(name: str, args: list[str], env: dict) -> int:
     return proc.pid
 
 
-def up(port: int = 4200, timeout_s: float = 120) -> str:
-    """Start (or reuse) the server, create the work pool, deploy prefect.yaml, start a worker."""
+def up(port: int = 4200, host: str = "127.0.0.1", worker: bool = True, timeout_s: float = 120) -> str:
+    """Start (or reuse) the server, create the work pool, deploy prefect.yaml, start a worker here
+    (`worker`), and the automation that marks a flow run Crashed when its heartbeat stops."""
     if not Path("prefect.yaml").is_file():
         raise GenloopError("prefect.yaml not found: run from the project folder")
+    if not _loopback(host) and not os.environ.get(AUTH):
+        raise GenloopError(
+            f"a server on {host} is reachable from other machines: set {AUTH}=user:password first "
+            "(workers and clients send it as PREFECT_API_AUTH_STRING)"
+        )
     STATE.mkdir(exist_ok=True)
     env = _env(port)
     if not _healthy(port):
-        _spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
+        _spawn("server", ["server", "start", "--host", host, "--port", str(port)], env)
         deadline = time.monotonic() + timeout_s
         while not _healthy(port):
             if time.monotonic() > deadline:
@@ -72,9 +131,37 @@ def up(port: int = 4200, timeout_s: float = 120) -> str:
             time.sleep(0.5)
     _prefect("work-pool", "create", POOL, "--type", "process", "--overwrite", env=env)
     _prefect("--no-prompt", "deploy", "--all", env=env)
-    if not _alive(STATE / "worker.pid"):
+    if ZOMBIES["name"] not in _prefect("automation", "ls", env=env).stdout:
+        import json
+
+        _prefect("automation", "create", "--from-json", json.dumps(ZOMBIES), env=env)
+    if worker and not _alive(STATE / "worker.pid"):
         _spawn("worker", ["worker", "start", "--pool", POOL], env)
     return f"http://127.0.0.1:{port}"
+
+
+def worker(api: str, folder: Path, pool: str = POOL, name: str | None = None, limit: int = 1) -> None:
+    """Become a Prefect worker of `pool` on the server at `api` (this process is replaced; Ctrl-C or
+    SIGTERM stops it). Its flow runs work in checkouts under `folder` (genloop/steps.py); the server's
+    auth string, the site (GENLOOP_SITE_REMOTE, GENLOOP_SITE_DATABASE) and S3's credentials come from
+    this environment. `limit` flow runs at a time: one keeps the checkout's stages serial."""
+    from genloop.steps import WORKER_HOME
+
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api.rstrip("/") if api.rstrip("/").endswith("/api") else api.rstrip("/") + "/api",
+        "PREFECT_HOME": str(folder / ".prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
+        WORKER_HOME: str(folder),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("GENLOOP_PROJECT", None)
+    args = ["worker", "start", "--pool", pool, "--limit", str(limit), *(["--name", name] if name else [])]
+    os.chdir(folder)
+    os.execve(sys.executable, [sys.executable, "-m", "prefect", *args], env)
 
 
 def _alive(pid_file: Path) -> bool:

@@ -27,15 +27,46 @@ INCLUDE = ("service/*.py", "service/ui/*", "models/*.py")  # the code a Bento ca
 SERVE_DEPS = ("bentoml", "torch", "numpy", "safetensors", "pillow", "pydantic", "psycopg", "psycopg-binary")
 
 
-def pinned(lock: Path = Path("requirements.lock")) -> list[str]:
-    """The serving dependencies at the versions this project is tested with."""
+def locked(lock: Path = Path("requirements.lock")) -> dict[str, str]:
+    """requirements.lock's pins, by normalised name."""
     pins = {}
-    if lock.is_file():
-        for line in lock.read_text().splitlines():
-            m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line)
-            if m:
-                pins[m.group(1).lower()] = m.group(2)
-    return [f"{name}=={pins[name]}" if name in pins else name for name in SERVE_DEPS]
+    for entry in lock.read_text().splitlines() if lock.is_file() else []:
+        m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", entry)
+        if m:
+            pins[normalised(m.group(1))] = m.group(2)
+    return pins
+
+
+def normalised(name: str) -> str:
+    """A package's name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned(lock: Path = Path("requirements.lock")) -> list[str]:
+    """The serving dependencies and every package they pull in, at the versions requirements.lock pins
+    (what the tests ran), so that BentoML's lock of the Bento resolves to the same versions; a package
+    the lock does not hold (CUDA's, where torch is a CPU build) is left to that resolver."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    pins = locked(lock)
+    seen: set[str] = set()
+    todo = [normalised(n) for n in SERVE_DEPS]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue
+        for req in map(Requirement, requires):
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(normalised(req.name))
+    top = {normalised(n) for n in SERVE_DEPS}
+    return sorted(f"{n}=={pins[n]}" if n in pins else n for n in seen if n in pins or n in top)
 
 
 def code(root: Path = Path(".")) -> dict[str, str]:
@@ -60,8 +91,11 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
         raise GenloopError(f"{name} has no champion yet: run evaluate (dvc repro evaluate) first")
     store.verify(model)  # never package damaged weights
     args = settings(params, model)
-    # the code is part of the version: after an upgrade, the next package builds a Bento with it
-    version = f"{model.split(':')[1]}-{content_hash({'settings': args, 'code': code()})[:8]}"
+    packages = pinned()
+    # the code and the pins are part of the version: after an upgrade, the next package builds anew
+    version = (
+        f"{model.split(':')[1]}-{content_hash({'settings': args, 'code': code(), 'packages': packages})[:8]}"
+    )
     tag = f"genloop:{version}"
     bentoml = store.bentoml()
     try:
@@ -92,7 +126,7 @@ def build(params: Params, model: str | None = None, record: bool = True) -> dict
                 labels=labels,
                 description="genloop: generate samples from the champion model, rate them",
                 include=list(INCLUDE),
-                python={"packages": pinned()},
+                python={"packages": packages},
                 models=[model],
                 args=args,
                 build_ctx=".",

@@ -134,13 +134,11 @@ def tune_worker_task(index: int, count: int, name: str) -> int:
     return stream(worker_command("params.yaml", name), f"worker {index}", env=worker_env(count, index))
 
 
-@task(name="tune-workers: deployment runs")
-def deployed_workers_task(count: int, name: str, poll_s: float = 2.0) -> list[str] | None:
-    """`count` runs of the tune-worker deployment on the study, picked up by any worker of the pool on
-    any machine; waits for them and returns their final states. None when this flow run has no server
-    with that deployment (`genloop flow tune` on its own): the workers then run here."""
-    import time
-
+@task(name="tune-workers: start")
+def start_workers_task(count: int, name: str) -> list[str] | None:
+    """`count` runs of the tune-worker deployment on the study, for any worker of the pool on any machine
+    to take; returns their ids. None when this flow run has no server with that deployment (`genloop
+    flow tune` on its own): the workers then run here."""
     from prefect import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
@@ -156,20 +154,36 @@ def deployed_workers_task(count: int, name: str, poll_s: float = 2.0) -> list[st
 
     if not run_coro_as_sync(exists()):
         return None
-    runs = [
-        run_deployment(WORKER_DEPLOYMENT, parameters={"study": name}, timeout=0, as_subflow=True)
-        for _ in range(count)
-    ]  # timeout=0: all started at once; waited for below
+    # timeout=0: started, not waited for (settle_workers_task does)
+    return [
+        str(run_deployment(WORKER_DEPLOYMENT, parameters={"study": name}, timeout=0).id) for _ in range(count)
+    ]
 
-    async def states() -> list:
+
+@task(name="tune-workers: settle")
+def settle_workers_task(ids: list[str], poll_s: float = 2.0) -> list[str]:
+    """Once this run's own worker is done (the budget is spent): cancel the runs no worker took yet,
+    wait for the others, and return their final states."""
+    import time
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.states import Cancelled
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def settle() -> list | None:
         async with get_client() as client:
-            return [(await client.read_flow_run(r.id)).state for r in runs]
+            states = [(await client.read_flow_run(UUID(i))).state for i in ids]
+            for i, state in zip(ids, states, strict=True):
+                if state and state.type.value in ("SCHEDULED", "PENDING"):
+                    await client.set_flow_run_state(
+                        UUID(i), Cancelled(message="the study's budget was spent")
+                    )
+            return [s.type.value for s in states] if all(s and s.is_final() for s in states) else None
 
-    while True:
-        found = run_coro_as_sync(states())
-        if all(s and s.is_final() for s in found):
-            return [s.type.value for s in found]
+    while (states := run_coro_as_sync(settle())) is None:
         time.sleep(poll_s)
+    return states
 
 
 @task(name="tune: join")

@@ -41,6 +41,7 @@ os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 # quick files fill the gaps at the end instead of one long file running alone.
 LONGEST_FIRST = [
     "test_site.py",
+    "test_workers.py",
     "test_service.py",
     "test_deploy_safety.py",
     "test_evaluate.py",

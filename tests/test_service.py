@@ -276,6 +276,62 @@ def test_api_key(site):
     assert httpx.post(site.url + "/generate", json={"n": 1}).status_code == 200
 
 
+def test_a_bento_for_a_cluster_serves_from_an_empty_home_and_its_manifests_load(site, tmp_path):
+    """`genloop package --cluster`: the image recipe and manifests; the Bento, exported and imported into
+    an empty BENTOML_HOME in an empty folder (as the image holds it), serves as its entrypoint would."""
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import BIN
+    from tests.test_cluster import loaded
+
+    out = tmp_path / "cluster"
+    made = site.run(
+        "genloop", "package", "--cluster", str(out), env={"GENLOOP_API_KEY": "k-cluster"}, check=True
+    )
+    tag = json.loads((site.root / "artifacts/package/bento.json").read_text())["bento"]
+    assert f"bento {tag}" in made.stdout and "kubectl apply" in made.stdout
+    docs = [loaded(d) for d in yaml.safe_load_all((out / "kubernetes.yaml").read_text())]
+    assert docs[0].spec.template.spec.containers[0].image == f"genloop:{tag.split(':')[1]}"
+    assert loaded(yaml.safe_load((out / "secret.yaml").read_text())).string_data["api-key"] == "k-cluster"
+    assert (out / "secret.yaml").stat().st_mode & 0o077 == 0  # the key: readable by its owner alone
+    assert "bentoml" in (out / "Containerfile").read_text()
+    without = site.run(
+        "genloop", "package", "--cluster", str(tmp_path / "again"), env={"GENLOOP_API_KEY": ""}
+    )
+    assert without.returncode == 1 and "GENLOOP_API_KEY" in without.stderr
+
+    archive = tmp_path / "genloop.bento"
+    store = {"BENTOML_HOME": str(site.root / ".genloop/bentoml")}
+    site.run("bentoml", "export", tag, str(archive), env=store, check=True)
+    empty, port = tmp_path / "empty", free_port()
+    empty.mkdir()
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "GENLOOP_API_KEY": "k-cluster"}
+    subprocess.run([str(BIN / "bentoml"), "import", str(archive)], cwd=empty, env=env, check=True)
+    serve = [str(BIN / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(serve, cwd=empty, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the imported Bento did not start"
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        key = {"authorization": "Bearer k-cluster"}
+        r = httpx.post(url + "/generate", json={"n": 1, "seed": 0}, headers=key, timeout=60)
+        assert r.status_code == 200 and len(r.json()["samples"]) == 1, r.text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert not list(empty.iterdir())  # it needed nothing from a project folder, and wrote nothing there
+
+
 def test_feedback_survives_a_kill_right_after_the_answer(site):
     sample = httpx.post(site.url + "/generate", json={"n": 1}).json()["samples"][0]["id"]
     r = httpx.post(site.url + "/feedback", json={"sample_id": sample, "rating": 2})

@@ -323,8 +323,18 @@ class RetrainParams(Section):
     max_synthetic_share: float = Field(ge=0, lt=1)  # of the collected set, at most this is model-made
 
 
+class ClusterParams(Section):
+    """What `genloop package --cluster` writes into the Kubernetes manifests."""
+
+    image: str = Field(min_length=1)  # the image's repository; its tag is the Bento's version
+    replicas: int = Field(ge=1, le=1000)
+    cpu: str = Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$")  # requested per replica: 1, 500m
+    memory: str = Field(pattern=r"^[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?$")  # requested and the limit: 2Gi
+
+
 class PackageParams(Section):
     gpu: bool  # the service asks for one GPU (and uses it when present)
+    cluster: ClusterParams
 
 
 class ServeParams(Section, Limits):
