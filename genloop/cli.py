@@ -241,6 +241,26 @@ def serve(
 
 
 @app.command()
+def train(
+    nodes: Annotated[int, typer.Option(min=1, help="Machines in the run, this one included.")] = 1,
+    rdzv: Annotated[str, typer.Option(help="host:port of the rendezvous, the same on every machine.")] = (
+        "127.0.0.1:29400"
+    ),
+    per_node: Annotated[int, typer.Option(min=1, help="Processes here (one per GPU).")] = 1,
+    rdzv_id: Annotated[str | None, typer.Option(help="The run's id (default: the model line).")] = None,
+) -> None:
+    """Train across machines: run this on each of NODES machines; torchrun's rendezvous makes them one
+    DDP run with params.yaml as it is. Rank 0 alone decides whether to resume and exports the model;
+    its machine records the stage in dvc.lock. With --nodes 1 it is `genloop stage train` on DDP."""
+    from tasks.core.params import load
+    from tasks.train import launch
+
+    result = launch(load(), nodes, rdzv, per_node, rdzv_id)
+    typer.echo("this machine exported the model and recorded it in dvc.lock" if result["exported"]
+               else "another machine's rank 0 exported the model")  # fmt: skip
+
+
+@app.command()
 def package(
     cluster: Annotated[
         str | None,

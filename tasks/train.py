@@ -30,6 +30,50 @@ def run(params: Params) -> dict:
     return fit(params.require("model"), params.require("train"), tuned=tuned)
 
 
+def launch(params: Params, nodes: int, rdzv: str, per_node: int = 1, rdzv_id: str | None = None) -> dict:
+    """This machine's part of a DDP run over `nodes` machines through torchrun's rendezvous at `rdzv`
+    (host:port; the same on every machine), `per_node` processes here. Rank 0 alone decides whether to
+    resume (and hands its checkpoint to the others) and exports the model; on its machine, this then
+    records the stage in dvc.lock (`dvc commit`) and pushes to the site's remote, as `dvc repro` would."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from tasks.core import remote, site
+    from tasks.core.params import line
+    from tasks.training.fit import EXPORTED, LAUNCH
+
+    if site.current().remote:  # what other machines made, so that this one makes none of it again
+        remote.pull(line(params))
+    # the stages train depends on, up to date on every machine (DVC skips what is): each needs the data
+    subprocess.run([sys.executable, "-m", "dvc", "repro", *upstream("train")], check=True)
+    name = uuid.uuid4().hex
+    rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv, "--rdzv-id", rdzv_id or line(params)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node",
+           str(per_node), *rendezvous, "-m", "genloop.cli", "stage", "train"]  # fmt: skip
+    code = subprocess.run(cmd, env={**os.environ, LAUNCH: name}).returncode
+    if code:
+        raise GenloopError(f"train: torchrun exited with {code} (see the ranks' output above)")
+    if not (EXPORTED.is_file() and EXPORTED.read_text() == name):
+        return {"exported": False}  # another machine's rank 0 exported
+    subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "train"], check=True)
+    if site.current().remote:
+        remote.push(line(params))
+    return {"exported": True, "metrics": read_json(paths.TRAIN_METRICS)}
+
+
+def upstream(stage: str) -> list[str]:
+    """The stages `stage` depends on, directly or not, in dvc.yaml."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        graph = repo.index.graph
+        (node,) = [s for s in graph.nodes if getattr(s, "name", None) == stage]
+        return sorted(s.name for s in nx.descendants(graph, node))
+
+
 def apply_tuned(params: Params) -> tuple[Params, dict]:
     """params.yaml with the tune stage's best values over it, and the record of which came from where."""
     from tasks.core.params import with_values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -172,3 +173,67 @@ def test_init_from_another_family_is_refused(project, tmp_path):
     project.set_params(model={"family": "vae"}, train={"init_from": str(gan)})
     proc = project.run("genloop", "stage", "train")
     assert proc.returncode == 1 and "holds a gan model, not a vae" in proc.stderr
+
+
+def test_two_machines_through_torchrun_resume_together_and_export_once(digits, tmp_path):
+    """`genloop train --nodes 2` in two checkouts (two machines' worth: CPU, gloo, the rendezvous on
+    127.0.0.1): one DDP run of world size 2. Both killed with SIGKILL mid-run and launched again, both
+    resume from rank 0's step; the replicas end equal (ReplicaCheck) and one machine exports and
+    records the stage in dvc.lock."""
+    import psutil
+    import yaml
+
+    from tests.conftest import BIN, copy_project, free_port
+
+    digits.set_params(
+        model={"vae": {"latent_dim": 4, "hidden": [32]}},
+        train=QUICK
+        | {"max_steps": 400, "steps_per_epoch": 20, "sample_every_n_epochs": 0, "accelerator": "cpu"},
+    )
+    machines = [digits, copy_project(digits.root, tmp_path / "second")]
+    port = free_port()
+
+    def launch(part: int) -> list[subprocess.Popen]:
+        cmd = [
+            str(BIN / "genloop"),
+            "train",
+            "--nodes",
+            "2",
+            "--rdzv",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            f"t{part}",
+        ]
+        procs = []
+        for i, m in enumerate(machines):
+            with open(tmp_path / f"{i}-{part}.log", "w") as log:
+                env = {**os.environ, **m.env}
+                procs.append(subprocess.Popen(cmd, cwd=m.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True))  # fmt: skip
+        return procs
+
+    first = launch(1)
+    deadline = time.monotonic() + 300
+    while not any((m.root / "artifacts/train/checkpoints/last.ckpt").is_file() for m in machines):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in first), "no checkpoint"
+        time.sleep(0.2)
+    time.sleep(1)
+    for proc in first:  # the launcher, torchrun and its ranks
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    second = launch(2)
+    assert [p.wait(timeout=600) for p in second] == [0, 0], [
+        (tmp_path / f"{i}-2.log").read_text()[-3000:] for i in (0, 1)
+    ]
+    logs = [(tmp_path / f"{i}-2.log").read_text() for i in (0, 1)]
+    steps = [re.search(r"rank \d of world size 2: resuming from step (\d+)", log) for log in logs]
+    assert all(steps), logs
+    assert steps[0][1] == steps[1][1] and int(steps[0][1]) > 0  # both from rank 0's checkpoint
+    exported = [m for m, log in zip(machines, logs, strict=True) if "this machine exported" in log]
+    assert len(exported) == 1, logs  # the model exported once
+    (owner,) = exported
+    assert metrics(owner.root)["resumed"] is True
+    assert "train" in yaml.safe_load((owner.root / "dvc.lock").read_text())["stages"]
+    assert owner.run("dvc", "status", "train").stdout.strip().endswith("up to date.")

@@ -35,6 +35,9 @@ METRICS = paths.TRAIN_METRICS
 RECORD = paths.TRAINING_RECORD
 # Training figures are logged about every this many optimizer steps: a self.log costs ~0.5 ms.
 LOG_EVERY = 50
+# `genloop train --nodes N` names its launch; the node whose rank 0 exported writes it here
+LAUNCH = "GENLOOP_LAUNCH"
+EXPORTED = paths.STATE / "train" / "exported-by"
 
 
 def build(model_params: ModelParams, train: TrainParams, meta: dict) -> Trainee:
@@ -111,6 +114,57 @@ def resumable(last: Path, stamp: str) -> bool:
     except Exception:  # a checkpoint cut short by a crash, or from an older genloop: start afresh
         return False
     return saved == stamp
+
+
+def elastic() -> tuple[int, int, int] | None:
+    """Under torchrun (`genloop train --nodes N`): (global rank, world size, processes per node)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_WORLD_SIZE"])
+
+
+def agree_on_resume(resume: bool, last: Path, accelerator: str) -> tuple[bool, int]:
+    """Under torchrun, rank 0 alone decides whether to resume, and from which checkpoint: the furthest
+    one any rank can resume (the rendezvous may have made another machine rank 0 the last time). The
+    ranks whose checkout (another machine's) lacks it receive it, so that every rank resumes the same
+    state. Returns (resume, step). The process group made here is the one Lightning then uses."""
+    import torch
+    import torch.distributed as dist
+
+    from tasks.core.storage import sha256_file, write_bytes_atomic
+
+    if not dist.is_initialized():
+        cuda = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        dist.init_process_group("nccl" if cuda else "gloo")
+    group = dist.new_group(backend="gloo")  # objects travel on the CPU whatever the devices
+    rank, world = dist.get_rank(), dist.get_world_size()
+    offer = (resume, _step(last) if resume else -1, sha256_file(last) if resume else None)
+    offers: list = [None] * world
+    dist.all_gather_object(offers, offer, group=group)
+    decision: list = [None]
+    if rank == 0:
+        source = max(range(world), key=lambda r: (offers[r][0], offers[r][1], -r))
+        decision = [(offers[source][0], offers[source][1], source, offers[source][2])]
+    dist.broadcast_object_list(decision, src=0, group=group)
+    resume, step, source, digest = decision[0]
+    if resume:
+        need = rank != source and (not last.is_file() or sha256_file(last) != digest)
+        needs: list = [None] * world
+        dist.all_gather_object(needs, need, group=group)
+        if any(needs):
+            blob = [last.read_bytes() if rank == source else None]
+            dist.broadcast_object_list(blob, src=source, group=group)
+            if need:
+                last.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomic(last, blob[0])
+    dist.destroy_process_group(group)
+    return resume, max(step, 0)
+
+
+def _step(last: Path) -> int:
+    import torch
+
+    return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
 def saved_precision(last: Path) -> str | None:
@@ -267,14 +321,25 @@ def _fit(
     from tasks.training.callbacks import FollowCores, ReplicaCheck, SampleWriter, StepProgressBar
 
     quiet_lightning()
+    launched = elastic()
+    if launched:  # torchrun's processes make the world: DDP over them, the rest of params.yaml as it is
+        rank, world, per_node = launched
+        train = train.model_copy(
+            update={"num_nodes": world // per_node, "devices": per_node, "strategy": "ddp"}
+        )
     meta, splits = load_splits(processed)
     torch.manual_seed(train.seed)  # the initial weights
     trainee = build(model_params, train, meta)
     model = trainee.model
-    checkpoints, rank0 = out / "checkpoints", int(os.environ.get("LOCAL_RANK", "0")) == 0
+    rank0 = (launched[0] if launched else int(os.environ.get("LOCAL_RANK", "0"))) == 0
+    checkpoints = out / "checkpoints"
     trainee.fingerprint = fingerprint(model_params, train, meta)
     last = checkpoints / "last.ckpt"
     resume = resumable(last, trainee.fingerprint)
+    if launched:
+        resume, step = agree_on_resume(resume, last, train.accelerator)
+        said = "resuming from" if resume else "starting at"
+        print(f"rank {rank} of world size {world}: {said} step {step}", flush=True)
     if rank0 and not resume:  # different params, data or code: the old checkpoints do not apply
         shutil.rmtree(checkpoints, ignore_errors=True)
 
@@ -358,6 +423,9 @@ def _fit(
     write_record(out / "model" / RECORD, model_params, train, meta, metrics, tuned)
     (checkpoints / FINISHED).write_text(trainee.fingerprint)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if os.environ.get(LAUNCH):  # `genloop train --nodes N`: this node's launcher updates DVC
+        EXPORTED.parent.mkdir(parents=True, exist_ok=True)
+        EXPORTED.write_text(os.environ[LAUNCH])
     return metrics
 
 
