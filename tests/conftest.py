@@ -40,16 +40,16 @@ os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 # `--dist loadfile` hands files out in collection order, so each worker starts on a long one and the
 # quick files fill the gaps at the end instead of one long file running alone.
 LONGEST_FIRST = [
-    "test_site.py",
-    "test_workers.py",
     "test_service.py",
-    "test_deploy_safety.py",
-    "test_evaluate.py",
-    "test_flow.py",
-    "test_pipeline.py",
-    "test_train.py",
+    "test_site.py",
     "test_monitor.py",
+    "test_workers.py",
+    "test_flow.py",
+    "test_train.py",
     "test_prefect_server.py",
+    "test_deploy_safety.py",
+    "test_pipeline.py",
+    "test_evaluate.py",
     "test_text_service.py",
     "test_tune_storage.py",
     "test_tune.py",

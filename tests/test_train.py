@@ -188,7 +188,7 @@ def test_two_machines_through_torchrun_resume_together_and_export_once(digits, t
     digits.set_params(
         model={"vae": {"latent_dim": 4, "hidden": [32]}},
         train=QUICK
-        | {"max_steps": 400, "steps_per_epoch": 20, "sample_every_n_epochs": 0, "accelerator": "cpu"},
+        | {"max_steps": 160, "steps_per_epoch": 20, "sample_every_n_epochs": 0, "accelerator": "cpu"},
     )
     machines = [digits, copy_project(digits.root, tmp_path / "second")]
     port = free_port()

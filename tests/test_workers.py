@@ -101,7 +101,7 @@ def test_workers_without_a_checkout_share_runs_and_a_dead_workers_run_is_crashed
             assert denied.value.code == 401
 
             env = {k: v for k, v in os.environ.items() if k != "GENLOOP_PROJECT"}
-            env |= s3_env | client_env | {"PREFECT_WORKER_QUERY_SECONDS": "2"}
+            env |= s3_env | client_env | {"PREFECT_WORKER_QUERY_SECONDS": "1"}
 
             def start(name: str) -> None:  # in a folder of its own, with no checkout
                 log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115  (the worker's, until it ends)
