@@ -25,12 +25,16 @@ def tune(force_collect: bool = False) -> dict:
     plan = tune_study_task()
     others = start_workers_task(plan["workers"] - 1, plan["study"]) if plan["shared"] else None
     if others is not None:
-        join_task(plan["study"])  # the study ends even when no other worker of the pool is free
-        states = ["COMPLETED", *settle_workers_task(others)]
+        try:
+            join_task(plan["study"])  # the study ends even when no other worker of the pool is free
+        finally:  # the runs no worker took yet are cancelled, the others waited for
+            states = ["COMPLETED", *settle_workers_task(others)]
     else:
         runs = [tune_worker_task.submit(i, plan["workers"], plan["study"]) for i in range(plan["workers"])]
         states = ["COMPLETED" if r.result() == 0 else "FAILED" for r in runs]
-    if any(s not in ("COMPLETED", "CANCELLED") for s in states):
+    # a worker that crashed (its machine died) is fine: its trial was failed by heartbeat and run again,
+    # and the study is the record of what ran
+    if any(s not in ("COMPLETED", "CANCELLED", "CRASHED") for s in states):
         raise RuntimeError(f"tune workers ended {states}: see their logs")
     result = tune_task()
     push_task()

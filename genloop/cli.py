@@ -350,7 +350,7 @@ def up(
     worker: Annotated[bool, typer.Option(help="Start a worker in this folder too.")] = True,
 ) -> None:
     """Start a local Prefect server, a worker and the deployments of prefect.yaml (what `make up` runs)."""
-    from genloop.server import deployed_code
+    from genloop.server import deployed_code, uncommitted
     from genloop.server import up as start
 
     url = start(port, host, worker)
@@ -358,6 +358,9 @@ def up(
     repository, commit = deployed_code()
     if commit:
         typer.echo(f"workers elsewhere (genloop worker) run commit {commit[:12]} of {repository}")
+        if uncommitted():
+            typer.echo("  (this folder has uncommitted changes: those workers do not see them; commit, push,"
+                       " and run `genloop up` again)")  # fmt: skip
 
 
 @app.command()

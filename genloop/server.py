@@ -23,26 +23,55 @@ from tasks.core.errors import GenloopError
 
 STATE = Path(".genloop")
 POOL = "genloop"
-# Flow runs send a heartbeat (Prefect's own); a run two heartbeats late belongs to a worker that died
-# with it, and an automation marks it Crashed, so that it can be run again elsewhere.
+# The deployments' runs send Prefect's heartbeat every HEARTBEAT_S (prefect.yaml passes it on, so on any
+# worker); a run three heartbeats late belongs to a worker that died with it, and an automation marks it
+# Crashed, so that it can be run again elsewhere. Only these deployments' runs are watched: a run of
+# another project, or a `genloop flow` run outside a deployment, keeps Prefect's own (180 s) heartbeat.
 HEARTBEAT_S = 30  # Prefect's least
-ZOMBIES = {
-    "name": "genloop: a silent flow run crashed",
-    "description": "a flow run whose heartbeat stopped (its worker or machine died) is marked Crashed",
-    "trigger": {
-        "type": "event",
-        "posture": "Proactive",
-        "after": ["prefect.flow-run.heartbeat"],
-        "expect": ["prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in
-                   ("Completed", "Failed", "Cancelled", "Crashed"))],
-        "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
-        "for_each": ["prefect.resource.id"],
-        "threshold": 1,
-        "within": 2 * HEARTBEAT_S,
-    },
-    "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
-                 "message": f"no heartbeat for {2 * HEARTBEAT_S} s: its worker died"}],
-}  # fmt: skip
+CRASH_AUTOMATION = "genloop: a silent flow run crashed"
+
+
+def crash_automation(deployments: list[str]) -> dict:
+    """The automation that marks a run of these deployments (their ids) Crashed when its heartbeat stops."""
+    return {
+        "name": CRASH_AUTOMATION,
+        "description": "a run whose heartbeat stopped (its worker or machine died) is marked Crashed",
+        "trigger": {
+            "type": "event",
+            "posture": "Proactive",
+            "after": ["prefect.flow-run.heartbeat"],
+            "expect": ["prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in
+                       ("Completed", "Failed", "Cancelled", "Crashed"))],
+            "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+            "match_related": {"prefect.resource.role": "deployment",
+                              "prefect.resource.id": [f"prefect.deployment.{d}" for d in deployments]},
+            "for_each": ["prefect.resource.id"],
+            "threshold": 1,
+            "within": 3 * HEARTBEAT_S,
+        },
+        "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
+                     "message": f"no heartbeat for {3 * HEARTBEAT_S} s: its worker died"}],
+    }  # fmt: skip
+
+
+def sync_crash_automation(pool: str = POOL) -> None:
+    """Make the crash automation watch every deployment of the pool (once, replacing an older one).
+    Run in a process with the server's PREFECT_API_URL (genloop up)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+    from prefect.events.schemas.automations import AutomationCore
+
+    async def sync() -> None:
+        async with get_client() as client:
+            pools = WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))
+            ids = [str(d.id) for d in await client.read_deployments(work_pool_filter=pools)]
+            for old in await client.read_automations_by_name(CRASH_AUTOMATION):
+                await client.delete_automation(old.id)
+            await client.create_automation(AutomationCore.model_validate(crash_automation(ids)))
+
+    asyncio.run(sync())
 
 
 AUTH = "PREFECT_SERVER_API_AUTH_STRING"  # the server's user:password; clients send PREFECT_API_AUTH_STRING
@@ -66,14 +95,20 @@ def deployed_code() -> tuple[str, str]:
     return _git("remote", "get-url", "origin") or str(Path.cwd().resolve()), _git("rev-parse", "HEAD")
 
 
-def _env(port: int) -> dict[str, str]:
+def uncommitted() -> bool:
+    """Whether tracked files differ from the commit workers elsewhere check out."""
+    return bool(_git("status", "--porcelain", "--untracked-files=no"))
+
+
+def _env(port: int, host: str = "127.0.0.1") -> dict[str, str]:
     repository, commit = deployed_code()
     env = {
         **os.environ,
         "PREFECT_HOME": str((STATE / "prefect").resolve()),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_API_URL": f"http://{_reach(host)}:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
+        "GENLOOP_HEARTBEAT_S": str(HEARTBEAT_S),  # prefect.yaml gives it to every run of its deployments
         "GENLOOP_PROJECT": str(Path.cwd().resolve()),
         "GENLOOP_REPOSITORY": repository,
         "GENLOOP_COMMIT": commit,
@@ -92,9 +127,16 @@ def _prefect(*args: str, env: dict) -> subprocess.CompletedProcess:
     return proc
 
 
-def _healthy(port: int) -> bool:
+def _reach(host: str) -> str:
+    """The address this machine reaches a server listening on `host` at."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _healthy(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+        with urllib.request.urlopen(f"http://{_reach(host)}:{port}/api/health", timeout=2) as r:
             return r.status == 200
     except OSError:
         return False
@@ -119,11 +161,11 @@ def up(port: int = 4200, host: str = "127.0.0.1", worker: bool = True, timeout_s
             "(workers and clients send it as PREFECT_API_AUTH_STRING)"
         )
     STATE.mkdir(exist_ok=True)
-    env = _env(port)
-    if not _healthy(port):
+    env = _env(port, host)
+    if not _healthy(port, host):
         _spawn("server", ["server", "start", "--host", host, "--port", str(port)], env)
         deadline = time.monotonic() + timeout_s
-        while not _healthy(port):
+        while not _healthy(port, host):
             if time.monotonic() > deadline:
                 raise GenloopError(
                     f"the Prefect server did not answer within {timeout_s:.0f} s: see {STATE}/server.log"
@@ -131,13 +173,13 @@ def up(port: int = 4200, host: str = "127.0.0.1", worker: bool = True, timeout_s
             time.sleep(0.5)
     _prefect("work-pool", "create", POOL, "--type", "process", "--overwrite", env=env)
     _prefect("--no-prompt", "deploy", "--all", env=env)
-    if ZOMBIES["name"] not in _prefect("automation", "ls", env=env).stdout:
-        import json
-
-        _prefect("automation", "create", "--from-json", json.dumps(ZOMBIES), env=env)
+    sync = "from genloop.server import sync_crash_automation; sync_crash_automation()"
+    proc = subprocess.run([sys.executable, "-c", sync], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise GenloopError(f"the crash automation could not be made:\n{proc.stderr[-2000:]}")
     if worker and not _alive(STATE / "worker.pid"):
         _spawn("worker", ["worker", "start", "--pool", POOL], env)
-    return f"http://127.0.0.1:{port}"
+    return f"http://{_reach(host)}:{port}"
 
 
 def worker(api: str, folder: Path, pool: str = POOL, name: str | None = None, limit: int = 1) -> None:

@@ -15,11 +15,14 @@ WORKER_HOME = "GENLOOP_WORKER_HOME"  # set by `genloop worker`: the folder its c
 
 
 def checkout(repository: str, commit: str, project: str) -> dict[str, str]:
-    """Change to the folder the flow run works in and return it as {"directory": ...}."""
+    """Change to the folder the flow run works in and return it as {"directory": ...}. Its code comes
+    first on PYTHONPATH, so the stages this run starts (`genloop stage ...` through DVC) import the
+    checkout's code, not that of the genloop installed on the worker."""
+    repository, commit = (v if v and not v.startswith("{{") else "" for v in (repository, commit))
     home = os.environ.get(WORKER_HOME)
     if not home:
         os.chdir(project)
-        return {"directory": project}
+        return {"directory": _first_on_path(project)}
     if not repository or not commit:
         raise ValueError("this deployment names no repository and commit: deploy it again with `genloop up`")
     from prefect.deployments.steps import git_clone
@@ -29,4 +32,10 @@ def checkout(repository: str, commit: str, project: str) -> dict[str, str]:
     cloned = git_clone(repository=repository, commit_sha=commit)
     directory = str((Path(home) / cloned["directory"]).resolve())
     os.chdir(directory)
-    return {"directory": directory}
+    return {"directory": _first_on_path(directory)}
+
+
+def _first_on_path(directory: str) -> str:
+    rest = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = directory + (os.pathsep + rest if rest else "")
+    return directory

@@ -47,7 +47,8 @@ def launch(params: Params, nodes: int, rdzv: str, per_node: int = 1, rdzv_id: st
     if site.current().remote:  # what other machines made, so that this one makes none of it again
         remote.pull(line(params))
     # the stages train depends on, up to date on every machine (DVC skips what is): each needs the data
-    subprocess.run([sys.executable, "-m", "dvc", "repro", *upstream("train")], check=True)
+    if before := upstream("train"):
+        subprocess.run([sys.executable, "-m", "dvc", "repro", *before], check=True)
     name = uuid.uuid4().hex
     rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv, "--rdzv-id", rdzv_id or line(params)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node",

@@ -87,7 +87,7 @@ def test_the_private_optuna_api_in_use_is_there_in_the_pinned_version():
     import re
 
     import optuna
-    from optuna.storages import BaseStorage, RetryFailedTrialCallback
+    from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages._heartbeat import get_heartbeat_thread
 
     pin = re.search(r'"optuna>=([0-9.]+),<([0-9.]+)"', (REPO / "pyproject.toml").read_text())
@@ -101,9 +101,9 @@ def test_the_private_optuna_api_in_use_is_there_in_the_pinned_version():
     with get_heartbeat_thread(trial._trial_id, study._storage):  # in memory: a thread that does nothing
         pass
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    RetryFailedTrialCallback(max_retry=1)(study, study.trials[0])
+    RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study.trials[0])
     (waiting,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert RetryFailedTrialCallback.retried_trial_number(waiting) == 0
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(waiting) == 0
 
 
 @pytest.mark.slow

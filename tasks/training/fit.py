@@ -123,11 +123,13 @@ def elastic() -> tuple[int, int, int] | None:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_WORLD_SIZE"])
 
 
-def agree_on_resume(resume: bool, last: Path, accelerator: str) -> tuple[bool, int]:
+def agree_on_resume(resume: bool, last: Path, accelerator: str, stamp: str) -> tuple[bool, int]:
     """Under torchrun, rank 0 alone decides whether to resume, and from which checkpoint: the furthest
     one any rank can resume (the rendezvous may have made another machine rank 0 the last time). The
-    ranks whose checkout (another machine's) lacks it receive it, so that every rank resumes the same
-    state. Returns (resume, step). The process group made here is the one Lightning then uses."""
+    ranks whose checkout (another machine's) lacks it receive it, with the best checkpoint beside it,
+    so that every rank resumes the same state and rank 0 can export the best. Ranks that would train
+    other data, params or code (their fingerprint `stamp`) stop the run. Returns (resume, step). The
+    process group made here is the one Lightning then uses."""
     import torch
     import torch.distributed as dist
 
@@ -138,13 +140,19 @@ def agree_on_resume(resume: bool, last: Path, accelerator: str) -> tuple[bool, i
         dist.init_process_group("nccl" if cuda else "gloo")
     group = dist.new_group(backend="gloo")  # objects travel on the CPU whatever the devices
     rank, world = dist.get_rank(), dist.get_world_size()
-    offer = (resume, _step(last) if resume else -1, sha256_file(last) if resume else None)
+    offer = (stamp, resume, _step(last) if resume else -1, sha256_file(last) if resume else None)
     offers: list = [None] * world
     dist.all_gather_object(offers, offer, group=group)
+    if len({o[0] for o in offers}) > 1:
+        dist.destroy_process_group(group)
+        raise GenloopError(
+            "train: the machines differ in data, params or code (their training fingerprints differ): "
+            "check out the same commit and `dvc pull` the same data on each"
+        )
     decision: list = [None]
     if rank == 0:
-        source = max(range(world), key=lambda r: (offers[r][0], offers[r][1], -r))
-        decision = [(offers[source][0], offers[source][1], source, offers[source][2])]
+        source = max(range(world), key=lambda r: (offers[r][1], offers[r][2], -r))
+        decision = [(offers[source][1], offers[source][2], source, offers[source][3])]
     dist.broadcast_object_list(decision, src=0, group=group)
     resume, step, source, digest = decision[0]
     if resume:
@@ -152,11 +160,16 @@ def agree_on_resume(resume: bool, last: Path, accelerator: str) -> tuple[bool, i
         needs: list = [None] * world
         dist.all_gather_object(needs, need, group=group)
         if any(needs):
-            blob = [last.read_bytes() if rank == source else None]
-            dist.broadcast_object_list(blob, src=source, group=group)
+            best = last.with_name("best.ckpt")
+            files = [
+                (last.read_bytes(), best.read_bytes() if best.is_file() else None) if rank == source else None
+            ]
+            dist.broadcast_object_list(files, src=source, group=group)
             if need:
                 last.parent.mkdir(parents=True, exist_ok=True)
-                write_bytes_atomic(last, blob[0])
+                write_bytes_atomic(last, files[0][0])
+                if files[0][1] is not None:
+                    write_bytes_atomic(best, files[0][1])
     dist.destroy_process_group(group)
     return resume, max(step, 0)
 
@@ -337,7 +350,7 @@ def _fit(
     last = checkpoints / "last.ckpt"
     resume = resumable(last, trainee.fingerprint)
     if launched:
-        resume, step = agree_on_resume(resume, last, train.accelerator)
+        resume, step = agree_on_resume(resume, last, train.accelerator, trainee.fingerprint)
         said = "resuming from" if resume else "starting at"
         print(f"rank {rank} of world size {world}: {said} step {step}", flush=True)
     if rank0 and not resume:  # different params, data or code: the old checkpoints do not apply

@@ -5,7 +5,7 @@ Storage: a journal file on one machine (Optuna's JournalStorage, safe for severa
 not), or PostgreSQL for workers on many machines (RDBStorage with Optuna's heartbeat, so the trials of a
 worker that died are failed by the others after tune.grace_s). A journal has no heartbeat: a trial left
 RUNNING by a process of this machine that is gone is failed when a worker next claims a trial. Either
-way, Optuna's RetryFailedTrialCallback queues it once more with the same params, and its folder's last
+way, Optuna's RetryHeartbeatStaleTrialCallback queues it once more with the same params, and its folder's last
 checkpoint resumes it.
 
 Optuna's private API still used here, checked by tests/test_tune.py against the pinned version
@@ -47,10 +47,10 @@ TRIAL_FIXED = {"max_steps": None, "devices": 1, "num_nodes": 1, "strategy": "aut
 def retrying():
     """Optuna's own retry: a trial failed because its worker died is queued again once, with its params
     and user attributes (its folder, whose last checkpoint resumes it)."""
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     with _stable():
-        return RetryFailedTrialCallback(max_retry=1)
+        return RetryHeartbeatStaleTrialCallback(max_retry=1)
 
 
 @contextlib.contextmanager
@@ -67,12 +67,12 @@ def _stable() -> Iterator[None]:
 
 def retry_of(trial) -> int | None:
     """The number of the trial this one runs again, or None."""
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     if not trial.system_attrs:
         return None
     with _stable():
-        return RetryFailedTrialCallback.retried_trial_number(trial)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
 def open_storage(storage: str, heartbeat_s: int = 20, grace_s: int = 60):
