@@ -16,7 +16,7 @@ import urllib.request
 import psutil
 import pytest
 
-from tests.conftest import BIN, copy_project, free_port
+from tests.conftest import BIN, SMALL_MODEL, SMALL_TRAIN, SMALL_TUNE, copy_project, free_port
 from tests.postgres_server import new_database, postgres
 from tests.s3_server import seaweedfs
 
@@ -37,16 +37,38 @@ def _runs(api: str, ids: list[str]) -> list:
     return asyncio.run(read())
 
 
-def _run(api: str) -> str:
-    """A run of the data deployment, as the UI's "Run" makes it; returns its id."""
+def _run(api: str, deployment: str = "data/data") -> str:
+    """A run of a deployment, as the UI's "Run" makes it; returns its id."""
     from prefect.client.orchestration import PrefectClient
 
     async def create() -> str:
         async with PrefectClient(api=api, auth_string=AUTH) as client:
-            deployment = await client.read_deployment_by_name("data/data")
-            return str((await client.create_flow_run_from_deployment(deployment.id)).id)
+            found = await client.read_deployment_by_name(deployment)
+            return str((await client.create_flow_run_from_deployment(found.id)).id)
 
     return asyncio.run(create())
+
+
+def _of_deployment(api: str, name: str) -> list:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async def read() -> list:
+        async with PrefectClient(api=api, auth_string=AUTH) as client:
+            found = await client.read_deployment_by_name(name)
+            return await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id]))
+            )
+
+    return asyncio.run(read())
+
+
+def _trials(url: str) -> list:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url)
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
 
 
 def _settled(api: str, ids: list[str], timeout_s: float) -> list:
@@ -70,7 +92,14 @@ def test_workers_without_a_checkout_share_runs_and_a_dead_workers_run_is_crashed
         s3.create_bucket(Bucket="team")
         project = copy_project(prepared_digits, tmp_path / "project")
         project.env.update(s3_env)
-        project.set_params(site={"remote": "s3://team/workers"})
+        study = new_database(pg).replace("postgresql://", "postgresql+psycopg://")
+        project.set_params(
+            site={"remote": "s3://team/workers"},
+            model=SMALL_MODEL,
+            train=SMALL_TRAIN,
+            tune=SMALL_TUNE
+            | {"storage": study, "workers": 2, "n_trials": 3, "max_steps": 20, "pruner": "none"},
+        )
         git = ["git", "-c", "user.name=t", "-c", "user.email=t@genloop.invalid"]
         subprocess.run([*git, "commit", "-qam", "the team's site"], cwd=project.root, check=True)
         project.run("genloop", "site", "migrate", check=True)  # the prepared data stages, for every checkout
@@ -128,9 +157,17 @@ def test_workers_without_a_checkout_share_runs_and_a_dead_workers_run_is_crashed
                 assert time.monotonic() < deadline, "the other worker never took the rerun"
                 time.sleep(0.5)
             start(victim)  # the machine back: its checkout is reused
-            ids = [rerun, *(_run(api) for _ in range(3))]  # four runs, the rerun first
+            # four runs: the rerun, two more, and a tune run that starts a run of tune-worker for the
+            # other worker of the pool and is a worker on the study itself
+            ids = [rerun, _run(api), _run(api), _run(api, "tune/tune")]
             runs = _settled(api, ids, 400)
             assert [r.state_type.value for r in runs] == ["COMPLETED"] * 4, [r.state.message for r in runs]
+            helpers = _settled(api, [str(r.id) for r in _of_deployment(api, "tune-worker/tune-worker")], 120)
+            assert len(helpers) == 1 and helpers[0].parameters["study"], helpers
+            assert helpers[0].state_type.value in ("COMPLETED", "CANCELLED"), helpers[0].state  # cancelled:
+            # no worker was free before the tune run's own worker had spent the budget
+            trials = _trials(study)
+            assert [t.state.name for t in trials].count("COMPLETE") == 3 and len(trials) == 3
             logs = {n: (tmp_path / f"{n}.log").read_text() for n in workers}
             assert all(any(i in log for i in ids) for log in logs.values()), "one worker ran every run"
             # what the site's remote held was pulled, not made again (only collect reruns, by design)
