@@ -84,20 +84,21 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _git(*args: str) -> str:
-    proc = subprocess.run(["git", *args], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
-
-
 def deployed_code() -> tuple[str, str]:
     """What workers without this folder check out: the repository (its origin, else this folder) and
-    the commit checked out here."""
-    return _git("remote", "get-url", "origin") or str(Path.cwd().resolve()), _git("rev-parse", "HEAD")
+    the commit checked out here (the one a model's lineage records)."""
+    from tasks.registry.lineage import git
+
+    proc = subprocess.run(["git", "remote", "get-url", "origin"], capture_output=True, text=True)
+    origin = proc.stdout.strip() if proc.returncode == 0 else ""
+    return origin or str(Path.cwd().resolve()), git()["commit"] or ""
 
 
 def uncommitted() -> bool:
     """Whether tracked files differ from the commit workers elsewhere check out."""
-    return bool(_git("status", "--porcelain", "--untracked-files=no"))
+    from tasks.registry.lineage import git
+
+    return bool(git()["dirty"])
 
 
 def _env(port: int, host: str = "127.0.0.1") -> dict[str, str]:

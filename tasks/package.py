@@ -27,14 +27,19 @@ INCLUDE = ("service/*.py", "service/ui/*", "models/*.py")  # the code a Bento ca
 SERVE_DEPS = ("bentoml", "torch", "numpy", "safetensors", "pillow", "pydantic", "psycopg", "psycopg-binary")
 
 
-def locked(lock: Path = Path("requirements.lock")) -> dict[str, str]:
-    """requirements.lock's pins, by normalised name."""
-    pins = {}
-    for entry in lock.read_text().splitlines() if lock.is_file() else []:
+def pins_in(text: str) -> dict[str, str]:
+    """The `name==version` lines of a requirements file, by normalised name."""
+    found = {}
+    for entry in text.splitlines():
         m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", entry)
         if m:
-            pins[normalised(m.group(1))] = m.group(2)
-    return pins
+            found[normalised(m.group(1))] = m.group(2)
+    return found
+
+
+def locked(lock: Path = Path("requirements.lock")) -> dict[str, str]:
+    """requirements.lock's pins, by normalised name."""
+    return pins_in(lock.read_text()) if lock.is_file() else {}
 
 
 def normalised(name: str) -> str:

@@ -14,14 +14,13 @@ The local deploy (`genloop deploy`) stays the default for one machine; this is f
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import yaml
 
 from tasks.core.errors import GenloopError
 from tasks.core.params import Params
-from tasks.package import locked, normalised
+from tasks.package import locked, pins_in
 
 APP = "genloop"
 SECRET = "genloop-secrets"
@@ -31,12 +30,8 @@ PORT = 3000  # what `bentoml serve` listens on in the image
 def drift(bento_dir: Path, lock: Path = Path("requirements.lock")) -> dict[str, tuple[str, str]]:
     """The Bento's packages whose version differs from requirements.lock's: {name: (bento, lock)}."""
     pins = locked(lock)
-    found = {}
-    for line in (bento_dir / "env/python/requirements.txt").read_text().splitlines():
-        m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line)
-        if m and normalised(m.group(1)) in pins and pins[normalised(m.group(1))] != m.group(2):
-            found[normalised(m.group(1))] = (m.group(2), pins[normalised(m.group(1))])
-    return found
+    bento = pins_in((bento_dir / "env/python/requirements.txt").read_text())
+    return {name: (v, pins[name]) for name, v in bento.items() if name in pins and pins[name] != v}
 
 
 def manifests(params: Params, tag: str) -> list[dict]:
