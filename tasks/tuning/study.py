@@ -408,8 +408,16 @@ def work(params: Params, name: str | None = None, progress: bool = False) -> int
     seed_first_trial(study, params)
     # ask/tell keeps the budget exact across workers; run_trial runs the heartbeat optimize would
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    from optuna.trial import TrialState
+
     done = 0
-    while (trial := claim(study, params)) is not None:
+    while True:
+        trial = claim(study, params)
+        if trial is None:  # the budget is spent; a trial still running may belong to a dead worker,
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # whose retry is ours
+                break
+            time.sleep(params.require("tune").heartbeat_s)
+            continue
         run_trial(study, trial, params)
         done += 1
         if progress:
