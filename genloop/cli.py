@@ -103,6 +103,9 @@ def flow(
     With a Prefect server running (`make up`) and PREFECT_API_URL set, the run shows in its UI.
     `genloop flow retrain` is recorded as started by a person (artifacts/retrain/history.jsonl).
     """
+    from tasks.core.params import load
+
+    load()  # a misspelt key is told in a second, before Prefect or a server starts
     module = importlib.import_module(f"flows.{name.value}")
     if name is FlowName.retrain:
         result = module.FLOW(trigger="person", force=force)

@@ -179,7 +179,8 @@ def up(port: int = 4200, host: str = "127.0.0.1", worker: bool = True, timeout_s
     if proc.returncode != 0:
         raise GenloopError(f"the crash automation could not be made:\n{proc.stderr[-2000:]}")
     if worker and not _alive(STATE / "worker.pid"):
-        _spawn("worker", ["worker", "start", "--pool", POOL], env)
+        # one flow run at a time: this folder is one checkout, whose DVC stages must not interleave
+        _spawn("worker", ["worker", "start", "--pool", POOL, "--limit", "1"], env)
     return f"http://{_reach(host)}:{port}"
 
 

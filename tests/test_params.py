@@ -68,6 +68,37 @@ def test_cli_reports_bad_params_without_traceback(project):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+def test_a_flow_with_bad_params_stops_before_prefect_starts(project):
+    """One clean error, in about a second: no temporary Prefect server, no flow run, no traceback."""
+    project.set_params(collect={"sourcee": "x"})
+    proc = project.run("genloop", "flow", "data")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: invalid parameters in params.yaml:",
+        "  collect.sourcee: unknown key (valid: workers, retries, timeout_s)",
+    ]
+    assert "prefect" not in proc.stdout.lower()
+
+
+def test_prefects_report_of_a_user_error_is_dropped_and_any_other_kept():
+    """A GenloopError is told by the run's state and the command's `error:` line, without traceback;
+    a bug keeps its traceback."""
+    import logging
+    import sys
+
+    from tasks.core.orchestration import _UserErrors
+
+    def record(err: Exception) -> logging.LogRecord:
+        try:
+            raise err
+        except Exception:
+            info = sys.exc_info()
+            return logging.LogRecord("prefect.task_runs", logging.ERROR, "", 0, "failed", None, info)
+
+    assert not _UserErrors().filter(record(GenloopError("bad batch")))
+    assert _UserErrors().filter(record(KeyError("bug")))
+
+
 def test_cli_unknown_stage_is_a_usage_error(project):
     proc = project.run("genloop", "stage", "nope")
     assert proc.returncode == 2

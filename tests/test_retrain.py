@@ -123,7 +123,7 @@ def test_the_feedback_trigger_waits_for_enough_new_ratings(params):
 
 
 def test_prefect_yaml_wires_the_loop():
-    """The retrain deployment: one at a time, a paused weekly schedule, and both event triggers."""
+    """The retrain and monitor deployments: one at a time; a paused weekly schedule; both triggers."""
     deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     retrain = deployments["retrain"]
     assert retrain["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
@@ -132,3 +132,4 @@ def test_prefect_yaml_wires_the_loop():
     events = {t["expect"][0]: t["parameters"]["trigger"] for t in retrain["triggers"]}
     assert events == {"genloop.drift.detected": "drift", "genloop.feedback.ready": "feedback"}
     assert deployments["monitor"]["schedules"][0] == {"cron": "0 * * * *", "timezone": "UTC", "active": True}
+    assert deployments["monitor"]["concurrency_limit"] == retrain["concurrency_limit"]  # hourly, not stacked

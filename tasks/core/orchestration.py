@@ -10,6 +10,8 @@ run: then DVC's status is asked again before the next stage.
 from __future__ import annotations
 
 import functools
+import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -34,6 +36,7 @@ class LazyTask:
     def _task(self):
         from prefect import task
 
+        quiet_user_errors()
         return task(**self._options)(self._fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -48,6 +51,22 @@ class LazyTask:
 def task(**options: Any) -> Callable[[Callable], LazyTask]:
     """`prefect.task(**options)`, built when a flow first calls it (see LazyTask)."""
     return lambda fn: LazyTask(fn, options)
+
+
+class _UserErrors:
+    """Drops Prefect's "failed with exception" records, traceback and all, when the exception is a
+    GenloopError: a problem the user fixes (a misspelt key, a refused batch) is told once, by the run's
+    state ("Finished in state Failed(...)") and by the command's own `error:` line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], GenloopError))
+
+
+@functools.cache
+def quiet_user_errors() -> None:
+    """Install the filter above on the loggers of Prefect's flow and task runs (once per process)."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_UserErrors())
 
 
 def _logger():
@@ -146,7 +165,20 @@ def repro(stage: str, force: bool = False) -> None:
     tail: deque[str] = deque(maxlen=30)
     code = stream(cmd, tail=tail)
     if code != 0:
+        said = _said(list(tail))
+        if said:  # the stage's own `genloop` told the user what to fix: that alone, not DVC's wrapping
+            raise GenloopError(f"stage {stage}: {said}")
         raise GenloopError(f"stage {stage} failed (dvc repro exit {code}):\n" + "\n".join(tail))
+
+
+def _said(lines: list[str]) -> str | None:
+    """What a stage's `genloop` printed as its error (`error: ...` and the indented lines after it)."""
+    start = next((i for i, line in enumerate(lines) if line.startswith("error: ")), None)
+    if start is None:
+        return None
+    said = [lines[start].removeprefix("error: ")]
+    said += itertools.takewhile(lambda line: line.startswith(" "), lines[start + 1 :])
+    return "\n".join(said)
 
 
 def _say(line: str) -> None:
