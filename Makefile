@@ -12,8 +12,9 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: help setup demo test check browser postgres lint format bench up down clean
+.PHONY: help setup demo test check docs browser postgres lint format bench up down clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -27,27 +28,6 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 demo: setup  ## run the lifecycle on the defaults (digits, VAE), serve the champion, say where to look
 	$(BIN)/genloop flow lifecycle
-	@echo
-	@echo "Done. Look at:"
-	@echo "  data/raw/manifest.json                     what was collected (sha256, size, source, label)"
-	@echo "  artifacts/validate/summary.json            the validation gate's verdict"
-	@echo "  artifacts/validate/data_docs/index.html    Great Expectations data docs"
-	@echo "  data/processed/preview.png                 a few training images of every class"
-	@echo "  artifacts/train/samples/final.png          samples of the trained model, one column per class"
-	@echo "  artifacts/train/metrics.json               training result ('dvc metrics show', 'dvc plots show')"
-	@echo "  artifacts/train/model/                     the exported model (safetensors + JSON)"
-	@echo "  artifacts/tune/report.html                 an Optuna study, with tune.enabled: true in params.yaml"
-	@echo "  artifacts/evaluate/card.html               the model card: metrics beside baseline and champion"
-	@echo "  artifacts/evaluate/decision.json           the promotion gate's verdict, with every check"
-	@echo "  artifacts/lifecycle/summary.json           what the lifecycle flow ran, skipped and served"
-	@echo "  genloop flow retrain                       the loop by hand (its triggers: make up, then the UI)"
-	@echo "  genloop status                             what is deployed, registered versions, the champion's card"
-	@echo "  http://127.0.0.1:3000/ui                   the service's page: generate digits, rate them"
-	@echo "  http://127.0.0.1:3000/                     BentoML's API docs (POST /generate, /feedback)"
-	@echo "  genloop flow monitor                       the drift monitor, once the service has served"
-	@echo "                                             (artifacts/monitor/: report.html, history, chart)"
-	@echo "  genloop undeploy                           stop the service"
-	@echo "  dvc.lock                                   what DVC recorded; run 'dvc repro' again: nothing to do"
 
 # Test files run in parallel, each whole on one worker (its module-scoped servers started once), and
 # every process's math on TEST_THREADS threads (GENLOOP_THREADS fixes the plan for the cores,
@@ -56,11 +36,14 @@ TEST_WORKERS ?= 2
 TEST_THREADS ?= 1
 TEST_ENV = GENLOOP_THREADS=$(TEST_THREADS) OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
   OPENBLAS_NUM_THREADS=$(TEST_THREADS)
-test: setup lint browser postgres  ## lint, then the whole test suite (unit and end-to-end; TEST_WORKERS=2 in parallel)
+test: setup lint docs browser postgres  ## lint, the docs site, then the whole test suite (unit and end-to-end; TEST_WORKERS=2 in parallel)
 	$(TEST_ENV) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 check: setup lint  ## the fast tier: lint and the unit tests (no servers, no end-to-end runs), in under 2 minutes
 	$(TEST_ENV) $(BIN)/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile -q
+
+docs: setup  ## build the documentation site into site/ (strict: a broken link or a missing page fails)
+	$(BIN)/mkdocs build --strict --quiet
 
 browser:  ## Debian's chromium for the web page test (apt-get, when run as root; else say how)
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
@@ -90,8 +73,9 @@ bench: setup  ## benchmarks: side-by-side ratios
 	$(BIN)/python bench/sharing.py   # training and serving side by side, with the plan for the cores and without
 	$(BIN)/python bench/startup.py   # each stage's fixed cost, a cached lifecycle flow beside Metaflow's run
 
-up: setup  ## start the local Prefect server (UI at http://127.0.0.1:4200), a worker and the deployments
-	$(BIN)/genloop up
+PORT ?= 4200
+up: setup  ## start the local Prefect server (UI at http://127.0.0.1:$PORT, 4200 unless PORT=...), a worker, the deployments
+	$(BIN)/genloop up --port $(PORT)
 
 down:  ## stop the worker and the Prefect server
 	$(BIN)/genloop down

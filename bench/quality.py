@@ -1,4 +1,4 @@
-"""Each family beside its baselines and the real-data floor, in one run: the figures the README quotes.
+"""Each family beside its baselines and the real-data floor, in one run: docs/benchmarks.md quotes it.
 
 For every family (or those named with --families), the embedded data of its kind (sklearn:digits for
 images, pydoc:topics for text) goes through the data stages' own functions into a scratch folder, the

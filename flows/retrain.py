@@ -15,7 +15,7 @@ from tasks.deploy import deploy_task
 from tasks.evaluate import evaluate_task
 from tasks.feedback import feedback_task
 from tasks.package import package_task
-from tasks.retrain import begin_task, finish_task, keep_champion_task, new_data_task
+from tasks.retrain import begin_task, ended, finish_task, keep_champion_task, new_data_task
 from tasks.share import pull_task, push_task
 from tasks.train import train_task
 from tasks.tune import tune_task
@@ -28,14 +28,14 @@ def retrain(trigger: str = "person", detail: dict | None = None, force: bool = F
     scores); force: a person's run past the guardrails."""
     record = begin_task(trigger, detail, force)
     if record["skipped"]:
-        return finish_task(record, "skipped")
+        return ended(finish_task(record, "skipped"))
     try:
         pull_task()  # with site.remote: what another checkout made
         feedback_task()  # rated samples drawn again, merged by collect within max_synthetic_share
         collect_task(force=True)
         record = new_data_task(record)
         if record["skipped"]:
-            return finish_task(record, "skipped")
+            return ended(finish_task(record, "skipped"))
         validate_task()  # a bad batch stops here: nothing is trained on it
         augment_task()
         tune_task()
@@ -44,10 +44,11 @@ def retrain(trigger: str = "person", detail: dict | None = None, force: bool = F
         version = decision["challenger"]
         if decision["decision"] != "promote":
             push_task()  # with site.remote: the model and its evaluation, for every other checkout
-            return finish_task(record, "rejected", version=version, reasons=decision["reasons"])
+            return ended(finish_task(record, "rejected", version=version, reasons=decision["reasons"]))
         if version == record["champion_before"]:
             push_task()
-            return finish_task(record, "unchanged", version=version, reasons=["the model did not change"])
+            same = ["the model did not change"]
+            return ended(finish_task(record, "unchanged", version=version, reasons=same))
         try:
             built = package_task()
             deployed = deploy_task(built["bento"])
@@ -55,7 +56,7 @@ def retrain(trigger: str = "person", detail: dict | None = None, force: bool = F
             keep_champion_task(version)
             raise
         push_task()  # after the deploy: a remote that fails here leaves the new champion served
-        return finish_task(record, "promoted", version=version, deployed=deployed["bento"])
+        return ended(finish_task(record, "promoted", version=version, deployed=deployed["bento"]))
     except Exception as err:
         finish_task(record, "failed", error=str(err).splitlines()[0][:300] if str(err) else repr(err))
         raise

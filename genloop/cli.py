@@ -97,6 +97,7 @@ def flow(
     force: Annotated[
         bool, typer.Option(help="retrain: run past the guardrails (cooldown, daily cap, new data).")
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the flow's whole result as JSON.")] = False,
 ) -> None:
     """Run a Prefect flow in this process (its stages run through `dvc repro`).
 
@@ -105,7 +106,7 @@ def flow(
     """
     from tasks.core.params import load
 
-    load()  # a misspelt key is told in a second, before Prefect or a server starts
+    params = load()  # a misspelt key is told in a second, before Prefect or a server starts
     module = importlib.import_module(f"flows.{name.value}")
     if name is FlowName.retrain:
         result = module.FLOW(trigger="person", force=force)
@@ -113,7 +114,12 @@ def flow(
         result = module.FLOW()
     else:
         result = module.FLOW(force_collect=force_collect)
-    typer.echo(json.dumps(_brief(result), indent=2, default=str))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        from genloop.report import lines
+
+        typer.echo("\n".join(lines(name.value, _brief(result), params)))
 
 
 tune_app = typer.Typer(help="The tuning study: its dashboard, and workers joining it.", no_args_is_help=True)

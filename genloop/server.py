@@ -6,6 +6,11 @@ self-contained. The server listens on 127.0.0.1 unless told otherwise, and on an
 with Prefect's API auth (PREFECT_SERVER_API_AUTH_STRING): a server other machines reach is never open.
 The database is Prefect's to choose: PREFECT_API_DATABASE_CONNECTION_URL (postgresql+asyncpg://...)
 puts it in PostgreSQL.
+
+The server is started here rather than by `prefect server start --background`, whose output goes to a
+pipe of the command that exits: with an unreachable database it says the server is running, exits 0,
+and the server dies with its reason lost. Here its output is .genloop/server.log, `up` waits for its
+health, and `down` signals only a process that is still the one it started.
 """
 
 from __future__ import annotations
@@ -210,10 +215,20 @@ def worker(api: str, folder: Path, pool: str = POOL, name: str | None = None, li
 
 def _alive(pid_file: Path) -> bool:
     try:
-        os.kill(int(pid_file.read_text()), 0)
-        return True
+        return _ours(int(pid_file.read_text()), pid_file.stem)
     except (OSError, ValueError):
         return False
+
+
+def _ours(pid: int, name: str) -> bool:
+    """Whether `pid` is still the `prefect server`/`prefect worker` that _spawn started from here."""
+    import psutil
+
+    try:
+        cmd = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+    return cmd[1:4] == ["-m", "prefect", name] and os.getpgid(pid) == pid
 
 
 def down(timeout_s: float = 30) -> list[str]:
@@ -224,6 +239,9 @@ def down(timeout_s: float = 30) -> list[str]:
         if not pid_file.is_file():
             continue
         pid = int(pid_file.read_text())
+        if not _ours(pid, name):  # a pid file outliving its process: that pid may be anyone's now
+            pid_file.unlink()
+            continue
         try:
             os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout_s

@@ -272,7 +272,7 @@ class Model(GenerativeModel):
     def sample(self, n: int, condition=None, seed: int | None = None) -> torch.Tensor:
         """n images (n, C, H, W) in [0, 1] drawn from the model: z from the prior, then each pixel from
         the decoder's Gaussian, clipped to [0, 1]. The decoder's means alone are smoother than any real
-        image (further from real data on FD and recall, see the README); `interpolate` shows them.
+        image (further from real data on FD and recall, see docs/stages/train.md); `interpolate` shows them.
         `condition` is a class id, a list of them or None (classes cycle 0, 1, 2, ...)."""
         return self.sample_batch([{"n": n, "condition": condition, "seed": seed}])[0]
 

@@ -31,9 +31,20 @@ def lock_entries() -> dict[str, str]:
     }
 
 
-def summary(before: dict[str, str], decision: dict, deployed: dict | None, started: float) -> dict:
+# The flow's bookkeeping tasks, by the name a reader knows them by; any other task is a stage.
+TASKS = {"site: pull": "pull", "site: push": "push", "deploy (unless already served)": "deploy"}
+
+
+def summary(
+    before: dict[str, str], decision: dict, deployed: dict | None, started: float, took: dict[str, float],
+    tune_enabled: bool = True,
+) -> dict:  # fmt: skip
     after = lock_entries()
     stages = {s: "ran" if before.get(s) != after.get(s) else "unchanged" for s in STAGES if s in after}
+    if "tune" in stages and not tune_enabled:
+        stages["tune"] = "off"  # its stage writes that it was off: nothing was tuned
+    names = [*STAGES, *TASKS.values()]
+    times = {TASKS.get(name, name): round(s, 1) for name, s in took.items() if TASKS.get(name, name) in names}
     metrics_file = paths.ARTIFACTS / "evaluate" / "metrics.json"
     metrics = read_json(metrics_file).get("model", {}) if metrics_file.is_file() else {}
     return {
@@ -45,15 +56,36 @@ def summary(before: dict[str, str], decision: dict, deployed: dict | None, start
         "deployed": (deployed or {}).get("bento"),
         "deploy": (deployed or {}).get("action"),
         "url": (deployed or {}).get("url"),
+        "times": dict(sorted(times.items(), key=lambda kv: names.index(kv[0]))),
         "seconds": round(time.time() - started, 1),
     }
 
 
+def table(s: dict) -> list[str]:
+    """What each stage did and took, one line each, then the total (the flow's log and `genloop flow`)."""
+    times = s.get("times", {})
+    rows = [("pull", "")] if times.get("pull", 0) >= 0.1 else []  # with a site: what it took to fetch
+    rows += list(s["stages"].items()) + [("push", "")] * (times.get("push", 0) >= 0.1)
+    if s.get("deploy"):
+        rows.append(("deploy", s["deploy"]))
+    lines = [f"  {name:<9} {what:<15} {_took(times.get(name))}" for name, what in rows]
+    return [*lines, f"  {'total':<25} {_took(s['seconds'])}"]
+
+
+def _took(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds:6.1f} s" if seconds < 120 else f"{seconds / 60:6.1f} min"
+
+
 def markdown(s: dict) -> str:
-    rows = "\n".join(f"| {stage} | {what} |" for stage, what in s["stages"].items())
+    times = s.get("times", {})
+    rows = "\n".join(
+        f"| {stage} | {what} | {_took(times.get(stage))} |" for stage, what in s["stages"].items()
+    )
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in s["metrics"].items())
     return (
-        f"### Lifecycle ({s['seconds']} s)\n\n| stage | |\n|---|---|\n{rows}\n\n"
+        f"### Lifecycle ({s['seconds']} s)\n\n| stage | | time |\n|---|---|---|\n{rows}\n\n"
         f"- metrics: {metrics or 'none'}\n- decision: {s['decision']} for {s['challenger']} "
         f"({'; '.join(s['reasons'])})\n- served: {s['deployed']} ({s['deploy']}) at {s['url']}\n"
     )
@@ -69,10 +101,12 @@ def before_task() -> dict:
 
 @task(name="lifecycle: summary")
 def summary_task(before: dict, decision: dict, deployed: dict | None) -> dict:
-    result = summary(before["entries"], decision, deployed, before["started"])
+    from tasks.core.orchestration import seconds
+    from tasks.core.params import load
+
+    took = seconds()
+    result = summary(before["entries"], decision, deployed, before["started"], took, load().tune.enabled)
     write_json(SUMMARY, result)
     publish_markdown("lifecycle", markdown(result), "What the lifecycle flow ran, skipped and served")
-    for stage, what in result["stages"].items():
-        print(f"{stage:<9} {what}")
     print(f"decision: {result['decision']}; served: {result['deployed']} ({result['deploy']})")
     return result

@@ -198,7 +198,7 @@ def run(params: Params, now: float | None = None) -> dict:
     # (d) ratings: this window against the one before
     results.append(_ratings(log, prefix, since, now, mp.ratings))
 
-    return _write(tag, results, since, now, len(rows), mp)
+    return _write(tag, results, since, now, [r["at"] for r in rows], mp)
 
 
 def _ratings(log, prefix: str, since: float, until: float, rp) -> object:
@@ -227,7 +227,23 @@ def _ratings(log, prefix: str, since: float, until: float, rp) -> object:
     return check
 
 
-def _write(tag: str, results: list, since: float, now: float, samples: int, mp) -> dict:
+def window(since: float, times: list[float]) -> dict:
+    """What the window holds: from when, how many samples, and when its first and last were served (a
+    verdict on 24 hours of traffic says drift for hours after the traffic came back, and this says so)."""
+
+    def stamp(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+    told = {"since": stamp(since), "samples": len(times)}
+    if times:
+        first, last = min(times), max(times)
+        told |= {"first": stamp(first), "last": stamp(last), "hours": round((last - first) / 3600, 2)}
+        # the share served in the newest hour of it: little, and the verdict is mostly older traffic's
+        told["last_hour_share"] = round(sum(t > last - 3600 for t in times) / len(times), 3)
+    return told
+
+
+def _write(tag: str, results: list, since: float, now: float, times: list[float], mp) -> dict:
     from tasks.monitoring import checks, report
 
     when = datetime.fromtimestamp(now, UTC)
@@ -240,10 +256,7 @@ def _write(tag: str, results: list, since: float, now: float, samples: int, mp) 
     decision = {
         "version": tag,
         "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
-        "window": {
-            "since": datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
-            "samples": samples,
-        },
+        "window": window(since, times),
         "drift": bool(drifted),
         "verdict": "drift" if drifted else ("ok" if judged else checks.NOT_ENOUGH),
         "drifted_checks": drifted,
@@ -255,7 +268,7 @@ def _write(tag: str, results: list, since: float, now: float, samples: int, mp) 
     OUT.mkdir(parents=True, exist_ok=True)
     line = {k: decision[k] for k in ("version", "at", "verdict", "drifted_checks")}
     line["scores"] = {c.name: c.score for c in results}
-    line["samples"] = samples
+    line["samples"] = len(times)
     with HISTORY.open("a") as f:
         f.write(json.dumps(line) + "\n")
     report.chart(history(), CHART)

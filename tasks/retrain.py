@@ -18,17 +18,23 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.core import paths
 from tasks.core.errors import GenloopError
 from tasks.core.orchestration import publish_markdown, task
 from tasks.core.params import Params, RetrainParams
+
+if TYPE_CHECKING:
+    from prefect.states import State
 from tasks.core.storage import read_json, write_json
 
 OUT = paths.ARTIFACTS / "retrain"
 HISTORY = OUT / "history.jsonl"
 TRAINED = OUT / "trained_files.json"  # sha256 of every source file the last retrain trained on
 FEEDBACK_EVENT = "genloop.feedback.ready"
+FEEDBACK_SENT = paths.STATE / "retrain" / "feedback-sent.json"
 TRIGGERS = ("schedule", "drift", "feedback", "person")
 DAY_S = 24 * 3600
 
@@ -94,9 +100,30 @@ def new_ratings(params: Params, since: float | None, until: float) -> int:
 
 
 def new_data(params: Params, since: float | None, now: float) -> dict:
-    """What the last retrain did not have: source files (in data/raw, as collected) and ratings."""
-    trained = set(read_json(TRAINED)) if TRAINED.is_file() else set()
+    """What the last retrain did not have: source files (in data/raw, as collected) and ratings. Before
+    the first retrain, what the champion was trained on (the lifecycle trained it)."""
+    trained = set(read_json(TRAINED)) if TRAINED.is_file() else _champions_files(params)
     return {"files": len(_source_files() - trained), "ratings": new_ratings(params, since, now)}
+
+
+def _champions_files(params: Params) -> set[str]:
+    """sha256 of the source files the champion was trained on: its lineage names data/raw's DVC hash,
+    whose listing in the DVC cache leads to that batch's manifest.json. Empty when any is missing."""
+    from tasks.core.params import line
+    from tasks.registry import champions, store
+
+    try:
+        tag = champions.champion(store.name_of(line(params)))
+        raw = store.info(tag)["metadata"]["lineage"]["dvc"]["data/raw"] if tag else None
+        if not raw:
+            return set()
+        cache = Path(".dvc/cache/files/md5")
+        listing = json.loads((cache / raw[:2] / raw[2:]).read_text())
+        md5 = next(entry["md5"] for entry in listing if entry["relpath"] == "manifest.json")
+        manifest = json.loads((cache / md5[:2] / md5[2:]).read_text())
+        return {f["sha256"] for f in manifest["files"]}
+    except (KeyError, OSError, StopIteration, ValueError):
+        return set()
 
 
 def too_little(rp: RetrainParams, new: dict) -> str | None:
@@ -162,21 +189,28 @@ def describe(record: dict) -> str:
     what = {
         "promoted": f"promoted {record.get('version')}" + (", deployed" if record.get("deployed") else ""),
         "rejected": f"rejected {record.get('version')}: {'; '.join(record.get('reasons') or [])}",
-        "skipped": f"skipped: {record.get('skipped')}",
+        "skipped": f"skipped: {record.get('skipped')} (`genloop flow retrain --force` runs past it)",
         "failed": f"failed: {record.get('error')}",
     }.get(record["outcome"], record["outcome"])
     return f"{record['started']}  {record['trigger']:<8}  {what}"
 
 
 def feedback_due(params: Params, now: float | None = None) -> dict | None:
-    """The feedback trigger's payload when `min_new_ratings` ratings came in since the last retrain."""
+    """The feedback trigger's payload when a new batch of `min_new_ratings` ratings came in since the
+    last retrain: once per batch, not at every monitor run that finds the same ratings again."""
     rp = params.require("retrain")
     now = time.time() if now is None else now
     since = _last_start()
     count = new_ratings(params, since, now)
-    return (
-        {"ratings": count, "since": _stamp(since) if since else None} if count >= rp.min_new_ratings else None
-    )
+    due = {"ratings": count, "since": _stamp(since) if since else None}
+    sent = read_json(FEEDBACK_SENT) if FEEDBACK_SENT.is_file() else {}
+    told = sent.get("ratings", 0) if sent.get("since") == due["since"] else 0  # this batch's, since then
+    return due if count >= told + rp.min_new_ratings else None
+
+
+def feedback_sent(due: dict) -> None:
+    """Remember the batch that genloop.feedback.ready was sent for (feedback_due waits for the next)."""
+    write_json(FEEDBACK_SENT, due)
 
 
 @task(name="feedback threshold")
@@ -192,6 +226,7 @@ def feedback_task() -> dict | None:
     due = feedback_due(params)
     if due is not None:
         emit_event(event=FEEDBACK_EVENT, resource={"prefect.resource.id": "genloop.feedback"}, payload=due)
+        feedback_sent(due)
     return due
 
 
@@ -220,6 +255,15 @@ def finish_task(record: dict, outcome: str, **fields: object) -> dict:
     done = finish(load(), record, outcome, **fields)
     print(describe(done))
     return done
+
+
+def ended(record: dict) -> State:
+    """The retrain flow run's final state: Completed, named by its outcome (Skipped, Rejected, Promoted,
+    Unchanged), so that the runs list of the Prefect UI tells them apart; its message is the outcome's
+    line, and its result the record."""
+    from prefect.states import Completed
+
+    return Completed(name=record["outcome"].capitalize(), message=describe(record), data=record)
 
 
 @task(name="retrain: keep the champion")

@@ -421,6 +421,7 @@ def run(params: Params) -> dict:
     if failures:
         summary["expected_from"] = {k: {"from": e.origin, "param": e.param} for k, e in expected.items()}
         holds_secrets = any(f["column"] == "secret_hits" for f in failures)
+        summary["restored"] = paths.RAW_PREVIOUS.exists()  # a batch that passed before, put back
         summary["rejected"] = batches.reject(private=holds_secrets)
     else:
         if ref is None:  # the dataset's first batch that passed: its schema is the reference from now on

@@ -123,6 +123,8 @@ def test_drift_is_found_by_the_check_that_should_find_it_and_only_then(watched):
     # the flow itself: report, history, chart, status
     result = watched.run("genloop", "flow", "monitor", check=True)
     assert "drift monitor:" in result.stdout + result.stderr
+    assert f"window: {WINDOW} served samples, " in result.stdout, result.stdout  # its span, not JSON
+    assert len(result.stdout.splitlines()) < 10, result.stdout
     history = (watched.root / "artifacts/monitor/history.jsonl").read_text().splitlines()
     assert len(history) == WINDOWS + 3
     folder = sorted(p for p in (watched.root / "artifacts/monitor").iterdir() if p.is_dir())[-1]
@@ -153,6 +155,7 @@ def the_drift_starts_a_retrain_that_deploys_or_says_why_not(watched) -> None:
         for line in (watched.root / "artifacts/retrain/history.jsonl").read_text().splitlines()
     ]
     assert record["trigger"] == "drift" and "output" in record["detail"]["drifted_checks"], record
+    assert record["new"]["files"] == 0, record  # the first retrain weighs against the champion's data
     served = httpx.get(watched.url + "/version", timeout=30).json()["model"]
     if record["outcome"] == "promoted":
         after = json.loads((watched.root / ".genloop/deploy/current.json").read_text())

@@ -201,3 +201,28 @@ def test_the_embedding_plot_is_drawn_only_when_asked(tmp_path):
     assert (
         "Drift in embeddings" in page and "Drift in embeddings" not in (tmp_path / "plain.html").read_text()
     )
+
+
+def test_the_chart_of_a_first_run_spans_an_hour_not_years():
+    from matplotlib.dates import date2num
+
+    from tasks.monitoring.report import figure
+
+    fig = figure([{"at": "2026-12-06T10:00:00+00:00", "scores": {"output": 0.4, "input": 1.2}}])
+    left, right = fig.axes[0].get_xlim()
+    assert right - left == pytest.approx(1 / 24)  # matplotlib's dates are in days
+    assert left < date2num(np.datetime64("2026-12-06T10:00:00")) < right
+
+
+def test_the_verdict_says_what_the_window_holds():
+    from datetime import UTC, datetime
+
+    from tasks.monitor import window
+    from tasks.monitoring.report import window as told
+
+    start = datetime(2026, 12, 6, 8, 0, tzinfo=UTC).timestamp()
+    times = [start + 60 * i for i in range(180)]  # one sample a minute for 3 hours
+    w = window(start - 3600, times)
+    assert w["samples"] == 180 and w["hours"] == 2.98 and w["last_hour_share"] == 0.333
+    assert told(w) == "180 served samples, 08:00 to 10:59 UTC (2.98 h; 33% of them in its last hour)"
+    assert told(window(start, [])) == "0 served samples since 2026-12-06T08:00:00+00:00"

@@ -120,6 +120,7 @@ def a_drift_event_retrains_once_and_the_cooldown_skips_the_next(project, env: di
     history = project.root / "artifacts/retrain/history.jsonl"
     (first,) = [json.loads(line) for line in history.read_text().splitlines()]
     assert first["trigger"] == "drift" and first["outcome"] in ("promoted", "rejected"), first
+    assert done.state.name == first["outcome"].capitalize()  # what the UI's runs list shows
     if first["outcome"] == "promoted":  # packaged and deployed, health-checked
         current = json.loads((project.root / ".genloop/deploy/current.json").read_text())
         assert current["bento"] == first["deployed"]
@@ -128,7 +129,8 @@ def a_drift_event_retrains_once_and_the_cooldown_skips_the_next(project, env: di
 
     project.run("python", "-c", EMIT, json.dumps(DRIFT), env=env, check=True)
     runs = _settled(api, 3, 300)
-    assert runs[-1].state_type.value == "COMPLETED", runs[-1].state
+    assert runs[-1].state_type.value == "COMPLETED" and runs[-1].state.name == "Skipped", runs[-1].state
+    assert "--force" in runs[-1].state.message  # how to run past the cooldown
     second = json.loads(history.read_text().splitlines()[-1])
     assert second["outcome"] == "skipped" and second["skipped"].startswith("cooldown: "), second
     status = project.run("genloop", "status", check=True).stdout

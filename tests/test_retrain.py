@@ -94,6 +94,8 @@ def test_every_run_is_recorded_and_the_history_is_bounded(params):
     second = retrain.begin(params, "schedule", None, False, now=1_000_000.0 + HOUR)
     assert second["skipped"].startswith("cooldown: ")
     retrain.finish(params, second, "skipped")
+    assert "genloop flow retrain --force" in retrain.describe(second | {"outcome": "skipped"})
+    assert retrain.ended(second | {"outcome": "skipped"}).name == "Skipped"  # the UI's runs list
     for _ in range(3):
         retrain.finish(
             params, retrain.begin(params, "person", None, True), "failed", error="stage train failed"
@@ -107,11 +109,11 @@ def test_every_run_is_recorded_and_the_history_is_bounded(params):
     assert "by **person**" in md and "error: stage train failed" in md
 
 
-def test_the_feedback_trigger_waits_for_enough_new_ratings(params):
+def test_the_feedback_trigger_fires_once_per_batch_of_new_ratings(params):
     from service.store import Store
     from tasks.core.params import line
     from tasks.registry import store
-    from tasks.retrain import feedback_due
+    from tasks.retrain import feedback_due, feedback_sent
 
     tag = f"{store.name_of(line(params))}:v1"
     db = Store(Path(".genloop/serving"))
@@ -120,6 +122,11 @@ def test_the_feedback_trigger_waits_for_enough_new_ratings(params):
     assert feedback_due(params) is None
     db.add_feedback("r-2", 2, "", tag)
     assert feedback_due(params) == {"ratings": 3, "since": None}
+    feedback_sent(feedback_due(params))  # the event went out: the next monitor runs find nothing new
+    assert feedback_due(params) is None
+    for i in range(3, 6):
+        db.add_feedback(f"r-{i}", 5, "", tag)
+    assert feedback_due(params) == {"ratings": 6, "since": None}  # the next batch
 
 
 def test_prefect_yaml_wires_the_loop():

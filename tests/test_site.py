@@ -109,7 +109,8 @@ def test_a_second_checkout_pulls_reruns_nothing_and_serves_the_same_weights(site
 
         out = b.run("genloop", "flow", "lifecycle", check=True)
         second = summary(b)
-        assert set(second["stages"].values()) == {"unchanged"}, (second, out.stdout[-3000:])
+        ran = {stage: what for stage, what in second["stages"].items() if what not in ("unchanged", "off")}
+        assert not ran, (ran, out.stdout[-3000:])
         assert second["deployed"] == first["deployed"] and second["deploy"] == "deployed"
         assert weights(b, v1) == weights(a, v1)  # imported from the remote, checked against its sha256
         assert "took the pipeline's dvc.lock" in out.stdout + out.stderr

@@ -115,9 +115,11 @@ def test_killed_run_resumes_to_the_same_weights(project, tmp_path):
 def test_changed_params_do_not_resume_stale_checkpoints(project):
     prepare(project, steps_per_execution=4)
     proc = project.run("genloop", "stage", "train", check=True)
-    # the progress bar counts optimizer steps (10 an epoch), not Lightning steps (3 of up to 4)
+    # one bar for the whole run, in optimizer steps (10 an epoch), not Lightning steps (3 of up to 4),
+    # with the time left; no bar of validation's own
     bar = proc.stdout + proc.stderr
-    assert "Epoch 1: 100%" in bar and "10/10" in bar and "3/3" not in bar
+    assert "train, epoch 2/2: 100%" in bar and "20/20 [" in bar and "3/3" not in bar, bar
+    assert "Validation" not in bar and "Sanity" not in bar, bar
     project.set_params(train={"lr": 0.0005})
     project.run("genloop", "stage", "train", check=True)
     assert metrics(project.root)["resumed"] is False

@@ -12,12 +12,15 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import os
+import re
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -40,12 +43,28 @@ class LazyTask:
         return task(**self._options)(self._fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._task(*args, **kwargs)
+        started = time.monotonic()
+        try:
+            return self._task(*args, **kwargs)
+        finally:  # what each task of a flow run took, for its summary (retries and waits included)
+            run = _flow_run()
+            if run:
+                took = _seconds.setdefault(run, {})
+                name = self._options.get("name", self._fn.__name__)
+                took[name] = took.get(name, 0.0) + time.monotonic() - started
 
     def __getattr__(self, name: str) -> Any:  # submit, map, with_options, fn, name, retries...
         if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self._task, name)
+
+
+_seconds: dict[str, dict[str, float]] = {}  # flow run -> task name -> seconds in this process
+
+
+def seconds() -> dict[str, float]:
+    """What each task called so far in the current flow run took, by the task's name."""
+    return dict(_seconds.get(_flow_run() or "", {}))
 
 
 def task(**options: Any) -> Callable[[Callable], LazyTask]:
@@ -194,18 +213,57 @@ def stream(
 ) -> int:
     """Run `cmd`, its output line by line to the run log (or stdout outside a run); returns its exit code."""
     log = _logger()
+
+    def say(line: str) -> None:
+        line = f"{prefix}: {line}" if prefix else line
+        if log:
+            log.info(line)
+        else:
+            print(line, flush=True)
+
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
+        for line in shown(proc.stdout):
             if tail is not None:
                 tail.append(line)
-            line = f"{prefix}: {line}" if prefix else line
-            if log:
-                log.info(line)
-            else:
-                print(line, flush=True)
+            say(line)
     return proc.returncode
+
+
+# A progress bar's refresh (tqdm's "45%|####  | 450/1000 [00:10<00:12, ...]", each one a line through a
+# pipe) and DVC's advice to `git add dvc.lock` after every stage: told once in a while, and not at all.
+PROGRESS = re.compile(r"\d+%\|.*\|\s*\d+(\.\d+)?[kMG]?/\d")
+PROGRESS_EVERY_S = 20.0
+HINTS = (
+    "To track the changes with git, run:", "git add dvc.lock", "To enable auto staging, run:",
+    "dvc config core.autostage true", "Use `dvc push` to send your updates to remote storage.",
+)  # fmt: skip
+
+
+def shown(
+    lines: Iterable[str], every_s: float = PROGRESS_EVERY_S, clock: Callable[[], float] = time.monotonic
+) -> Iterator[str]:
+    """The lines worth a log line each: a progress bar at its first refresh, then at most one refresh
+    every `every_s` seconds and its last one (what it did and how long is left, not 50 lines a second);
+    no blank lines and no DVC git hints (the flow's summary says once what changed)."""
+    pending, shown_at = None, -math.inf
+    for line in lines:
+        line = line.rstrip()
+        if not line.strip() or line.strip() in HINTS:
+            continue
+        if PROGRESS.search(line):
+            if clock() - shown_at >= every_s:
+                pending, shown_at = None, clock()
+                yield line
+            else:
+                pending = line
+            continue
+        if pending is not None:
+            yield pending
+            pending = None
+        yield line
+    if pending is not None:
+        yield pending
 
 
 def publish_table(key: str, rows: list[dict], description: str) -> None:

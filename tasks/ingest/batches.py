@@ -93,9 +93,12 @@ def describe_failures(summary: dict) -> str:
         files = f"; files: {', '.join(shown)}{more}" if shown else ""
         lines.append(f"  - {f['expectation']}({f['column']}): {detail}{files}")
     if summary.get("rejected"):
-        lines.append(
-            f"the rejected batch is in {summary['rejected']}; data/raw holds the last validated batch again"
+        before = (
+            "data/raw holds the last validated batch again"
+            if summary.get("restored", True)
+            else "data/raw is empty: no batch of this source has passed yet"
         )
+        lines.append(f"the rejected batch is in {summary['rejected']}; {before}")
     if summary.get("reference"):
         lines.append(
             f"the dataset's reference is {summary['reference']}: delete it to record a new one from the next "

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import base64
 import html
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 from pathlib import Path
 
 STATUS_COLOURS = {"drift": "#c62828", "ok": "#2e7d32"}
@@ -20,6 +24,16 @@ EVIDENTLY_LINK = (
 
 def chart(history: list[dict], path: Path) -> Path:
     """Each check's score (share of its threshold) per run, from history.jsonl, as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(history)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def figure(history: list[dict]) -> Figure:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -37,13 +51,13 @@ def chart(history: list[dict], path: Path) -> Path:
     ax.set_ylabel("score / threshold")
     ax.set_title("drift scores per monitor run (1 or more: drift)")
     ax.set_ylim(bottom=0)
+    if times and max(times) - min(times) < timedelta(hours=1):  # one run (or a few minutes): an hour
+        middle = min(times) + (max(times) - min(times)) / 2  # wide, not matplotlib's four years
+        ax.set_xlim(middle - timedelta(minutes=30), middle + timedelta(minutes=30))
     ax.legend(fontsize=7, loc="upper left")
     fig.autofmt_xdate()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _data_uri(path: Path) -> str:
@@ -90,8 +104,8 @@ def page(decision: dict, evidently: bool, path: Path) -> Path:
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}</style></head><body>
 <h1>Drift monitor: <span style="color:{STATUS_COLOURS.get(verdict, "#555")}">{e(verdict)}</span></h1>
-<p>Model version <code>{e(decision["version"])}</code>, run at {e(decision["at"])}; window since
-{e(decision["window"]["since"])}, {decision["window"]["samples"]} served samples.</p>
+<p>Model version <code>{e(decision["version"])}</code>, run at {e(decision["at"])}; window:
+{e(window(decision["window"]))}.</p>
 <h2>Checks</h2><table><tr><th>check</th><th>status</th><th>score / threshold</th>
 <th>samples (current vs reference)</th><th>drifted features or note</th></tr>{"".join(rows)}</table>
 {EVIDENTLY_LINK if evidently else ""}
@@ -103,6 +117,19 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}</style></head><
     return path
 
 
+def window(w: dict) -> str:
+    """The window in words: how many samples, served over which hours, how much of it is recent."""
+    if not w.get("first"):
+        return f"{w['samples']} served samples since {w['since']}"
+    span = (
+        f"{w['first'][11:16]} to {w['last'][11:16]} UTC"
+        if w["first"][:10] == w["last"][:10]
+        else (f"{w['first'][:16]} to {w['last'][:16]} UTC")
+    )
+    recent = f"{w['last_hour_share']:.0%} of them in its last hour"
+    return f"{w['samples']} served samples, {span} ({w['hours']:g} h; {recent})"
+
+
 def _cell(text: str) -> str:
     """A Markdown table cell: one line, its pipes escaped (a note may hold an error's text)."""
     return " ".join(str(text).split()).replace("|", "\\|")
@@ -112,8 +139,8 @@ def markdown(decision: dict, chart_path: Path) -> str:
     """The Prefect artifact: verdict, a row per check, the chart inline."""
     lines = [
         f"## Drift monitor: **{decision['verdict']}**",
-        f"`{decision['version']}`, window since {decision['window']['since']}, "
-        f"{decision['window']['samples']} samples. Report: `{decision['folder']}/report.html`",
+        f"`{decision['version']}`, window: {window(decision['window'])}. "
+        f"Report: `{decision['folder']}/report.html`",
         "",
         "| check | status | score / threshold | samples | drifted or note |",
         "|---|---|---|---|---|",

@@ -64,15 +64,44 @@ def write_samples(model, folder: Path, name: str, live: Any = None) -> Path:
 
 
 class StepProgressBar(pl.callbacks.TQDMProgressBar):
-    """Lightning's bar, counting optimizer steps: a Lightning step runs train.steps_per_execution of them."""
+    """Lightning's bar over the whole run, in optimizer steps (a Lightning step runs
+    train.steps_per_execution of them), so that it says how long is left for all of it; validation and
+    the sanity check have no bar of their own (their loss shows on this one)."""
 
-    @property
-    def total_train_batches(self) -> int:
-        return self.trainer.datamodule.steps_per_epoch
+    def init_validation_tqdm(self):
+        from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+
+        return Tqdm(disable=True)
+
+    init_sanity_tqdm = init_validation_tqdm
+
+    def on_train_start(self, trainer, *_: Any) -> None:
+        import sys
+
+        from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+
+        per_epoch = trainer.datamodule.steps_per_epoch  # a resumed run starts at the steps done before
+        self.train_progress_bar = Tqdm(
+            desc="train", total=per_epoch * trainer.max_epochs, initial=per_epoch * trainer.current_epoch,
+            disable=self.is_disabled, leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )  # fmt: skip
+
+    def on_train_epoch_start(self, trainer, *_: Any) -> None:
+        epoch = f"{trainer.current_epoch + 1}/{trainer.max_epochs}"
+        self.train_progress_bar.set_description(f"train, epoch {epoch}")
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
-        done = trainer.datamodule.steps_of(batch_idx).stop  # optimizer steps of this epoch so far
-        super().on_train_batch_end(trainer, module, outputs, batch, done - 1)
+        per_epoch = trainer.datamodule.steps_per_epoch
+        done = per_epoch * trainer.current_epoch + trainer.datamodule.steps_of(batch_idx).stop
+        bar = self.train_progress_bar
+        if bar is not None and self._should_update(done, bar.total):
+            bar.n = done
+            bar.set_postfix(self.get_metrics(trainer, module))
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, module))
 
     def get_metrics(self, trainer, module) -> dict:
         metrics = super().get_metrics(trainer, module)
