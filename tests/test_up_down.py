@@ -23,3 +23,10 @@ def test_down_leaves_alone_a_process_that_took_over_a_stale_pid(tmp_path, monkey
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_make_up_takes_the_port():
+    from tests.conftest import REPO
+
+    said = subprocess.run(["make", "-n", "up", "PORT=4300"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "genloop up --port 4300" in said, said
