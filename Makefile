@@ -73,7 +73,8 @@ bench: setup  ## benchmarks: side-by-side ratios
 	$(BIN)/python bench/sharing.py   # training and serving side by side, with the plan for the cores and without
 	$(BIN)/python bench/startup.py   # each stage's fixed cost, a cached lifecycle flow beside Metaflow's run
 
-PORT ?= 4200
+# make up PORT=4300; not taken from the environment, where PORT often means something else
+PORT = 4200
 up: setup  ## start the local Prefect server (UI at http://127.0.0.1:$PORT, 4200 unless PORT=...), a worker, the deployments
 	$(BIN)/genloop up --port $(PORT)
 

@@ -150,7 +150,11 @@ def cli_markdown() -> str:
     return proc.stdout
 
 
-def write(folder: Path) -> None:
+def write(folder: Path, params: Path = Path("params.yaml")) -> None:
+    """Write both references into `folder`; a file whose text is the same is left alone (so that
+    `mkdocs serve`, which watches the folder, does not rebuild for ever)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.md").write_text(params_markdown())
-    (folder / "cli.md").write_text(cli_markdown())
+    for name, text in (("params.md", params_markdown(params)), ("cli.md", cli_markdown())):
+        path = folder / name
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)

@@ -225,10 +225,9 @@ def _ours(pid: int, name: str) -> bool:
     import psutil
 
     try:
-        cmd = psutil.Process(pid).cmdline()
-    except psutil.Error:
+        return psutil.Process(pid).cmdline()[1:4] == ["-m", "prefect", name] and os.getpgid(pid) == pid
+    except (psutil.Error, OSError):  # gone meanwhile
         return False
-    return cmd[1:4] == ["-m", "prefect", name] and os.getpgid(pid) == pid
 
 
 def down(timeout_s: float = 30) -> list[str]:

@@ -62,7 +62,7 @@ def summary(
 
 
 def table(s: dict) -> list[str]:
-    """What each stage did and took, one line each, then the total (the flow's log and `genloop flow`)."""
+    """What each stage did and took, one line each, then the total (what `genloop flow lifecycle` prints)."""
     times = s.get("times", {})
     rows = [("pull", "")] if times.get("pull", 0) >= 0.1 else []  # with a site: what it took to fetch
     rows += list(s["stages"].items()) + [("push", "")] * (times.get("push", 0) >= 0.1)

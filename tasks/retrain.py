@@ -16,6 +16,7 @@ The retrain deployment's `concurrency_limit: 1` (prefect.yaml) keeps two trigger
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,7 +123,7 @@ def _champions_files(params: Params) -> set[str]:
         md5 = next(entry["md5"] for entry in listing if entry["relpath"] == "manifest.json")
         manifest = json.loads((cache / md5[:2] / md5[2:]).read_text())
         return {f["sha256"] for f in manifest["files"]}
-    except (KeyError, OSError, StopIteration, ValueError):
+    except Exception:  # a champion pruned from the store, an older lineage, an emptied cache: all new
         return set()
 
 
@@ -205,12 +206,16 @@ def feedback_due(params: Params, now: float | None = None) -> dict | None:
     due = {"ratings": count, "since": _stamp(since) if since else None}
     sent = read_json(FEEDBACK_SENT) if FEEDBACK_SENT.is_file() else {}
     told = sent.get("ratings", 0) if sent.get("since") == due["since"] else 0  # this batch's, since then
+    records = history()
+    if any(r["outcome"] == "skipped" and r["started_at"] >= sent.get("at", 0) for r in records):
+        # the retrain it started was held back by a guardrail: told again once none holds it back
+        told = 0 if guardrail(rp, now, records) is None else told
     return due if count >= told + rp.min_new_ratings else None
 
 
-def feedback_sent(due: dict) -> None:
+def feedback_sent(due: dict, now: float | None = None) -> None:
     """Remember the batch that genloop.feedback.ready was sent for (feedback_due waits for the next)."""
-    write_json(FEEDBACK_SENT, due)
+    write_json(FEEDBACK_SENT, due | {"at": time.time() if now is None else now})
 
 
 @task(name="feedback threshold")
@@ -226,7 +231,8 @@ def feedback_task() -> dict | None:
     due = feedback_due(params)
     if due is not None:
         emit_event(event=FEEDBACK_EVENT, resource={"prefect.resource.id": "genloop.feedback"}, payload=due)
-        feedback_sent(due)
+        if os.environ.get("PREFECT_API_URL"):  # a server that triggers on it (not a temporary one)
+            feedback_sent(due)
     return due
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from genloop.report import lines
-from tasks.core.orchestration import shown
+from tasks.core.orchestration import _said, shown
 from tasks.lifecycle import lock_entries, summary, table
 
 
@@ -60,3 +60,16 @@ def test_the_lifecycle_summary_gives_each_stages_time_and_true_addresses(monkeyp
     not_served = s | {"url": None, "deployed": None, "deploy": None}
     said = "\n".join(lines("lifecycle", not_served, params(port=3107)))
     assert "/ui" not in said and "genloop deploy" in said and "port 3107" in said
+
+
+def test_a_stages_error_is_its_own_lines_not_dvcs_wrapping():
+    tail = [
+        "Running stage 'validate':", "> genloop stage validate", "error: not this one",
+        "error: validation failed: 1 expectation(s) not met on 9 files",
+        "  - labels: expected a, b; found new label(s) c",
+        "the rejected batch is in artifacts/validate/rejected; data/raw holds the last validated batch again",
+        "data docs: artifacts/validate/data_docs/index.html  (nothing downstream was written)",
+        "ERROR: failed to reproduce 'validate': failed to run: genloop stage validate, exited with 1",
+    ]  # fmt: skip
+    assert _said(tail) == "\n".join([tail[3].removeprefix("error: "), *tail[4:7]])
+    assert _said(["Traceback (most recent call last):", "KeyError: 'x'"]) is None  # a bug: DVC's tail

@@ -127,6 +127,13 @@ def test_the_feedback_trigger_fires_once_per_batch_of_new_ratings(params):
     for i in range(3, 6):
         db.add_feedback(f"r-{i}", 5, "", tag)
     assert feedback_due(params) == {"ratings": 6, "since": None}  # the next batch
+    feedback_sent(feedback_due(params))
+    assert feedback_due(params) is None
+    from tasks import retrain
+
+    held = retrain.begin(params, "feedback", None, False)
+    retrain.finish(params, held | {"skipped": "max_per_day: ..."}, "skipped")
+    assert feedback_due(params) == {"ratings": 6, "since": None}  # its retrain was held back: again
 
 
 def test_prefect_yaml_wires_the_loop():

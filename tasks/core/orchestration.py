@@ -191,12 +191,13 @@ def repro(stage: str, force: bool = False) -> None:
 
 
 def _said(lines: list[str]) -> str | None:
-    """What a stage's `genloop` printed as its error (`error: ...` and the indented lines after it)."""
-    start = next((i for i, line in enumerate(lines) if line.startswith("error: ")), None)
-    if start is None:
+    """What a stage's `genloop` printed as its error: its last `error: ...` line and every line after
+    it, up to DVC's own report of the failure."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    if not starts:
         return None
-    said = [lines[start].removeprefix("error: ")]
-    said += itertools.takewhile(lambda line: line.startswith(" "), lines[start + 1 :])
+    said = [lines[starts[-1]].removeprefix("error: ")]
+    said += itertools.takewhile(lambda line: not line.startswith("ERROR: "), lines[starts[-1] + 1 :])
     return "\n".join(said)
 
 
