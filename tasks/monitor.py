@@ -167,38 +167,56 @@ def run(params: Params, now: float | None = None) -> dict:
     else:
         results.append(checks.compare("input", train, _side(kind, names, *batch), **compare))
 
-    # (b) request: the labels (images) or prompts (text) asked for
-    if kind == "image":
-        asked = [r["label"] for r in rows if r["label"] is not None and r["asked"]]
-        counts: dict[str, float] = {}
-        for label in asked:
-            counts[label] = counts.get(label, 0) + 1
-        expected = _labels(ref.info["labels"]) if ref.info["labels"] else None
-        if expected is None:
-            results.append(checks.Check("request", "no reference", note="the training data has no labels"))
+    def served_checks(rows: list[dict]) -> list:
+        """The checks of what was served: (b) what was asked, (c) what came out."""
+        found: list[checks.Check] = []
+        # (b) request: the labels (images) or prompts (text) asked for
+        if kind == "image":
+            asked = [r["label"] for r in rows if r["label"] is not None and r["asked"]]
+            counts: dict[str, float] = {}
+            for label in asked:
+                counts[label] = counts.get(label, 0) + 1
+            expected = _labels(ref.info["labels"]) if ref.info["labels"] else None
+            if expected is None:
+                found.append(checks.Check("request", "no reference", note="the training data has no labels"))
+            else:
+                current = {"n": len(asked), "counts": {"labels": counts}}
+                found.append(checks.compare("request", {"n": 10_000, "counts": expected}, current, **compare))
         else:
-            current = {"n": len(asked), "counts": {"labels": counts}}
-            results.append(checks.compare("request", {"n": 10_000, "counts": expected}, current, **compare))
-    else:
-        first = {}  # one prompt per request, however many samples it asked for
-        for r in rows:
-            first.setdefault(r["request_id"], r)
-        prompts = logs.arrays(list(first.values()), "prompt_stats", "prompt_embedding")
-        reference_prompts = _side(kind, names, *ref.part("prompts"))
-        results.append(checks.compare("request", reference_prompts, _side(kind, names, *prompts), **compare))
+            first = {}  # one prompt per request, however many samples it asked for
+            for r in rows:
+                first.setdefault(r["request_id"], r)
+            prompts = logs.arrays(list(first.values()), "prompt_stats", "prompt_embedding")
+            reference_prompts = _side(kind, names, *ref.part("prompts"))
+            asked_here = _side(kind, names, *prompts)
+            found.append(checks.compare("request", reference_prompts, asked_here, **compare))
 
-    # (c) output: the served samples against the champion's own, and against real data
-    served = _side(kind, names, *logs.arrays(rows, width=width))
-    own = ref.part("samples")
-    if kind == "image":
-        own = _like(own, ref.arrays.get("samples_labels", np.array([])), [r["label"] for r in rows])
-    results.append(checks.compare("output", _side(kind, names, *own), served, **compare))
-    results.append(checks.compare("output_vs_real", train, served, **compare))
+        # (c) output: the served samples against the champion's own, and against real data
+        served = _side(kind, names, *logs.arrays(rows, width=width))
+        own = ref.part("samples")
+        if kind == "image":
+            own = _like(own, ref.arrays.get("samples_labels", np.array([])), [r["label"] for r in rows])
+        found.append(checks.compare("output", _side(kind, names, *own), served, **compare))
+        found.append(checks.compare("output_vs_real", train, served, **compare))
+
+        return found
+
+    results += served_checks(rows)
 
     # (d) ratings: this window against the one before
     results.append(_ratings(log, prefix, since, now, mp.ratings))
 
-    return _write(tag, results, since, now, [r["at"] for r in rows], mp)
+    told = window(since, [r["at"] for r in rows])
+    drifted = [c.name for c in results if c.status == "drift" and c.name in ("request", "output")]
+    if drifted and len(rows) >= 2 * mp.min_samples:  # is it still drifting, or did it drift earlier?
+        newest = sorted(rows, key=lambda r: r["at"])[len(rows) // 2 :]
+        again = {c.name: c.status for c in served_checks(newest)}
+        told["newest_half"] = {
+            "samples": len(newest),
+            "first": datetime.fromtimestamp(newest[0]["at"], UTC).isoformat(timespec="seconds"),
+            "drifted": [name for name in drifted if again.get(name) == "drift"],
+        }
+    return _write(tag, results, since, now, told, mp)
 
 
 def _ratings(log, prefix: str, since: float, until: float, rp) -> object:
@@ -243,7 +261,7 @@ def window(since: float, times: list[float]) -> dict:
     return told
 
 
-def _write(tag: str, results: list, since: float, now: float, times: list[float], mp) -> dict:
+def _write(tag: str, results: list, since: float, now: float, told: dict, mp) -> dict:
     from tasks.monitoring import checks, report
 
     when = datetime.fromtimestamp(now, UTC)
@@ -256,7 +274,7 @@ def _write(tag: str, results: list, since: float, now: float, times: list[float]
     decision = {
         "version": tag,
         "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
-        "window": window(since, times),
+        "window": told,
         "drift": bool(drifted),
         "verdict": "drift" if drifted else ("ok" if judged else checks.NOT_ENOUGH),
         "drifted_checks": drifted,
@@ -268,7 +286,7 @@ def _write(tag: str, results: list, since: float, now: float, times: list[float]
     OUT.mkdir(parents=True, exist_ok=True)
     line = {k: decision[k] for k in ("version", "at", "verdict", "drifted_checks")}
     line["scores"] = {c.name: c.score for c in results}
-    line["samples"] = len(times)
+    line["samples"] = told["samples"]
     with HISTORY.open("a") as f:
         f.write(json.dumps(line) + "\n")
     report.chart(history(), CHART)

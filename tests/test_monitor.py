@@ -90,6 +90,14 @@ def test_drift_is_found_by_the_check_that_should_find_it_and_only_then(watched):
     assert shifted["checks"]["request"]["drifted"] == ["labels"]
     assert shifted["checks"]["output"]["status"] == "ok", shifted["checks"]["output"]
 
+    # balanced traffic again: a window of both still says drift, and that its newest half does not
+    send(watched.url, WINDOW, seed=41, per_request=10)
+    watched.set_params(monitor={"window_samples": 2 * WINDOW})
+    both = monitor_at(watched, [time.time()])[0]
+    watched.set_params(monitor={"window_samples": WINDOW})
+    assert "request" in both["drifted_checks"], both["drifted_checks"]
+    assert both["window"]["newest_half"]["drifted"] == [], both["window"]
+
     # the same requests answered by another model (a barely trained version of the line): outputs moved
     watched.set_params(train=QUICK | {"max_steps": 10, "steps_per_epoch": 10})
     watched.run("dvc", "repro", "evaluate", check=True)
@@ -126,7 +134,7 @@ def test_drift_is_found_by_the_check_that_should_find_it_and_only_then(watched):
     assert f"window: {WINDOW} served samples, " in result.stdout, result.stdout  # its span, not JSON
     assert len(result.stdout.splitlines()) < 10, result.stdout
     history = (watched.root / "artifacts/monitor/history.jsonl").read_text().splitlines()
-    assert len(history) == WINDOWS + 3
+    assert len(history) == WINDOWS + 4
     folder = sorted(p for p in (watched.root / "artifacts/monitor").iterdir() if p.is_dir())[-1]
     assert {"report.html", "decision.json", "scores.png", "evidently.html"} <= {
         p.name for p in folder.iterdir()

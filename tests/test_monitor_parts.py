@@ -226,3 +226,8 @@ def test_the_verdict_says_what_the_window_holds():
     assert w["samples"] == 180 and w["hours"] == 2.98 and w["last_hour_share"] == 0.333
     assert told(w) == "180 served samples, 08:00 to 10:59 UTC (2.98 h; 33% of them in its last hour)"
     assert told(window(start, [])) == "0 served samples since 2026-12-06T08:00:00+00:00"
+    half = {"samples": 90, "first": "2026-12-06T09:30:00+00:00", "drifted": []}
+    older = told(w | {"newest_half": half})
+    assert older.endswith("its newest half (from 09:30 UTC) does not drift: the drifted part is older")
+    ongoing = told(w | {"newest_half": half | {"drifted": ["request"]}})
+    assert ongoing.endswith("its newest half (from 09:30 UTC) still drifts in request")

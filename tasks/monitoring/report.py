@@ -127,7 +127,13 @@ def window(w: dict) -> str:
         else (f"{w['first'][:16]} to {w['last'][:16]} UTC")
     )
     recent = f"{w['last_hour_share']:.0%} of them in its last hour"
-    return f"{w['samples']} served samples, {span} ({w['hours']:g} h; {recent})"
+    told = f"{w['samples']} served samples, {span} ({w['hours']:g} h; {recent})"
+    half = w.get("newest_half")
+    if half:  # judged again on its newest half: is the drift still going on?
+        still = ", ".join(half["drifted"])
+        told += f"; its newest half (from {half['first'][11:16]} UTC) "
+        told += f"still drifts in {still}" if still else "does not drift: the drifted part is older"
+    return told
 
 
 def _cell(text: str) -> str:
