@@ -175,7 +175,8 @@ def test_two_checkouts_share_a_postgresql_study_and_a_dead_workers_trial_runs_ag
         dead = ended[victim.number]
         assert dead.state == TrialState.FAIL
         (retry,) = [t for t in ended if t.system_attrs.get("failed_trial") == victim.number]
-        assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+        # the values the dead trial had drawn are kept (killed between two draws, it has fewer)
+        assert retry.state == TrialState.COMPLETE and dead.params.items() <= retry.params.items()
         # the stage in the first checkout runs no more trials and reports the study
         project.run("genloop", "stage", "tune", check=True)
         summary = read_tune(project, "summary.json")
