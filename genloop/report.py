@@ -5,19 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
-# Where to look after a lifecycle run, in the order a newcomer would (the service's lines are added
-# with its true address).
-LOOK = [
-    ("data/raw/manifest.json", "what was collected (sha256, size, source, label)"),
-    ("artifacts/validate/summary.json", "the validation gate's verdict"),
-    ("artifacts/validate/data_docs/index.html", "Great Expectations data docs"),
-    ("data/processed/preview.png", "a few training examples of every class"),
-    ("artifacts/train/samples/final.png", "samples of the trained model"),
-    ("artifacts/train/metrics.json", "training result ('dvc metrics show', 'dvc plots show')"),
-    ("artifacts/evaluate/card.html", "the model card: metrics beside baseline and champion"),
-    ("artifacts/evaluate/decision.json", "the promotion gate's verdict, with every check"),
-    ("artifacts/lifecycle/summary.json", "what this run ran, skipped, took and served"),
-]
+
+def _look() -> list[tuple[str, str]]:
+    """Where to look after a lifecycle run, in the order a newcomer would (the service's lines are
+    added with its true address)."""
+    from tasks.core import paths
+
+    return [(str(path), why) for path, why in (
+        (paths.MANIFEST, "what was collected (sha256, size, source, label)"),
+        (paths.VALIDATION_SUMMARY, "the validation gate's verdict"),
+        (paths.DATA_DOCS / "index.html", "Great Expectations data docs"),
+        (paths.PROCESSED / "preview.png", "a few training examples of every class"),
+        (paths.ARTIFACTS / "train/samples/final.png", "samples of the trained model"),
+        (paths.TRAIN_METRICS, "training result ('dvc metrics show', 'dvc plots show')"),
+        (paths.ARTIFACTS / "evaluate/card.html", "the model card: metrics beside baseline and champion"),
+        (paths.ARTIFACTS / "evaluate/decision.json", "the promotion gate's verdict, with every check"),
+        (paths.ARTIFACTS / "lifecycle/summary.json", "what this run ran, skipped, took and served"),
+    )]  # fmt: skip
 
 
 def lines(flow: str, result: Any, params: Any) -> list[str]:
@@ -43,9 +47,11 @@ def lifecycle(summary: dict, params: Any) -> list[str]:
     if "ran" in summary["stages"].values():
         out.append("dvc.lock changed: `git add dvc.lock` and commit to record this run")
     out += ["", "Look at:"]
-    look = list(LOOK)
-    if params.tune.enabled:
-        look.insert(6, ("artifacts/tune/report.html", "the Optuna study"))
+    from tasks.core import paths
+
+    look = _look()
+    if params.tune.enabled:  # beside the training's own figures
+        look.insert(6, (str(paths.TUNED.parent / "report.html"), "the Optuna study"))
     if url:
         look += [(f"{url}/ui", "the service's page: generate samples, rate them")]
         if params.serve.docs:

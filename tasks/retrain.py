@@ -109,7 +109,10 @@ def new_data(params: Params, since: float | None, now: float) -> dict:
 
 def _champions_files(params: Params) -> set[str]:
     """sha256 of the source files the champion was trained on: its lineage names data/raw's DVC hash,
-    whose listing in the DVC cache leads to that batch's manifest.json. Empty when any is missing."""
+    whose listing in DVC's cache (wherever `cache.dir` puts it) leads to that batch's manifest.json.
+    Empty when any is missing."""
+    from dvc.repo import Repo
+
     from tasks.core.params import line
     from tasks.registry import champions, store
 
@@ -118,10 +121,11 @@ def _champions_files(params: Params) -> set[str]:
         raw = store.info(tag)["metadata"]["lineage"]["dvc"]["data/raw"] if tag else None
         if not raw:
             return set()
-        cache = Path(".dvc/cache/files/md5")
-        listing = json.loads((cache / raw[:2] / raw[2:]).read_text())
-        md5 = next(entry["md5"] for entry in listing if entry["relpath"] == "manifest.json")
-        manifest = json.loads((cache / md5[:2] / md5[2:]).read_text())
+        with Repo() as repo:
+            cached = repo.cache.local.oid_to_path
+            listing = json.loads(Path(cached(raw)).read_text())
+            md5 = next(entry["md5"] for entry in listing if entry["relpath"] == "manifest.json")
+            manifest = json.loads(Path(cached(md5)).read_text())
         return {f["sha256"] for f in manifest["files"]}
     except Exception:  # a champion pruned from the store, an older lineage, an emptied cache: all new
         return set()
