@@ -37,10 +37,10 @@ TEST_THREADS ?= 1
 TEST_ENV = GENLOOP_THREADS=$(TEST_THREADS) OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
   OPENBLAS_NUM_THREADS=$(TEST_THREADS)
 test: setup lint docs browser postgres  ## lint, the docs site, then the whole test suite (unit and end-to-end; TEST_WORKERS=2 in parallel)
-	$(TEST_ENV) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(TEST_ENV) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 check: setup lint  ## the fast tier: lint and the unit tests (no servers, no end-to-end runs), in under 2 minutes
-	$(TEST_ENV) $(BIN)/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile -q
+	$(TEST_ENV) $(BIN)/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -q
 
 docs: setup  ## build the documentation site into site/ (strict: a broken link or a missing page fails)
 	$(BIN)/mkdocs build --strict --quiet

@@ -37,8 +37,9 @@ os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 # The files that take minutes (trained projects, deployed services, a Prefect server), longest first:
-# `--dist loadfile` hands files out in collection order, so each worker starts on a long one and the
-# quick files fill the gaps at the end instead of one long file running alone.
+# `--dist loadfile --no-loadscope-reorder` hands files out in collection order (xdist's default would
+# sort them by their number of tests, putting one-test files of minutes last), so each worker starts on
+# a long one and the quick files fill the gaps at the end instead of one long file running alone.
 LONGEST_FIRST = [
     "test_service.py",
     "test_site.py",
