@@ -8,6 +8,12 @@ column says whether the family meets its target.
 
     python bench/quality.py                          # vae, gan, gpt
     python bench/quality.py --families vae --set model.vae.prior_components=0
+    python bench/quality.py --folders                # the image families on several folders
+
+`--folders` (digits, shapes, patches, strokes: bench/folders.py makes them) trains every image family
+on each folder with nothing but `data.source` changed, and holds the family `model.family: auto`
+picks to the image target on every one: FD at most half the mixture's, precision and recall at
+least the mixture's, at most 5 minutes of training.
 """
 
 from __future__ import annotations
@@ -44,11 +50,22 @@ def meets(family: str, model: dict, baseline: dict, floor: dict) -> bool:
     return model["bits_per_char"] <= baseline["bits_per_char"] - 0.40
 
 
-def prepare(kind: str, folder: Path, params) -> Path:
-    """data/processed of the embedded source of `kind`, made by the data stages' functions."""
+def folder_target(model: dict, baseline: dict, seconds: float) -> bool:
+    """The image target on a user's folder, for the family `auto` picks."""
+    return (
+        model["fd"] <= 0.5 * baseline["fd"]
+        and model["precision"] >= baseline["precision"]
+        and model["recall"] >= baseline["recall"]
+        and seconds <= 300
+    )
+
+
+def prepare(name: str, folder: Path, params, source: str | None = None) -> Path:
+    """data/processed of `source` (the embedded source of kind `name` when None) in folder/name, made by
+    the data stages' functions."""
     from tasks import augment, collect, validate
 
-    project = folder / kind
+    project = folder / name
     if (project / "data/processed/meta.json").is_file():
         return project
     project.mkdir(parents=True, exist_ok=True)
@@ -56,7 +73,7 @@ def prepare(kind: str, folder: Path, params) -> Path:
     os.chdir(project)
     try:
         p = params.model_copy(
-            update={"data": params.data.model_copy(update={"source": SOURCES[kind]}), "model": None}
+            update={"data": params.data.model_copy(update={"source": source or SOURCES[name]}), "model": None}
         )
         collect.run(p)
         validate.run(p)
@@ -66,61 +83,73 @@ def prepare(kind: str, folder: Path, params) -> Path:
     return project
 
 
+def trained_and_measured(name: str, p, project: Path, out: Path) -> dict:
+    """Family `name` trained on project's data/processed with params p, and measured as evaluate
+    measures it, beside the baseline and real held-out data."""
+    from models import export
+    from tasks.quality.measure import Measure, load_split
+    from tasks.training.fit import fit
+
+    processed = project / "data/processed"
+    start = time.perf_counter()
+    trained = fit(p.model, p.train, processed=processed, out=out, live_metrics=False, progress=False)
+    seconds = time.perf_counter() - start
+    model = export.load(out / "model")
+    measure = Measure(load_split(processed), p.evaluate, project / "featurizer", cache=project / "baseline")
+    figures, _ = measure.model(model)
+    baseline, _ = measure.baseline(models_family(name).baseline)
+    return {
+        "family": name,
+        "model": figures,
+        "baseline": {k: v for k, v in baseline.items() if k != "tried"},
+        "floor": measure.floor(),
+        "train_seconds": round(seconds, 1),
+        "steps": trained["steps"],
+        "config": model.config,
+    }
+
+
+def models_family(name: str):
+    import models
+
+    return models.family(name)
+
+
 def main() -> None:
     import yaml
 
     sys.path.insert(0, str(ROOT / "bench"))
     from train_overhead import revised
 
-    import models
     from tasks.core.params import load
-    from tasks.quality.measure import Measure, load_split
-    from tasks.training.fit import fit
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--families", default="vae,gan,gpt")
+    ap.add_argument("--families", default=None, help="default: vae,gan,gpt; with --folders vae,gan")
+    ap.add_argument("--folders", nargs="?", const="digits,shapes,patches,strokes", default=None,
+                    help="image folders to train on (default when given alone: all four)")  # fmt: skip
     ap.add_argument("--out", default=str(ROOT / "bench/.out/quality"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a parameter")
     a = ap.parse_args()
     base = load(a.params)
     changes = {k: yaml.safe_load(v) for k, v in (item.partition("=")[::2] for item in a.set)}
     out = Path(a.out)
+    if a.folders:
+        folders_table(a, base, changes, out, revised)
+        return
     rows = []
-    for name in a.families.split(","):
-        family = models.family(name)
+    for name in (a.families or "vae,gan,gpt").split(","):
+        family = models_family(name)
         p = revised(base, {"model.family": name} | changes)
         project = prepare(family.kind, out, p)
-        processed = project / "data/processed"
-        start = time.perf_counter()
-        trained = fit(
-            p.model,
-            p.train,
-            processed=processed,
-            out=out / f"train-{name}",
-            live_metrics=False,
-            progress=False,
-        )
-        seconds = time.perf_counter() - start
-        from models import export
-
-        model = export.load(out / f"train-{name}" / "model")
-        measure = Measure(
-            load_split(processed), p.evaluate, project / "featurizer", cache=project / "baseline"
-        )
-        figures, _ = measure.model(model)
-        baseline, _ = measure.baseline(family.baseline)
-        floor = measure.floor()
-        rows.append((name, figures, baseline, floor, seconds, trained))
-        shown = {k: v for k, v in baseline.items() if k != "tried"}
-        record = {"family": name, "model": figures, "baseline": shown, "floor": floor}
-        print(
-            json.dumps(record | {"train_seconds": round(seconds, 1), "steps": trained["steps"]}), flush=True
-        )
+        record = trained_and_measured(name, p, project, out / f"train-{name}")
+        rows.append(record)
+        print(json.dumps(record), flush=True)
 
     print(f"\n{'family':6} {'metric':18} {'model':>9} {'baseline':>9} {'real data':>9}")
-    for name, figures, baseline, floor, seconds, trained in rows:
-        family = models.family(name)
+    for r in rows:
+        name, figures, baseline, floor = r["family"], r["model"], r["baseline"], r["floor"]
+        family = models_family(name)
         for metric in dict.fromkeys((family.headline, *family.sample_metrics)):  # the GAN's headline is FD
             cells = [figures.get(metric), baseline.get(metric), floor.get(metric)]
             print(
@@ -129,10 +158,48 @@ def main() -> None:
             )
         verdict = "meets" if meets(name, figures, baseline, floor) else "misses"
         print(
-            f"{name:6} {'':18} {seconds:8.0f}s of training, {trained['steps']} steps; {verdict} its target:"
+            f"{name:6} {'':18} {r['train_seconds']:8.0f}s of training, {r['steps']} steps; "
+            f"{verdict} its target:"
         )
         print(f"{'':6} {TARGETS[name]}")
         print(f"{'':6} baseline: {baseline['model']}")
+
+
+def folders_table(a, base, changes: dict, out: Path, revised) -> None:
+    """Every image family on every folder, the mixture and real data beside each, one run."""
+    from folders import FOLDERS, make
+
+    from tasks.core.params import resolved_family
+
+    rows = []
+    for folder in a.folders.split(","):
+        source = make(folder, out / "folders")
+        p0 = revised(base, {"data.source": source} | changes)
+        picked = resolved_family(p0)  # what model.family (auto by default) trains on this folder
+        project = prepare(f"folder-{folder}", out, p0, source)
+        for name in (a.families or "vae,gan").split(","):
+            p = revised(p0, {"model.family": name})
+            record = trained_and_measured(name, p, project, out / f"train-{folder}-{name}")
+            record |= {"folder": folder, "auto": name == picked}
+            rows.append(record)
+            print(json.dumps(record), flush=True)
+
+    def cell(figures: dict) -> str:
+        return f"{figures['fd']:7.1f} {figures['precision']:5.2f} {figures['recall']:5.2f}"
+
+    print(f"\n{'folder':8} {'family':9} {'model FD   P     R':21} {'mixture FD P     R':21} "
+          f"{'real FD    P     R':21} {'training':>16}  target (auto)")  # fmt: skip
+    for r in rows:
+        name = r["family"] + (" (auto)" if r["auto"] else "")
+        verdict = ""
+        if r["auto"]:
+            verdict = "meets" if folder_target(r["model"], r["baseline"], r["train_seconds"]) else "misses"
+        print(
+            f"{r['folder']:8} {name:9} {cell(r['model']):21} {cell(r['baseline']):21} {cell(r['floor']):21} "
+            f"{r['train_seconds']:6.0f} s {r['steps']:5d} st  {verdict}"
+        )
+    for folder in dict.fromkeys(r["folder"] for r in rows):
+        print(f"{folder}: {FOLDERS[folder]}")
 
 
 if __name__ == "__main__":

@@ -55,8 +55,14 @@ class GenerativeModel(nn.Module):
             raise ValueError(f"unknown {self.family} config keys: {', '.join(sorted(unknown))}")
         if missing:
             raise ValueError(f"{self.family} config lacks: {', '.join(sorted(missing))}")
-        self.cfg = spec.config(**config)
+        self.cfg = spec.config(**self.sized(config, data))
         self.data = data
+
+    @staticmethod
+    def sized(config: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """`config` with its `auto` values resolved for `data` (a family whose shape follows its data
+        overrides this); `config` (dataclass of the resolved values) is what is exported."""
+        return config
 
     @property
     def config(self) -> dict[str, Any]:
@@ -86,6 +92,11 @@ class GenerativeModel(nn.Module):
 
     def sample(self, n: int, condition=None, seed: int | None = None):
         raise NotImplementedError
+
+    def after_training(self, x: torch.Tensor, y: torch.Tensor | None, seed: int) -> dict[str, Any]:
+        """A last fit once the weights are final (the training images x in [0, 1], their class ids y):
+        what the family fits better with the rest held still. Returns what it did, for the record."""
+        return {}
 
     def sample_batch(self, jobs: list[dict]) -> list:
         """Several requests in one pass (what a server's adaptive batching hands over): each job holds

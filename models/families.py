@@ -7,7 +7,8 @@ headline metric, baseline, how its samples are pictured, what it is for). Adding
 and a new entry in FAMILIES; tests/test_models.py checks every entry is complete.
 
 Bounds live in each field's metadata (`ge`, `gt`, `lt`, `choices`, and `min_length`, `max_length` of a
-list; of a list field, the others bound each item): params loading turns them into its checks, so this
+list; of a list field, the others bound each item; `auto`: the value may be `auto`, which the family
+resolves from the data when it builds the model): params loading turns them into its checks, so this
 module needs nothing beyond the standard library.
 """
 
@@ -22,8 +23,10 @@ from typing import Any
 class VAEConfig:
     # conv: convolutional encoder and decoder | mlp: fully connected
     arch: str = field(metadata={"choices": ("conv", "mlp")})
-    latent_dim: int = field(metadata={"ge": 1})
-    channels: list[int] = field(metadata={"min_length": 2, "max_length": 2, "ge": 1})  # conv widths
+    # auto (here and below): from the images' size and channels, when the model is built (models/shaping.py)
+    latent_dim: int = field(metadata={"ge": 1, "auto": True})
+    # conv: the widths of its stride-2 stages, one per stage
+    channels: list[int] = field(metadata={"min_length": 1, "max_length": 6, "ge": 1, "auto": True})
     hidden: list[int] = field(metadata={"min_length": 1, "ge": 1})  # MLP widths, encoder order
     dropout: float = field(metadata={"ge": 0, "lt": 1})
     beta: float = field(metadata={"gt": 0})  # weight of the KL term; 1 is the true ELBO
@@ -38,6 +41,7 @@ class VAEConfig:
 class GANConfig:
     latent_dim: int = field(metadata={"ge": 1})
     width: int = field(metadata={"ge": 4})  # channels of the widest conv layer
+    stages: int = field(metadata={"ge": 2, "le": 6, "auto": True})  # stride-2 stages of each network
     d_steps: int = field(metadata={"ge": 1})  # discriminator updates per generator update
     lr_d_factor: float = field(metadata={"gt": 0})  # discriminator learning rate = train.lr * this
     dropout: float = field(metadata={"ge": 0, "lt": 1})  # in the discriminator
@@ -125,7 +129,7 @@ FAMILIES: dict[str, Family] = {
             baseline="gaussian_mixture",
             sample_metrics=IMAGE_SAMPLE_METRICS,
             pictures=("grid",),
-            legacy={"diff_augment": []},
+            legacy={"diff_augment": [], "stages": 2},
             intended_use="Generating small class-conditional images like the training data.",
             limitations="A GAN has no likelihood: it can drop modes without any held-out loss showing it; "
             "watch recall and diversity. Not for scoring or detecting unusual inputs.",
@@ -160,3 +164,9 @@ def family(name: str) -> Family:
 def for_kind(kind: str) -> list[str]:
     """The families that model data of `kind` ("image" or "text")."""
     return [name for name, f in FAMILIES.items() if f.kind == kind]
+
+
+# What `model.family: auto` trains on each kind of data. Images: the VAE, measured best on sample
+# quality across folders of several kinds (docs/benchmarks.md, Quality on several folders) and the
+# only image family with a likelihood, which the gate and the drift monitor's scores use.
+AUTO = {"image": "vae", "text": "gpt"}

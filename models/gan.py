@@ -10,6 +10,7 @@ validation images, lower is better.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -17,35 +18,41 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from models import shaping
 from models.common import GenerativeModel, OptimizerGroup, Update, class_ids, generator
 
-# latent_dim, width, d_steps, lr_d_factor, dropout, diff_augment: types and bounds in models/families.py
+# latent_dim, width, stages, d_steps, lr_d_factor, dropout, diff_augment: see models/families.py
 from models.families import GANConfig as Config
+from models.shaping import padded
+
+
+def widths(width: int, stages: int) -> list[int]:
+    """The generator's widths from its start to its last stage: 2w, then halving, never below w/2."""
+    out = [2 * width]
+    for _ in range(stages):
+        out.append(max(out[-1] // 2, width // 2))
+    return out
 
 
 class Generator(nn.Module):
     def __init__(self, cfg: Config, shape: tuple[int, int, int], n_classes: int) -> None:
         super().__init__()
         C, H, W = shape
-        assert H % 4 == 0 and W % 4 == 0, "the GAN needs image sides divisible by 4"
-        self.start = (2 * cfg.width, H // 4, W // 4)
+        n = cfg.stages
+        c = widths(cfg.width, n)
+        self.shape = shape
+        self.start = (c[0], padded(H, n) // 2**n, padded(W, n) // 2**n)  # made at the padded size, cropped
         self.embed = nn.Embedding(max(n_classes, 1), cfg.latent_dim)
         self.fc = nn.Linear(cfg.latent_dim, math.prod(self.start))
-        self.up = nn.Sequential(
-            nn.BatchNorm2d(2 * cfg.width),
-            nn.ReLU(),
-            nn.ConvTranspose2d(2 * cfg.width, cfg.width, 4, 2, 1),  # (H/2, W/2)
-            nn.BatchNorm2d(cfg.width),
-            nn.ReLU(),
-            nn.ConvTranspose2d(cfg.width, cfg.width // 2, 4, 2, 1),  # (H, W)
-            nn.BatchNorm2d(cfg.width // 2),
-            nn.ReLU(),
-            nn.Conv2d(cfg.width // 2, C, 3, 1, 1),
-        )
+        layers: list[nn.Module] = [nn.BatchNorm2d(c[0]), nn.ReLU()]
+        for a, b in itertools.pairwise(c):  # each doubles the sides
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1), nn.BatchNorm2d(b), nn.ReLU()]
+        self.up = nn.Sequential(*layers, nn.Conv2d(c[-1], C, 3, 1, 1))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, H, W = self.shape
         h = self.fc(z * self.embed(y)).view(len(z), *self.start)  # class enters multiplicatively
-        return torch.sigmoid(self.up(h))  # (B, C, H, W) in [0, 1]
+        return torch.sigmoid(self.up(h)[:, :, :H, :W])  # (B, C, H, W) in [0, 1]
 
 
 class Discriminator(nn.Module):
@@ -53,15 +60,16 @@ class Discriminator(nn.Module):
         super().__init__()
         C = shape[0]
         w = cfg.width
-        self.features = nn.Sequential(
+        layers: list[nn.Module] = [
             spectral_norm(nn.Conv2d(C, w // 2, 3, 1, 1)),
             nn.LeakyReLU(0.2),
             spectral_norm(nn.Conv2d(w // 2, w, 4, 2, 1)),
             nn.LeakyReLU(0.2),
             nn.Dropout(cfg.dropout),
-            spectral_norm(nn.Conv2d(w, 2 * w, 4, 2, 1)),
-            nn.LeakyReLU(0.2),
-        )
+        ]
+        for a in [w] + [2 * w] * (cfg.stages - 2):  # the later stages, 2w wide
+            layers += [spectral_norm(nn.Conv2d(a, 2 * w, 4, 2, 1)), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
         self.out = spectral_norm(nn.Linear(2 * w, 1))
         self.project = spectral_norm(nn.Embedding(max(n_classes, 1), 2 * w))
 
@@ -114,6 +122,12 @@ def mmd2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class Model(GenerativeModel):
     family = "gan"
+
+    @staticmethod
+    def sized(config: dict, data: dict) -> dict:
+        """`auto` stages from the images' size (models/shaping.py)."""
+        _, height, width = data["shape"]
+        return config | ({"stages": shaping.stages(height, width)} if config.get("stages") == "auto" else {})
 
     def __init__(self, config: dict, data: dict) -> None:
         super().__init__(config, data)

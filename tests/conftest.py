@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -277,28 +278,57 @@ def digit_folder(tmp_path: Path) -> Path:
     return root
 
 
+@contextlib.contextmanager
+def serving(project, model: str):
+    """`genloop serve --model MODEL` in the project on a free port until the block ends; yields its URL
+    once /readyz answers."""
+    import signal
+    import time
+
+    import httpx
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "genloop"), "serve", "--model", model, "--port", str(port)],
+        cwd=project.root, env={**os.environ, **project.env}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def _folders():
+    """bench/folders.py: the folders like a user's own that the bench trains on."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("genloop_bench_folders", REPO / "bench/folders.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def draw_shapes(
     root: Path, per_class: int, size: int = 16, seed: int = 0, classes=("circle", "square", "triangle")
-):
+) -> Path:
     """A folder of grey `size` x `size` PNGs, one sub-folder per shape, each shape at a random place and
     scale: what a user's own small image set looks like (not 8x8, not digits)."""
-    import numpy as np
+    return _folders().shapes(root, per_class, size, seed, classes)
 
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for label in classes:
-        for i in range(per_class):
-            r = rng.uniform(size * 0.2, size * 0.4)
-            cy, cx = rng.uniform(r, size - r, 2)
-            if label == "circle":
-                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-            elif label == "square":
-                mask = (abs(yy - cy) <= r * 0.8) & (abs(xx - cx) <= r * 0.8)
-            else:  # a triangle pointing up
-                mask = (yy >= cy - r) & (yy <= cy + r) & (abs(xx - cx) <= (yy - (cy - r)) / 2)
-            pixels = (mask * rng.uniform(160, 255) + rng.normal(0, 8, mask.shape)).clip(0, 255)
-            write_png(root / label / f"{i:03d}.png", pixels.astype(np.uint8))
-    return root
+
+def draw_colour_shapes(root: Path, per_class: int, size: int = 16, seed: int = 0) -> Path:
+    """A folder of RGB PNGs: red circles, green squares, blue triangles."""
+    return _folders().colour_shapes(root, per_class, size, seed)
 
 
 @pytest.fixture

@@ -181,7 +181,9 @@ def test_every_registered_family_provides_its_facts():
         assert set(section) == set(family.config_keys()), name  # params.yaml has every key
         assert set(DEFAULTS[name]) - set(section) <= {"train"}  # and beside them its training settings
         model = export.build(name, section, TEXT_DATA if family.kind == "text" else IMAGE_DATA)
-        assert model.family == name and model.config == section
+        given = {k: v for k, v in section.items() if v != "auto"}  # auto: sized from the data
+        assert model.family == name and {k: model.config[k] for k in given} == given
+        assert "auto" not in model.config.values() and set(model.config) == set(section)
         assert ("interpolation" in family.pictures) == hasattr(model, "interpolate")
     assert models.for_kind("text") == ["gpt"] and set(models.for_kind("image")) == {"vae", "gan"}
 
@@ -343,3 +345,75 @@ def test_cpu_attention_and_dropout_match_the_fused_kernels():
     a = dropout(x, 0.5)
     torch.manual_seed(0)
     assert torch.equal(a, dropout(x, 0.5))  # from torch's generator: seeded runs repeat
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+@pytest.mark.parametrize("shape", [[1, 16, 16], [1, 28, 28], [3, 32, 32], [1, 64, 64], [3, 64, 64]])
+def test_image_families_size_themselves_from_the_images(family, shape, tmp_path):
+    """With `auto` (params.yaml's default), the stride-2 stages bring the smaller side to about 4
+    pixels, and the VAE's widths and latent size follow the image: no hand edit for 16x16 or 64x64,
+    grey or colour. The export records the sizes chosen, so it loads as it was built."""
+    import json
+
+    from models import shaping
+
+    data = {"kind": "image", "shape": shape, "classes": ["a", "b"]}
+    auto = {"channels": "auto", "latent_dim": "auto"} if family == "vae" else {"stages": "auto"}
+    model = export.build(family, {k: v for k, v in DEFAULTS[family].items() if k != "train"} | auto, data)
+    stages = {16: 2, 28: 3, 32: 3, 64: 4}[shape[1]]
+    if family == "vae":
+        assert len(model.cfg.channels) == stages and model.cfg.channels[:2] == [32, 64]
+        assert model.cfg.latent_dim == shaping.latent_dim(tuple(shape)) and 32 <= model.cfg.latent_dim <= 128
+        assert model.cfg.latent_dim > 32 or shape == [1, 16, 16]  # more values, a larger code
+        assert model.net.decoder.start[1:] == (4, 4)  # the smallest feature map, whatever the size
+        loss = model.training_loss((torch.rand(2, *shape), torch.tensor([0, 1])), torch.Generator())
+    else:
+        assert model.cfg.stages == stages and model.net.G.start[1:] == (4, 4)
+        loss = model.net.D(torch.rand(2, *shape), torch.tensor([0, 1])).sum()
+    assert torch.isfinite(loss)
+    model.eval()
+    images = model.sample(3, seed=1)
+    assert images.shape == (3, *shape)
+    export.save(model, tmp_path)
+    assert "auto" not in json.dumps(json.loads((tmp_path / "model.json").read_text())["config"])
+    assert torch.equal(export.load(tmp_path).sample(3, seed=1), images)
+
+
+def test_auto_sizes_the_digits_models_as_they_were_sized_by_hand(tmp_path):
+    """On 8x8 digits `auto` is the VAE of two stages [32, 64] and latent 32, and the GAN of two stages,
+    weight for weight: champions exported before `auto` load into them, and a GAN exported before
+    `stages` existed loads with two."""
+    import json
+
+    data = {"kind": "image", "shape": [1, 8, 8], "classes": [str(i) for i in range(10)]}
+    vae = {k: v for k, v in DEFAULTS["vae"].items() if k != "train"}
+    by_hand = export.build("vae", vae | {"channels": [32, 64], "latent_dim": 32}, data)
+    auto = export.build("vae", vae | {"channels": "auto", "latent_dim": "auto"}, data)
+    assert {k: v.shape for k, v in by_hand.net.state_dict().items()} == {
+        k: v.shape for k, v in auto.net.state_dict().items()
+    }
+    gan = export.build("gan", {k: v for k, v in DEFAULTS["gan"].items() if k != "train"}, data).eval()
+    export.save(gan, tmp_path)
+    description = json.loads((tmp_path / "model.json").read_text())
+    assert description["config"].pop("stages") == 2
+    (tmp_path / "model.json").write_text(json.dumps(description))
+    loaded = export.load(tmp_path)
+    assert loaded.cfg.stages == 2 and torch.equal(loaded.sample(4, seed=2), gan.sample(4, seed=2))
+
+
+def test_the_vae_prior_is_fitted_last_to_the_final_encoder_and_only_the_prior_moves():
+    """after_training fits p(z | class) to where the encoder puts the training images: the prior's
+    negative log-likelihood of those codes falls, the encoder and decoder stay as they were, and the
+    likelihood bound on the images only tightens. A model without a learned prior has nothing to fit."""
+    torch.manual_seed(0)
+    model = make("vae", arch="conv", prior_components=3)
+    x = torch.rand(48, 1, 8, 8).round()
+    y = torch.arange(48) % 3
+    frozen = {k: v.clone() for k, v in model.net.state_dict().items() if not k.startswith("prior.")}
+    before = model.nll(x, y, k=16, seed=1).mean()
+    done = model.after_training(x, y, seed=0)["prior_fit"]
+    assert done["nats_after"] < done["nats_before"]
+    assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in frozen.items())
+    assert model.nll(x, y, k=16, seed=1).mean() < before
+    assert make("vae", prior_components=0).after_training(x, y, seed=0) == {}
+    assert make("gan").after_training(x, y, seed=0) == {}

@@ -5,16 +5,13 @@ must stay quiet on the first and name the right check on the others."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import BIN, free_port
+from tests.conftest import serving
 from tests.test_service import deployed_champion
 from tests.test_train import QUICK
 
@@ -102,28 +99,8 @@ def test_drift_is_found_by_the_check_that_should_find_it_and_only_then(watched):
     watched.set_params(train=QUICK | {"max_steps": 10, "steps_per_epoch": 10})
     watched.run("dvc", "repro", "evaluate", check=True)
     other = json.loads((watched.root / "artifacts/evaluate/decision.json").read_text())["challenger"]
-    port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "genloop"), "serve", "--model", other, "--port", str(port)],
-        cwd=watched.root,
-        env={**os.environ, **watched.env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
+    with serving(watched, other) as url:
         send(url, WINDOW, seed=7, per_request=10)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
     swapped = monitor_at(watched, [time.time()])[0]
     assert swapped["drift"] and "output" in swapped["drifted_checks"]
     assert swapped["checks"]["request"]["status"] == "ok"  # same requests: the model moved, not the world

@@ -29,7 +29,12 @@ def test_default_params_file_loads(project):
         ({"model": {"family": "gan", "gan": {"diff_augment": ["flip"]}}}, "model.gan.diff_augment.0"),
         ({"model": {"family": "vae", "vae": {"channels": [32, 0]}}}, "model.vae.channels.1"),
         ({"model": {"family": "vae", "vae": {"hidden": [-5]}}}, "model.vae.hidden.0"),
-        ({"model": {"family": "vae", "vae": {"channels": [32]}}}, "model.vae.channels"),
+        ({"model": {"family": "vae", "vae": {"channels": []}}}, "model.vae.channels"),
+        (
+            {"model": {"family": "vae", "vae": {"latent_dim": "big"}}},
+            "model.vae.latent_dim: Input should be a valid integer, or auto",
+        ),
+        ({"model": {"family": "auto!"}}, "model.family"),
         ({"site": {"remote": "team-bucket/genloop"}}, "site.remote"),
         ({"site": {"database": "mysql://db/genloop"}}, "site.database"),
         ({"site": {"remot": "s3://b/p"}}, "site.remot: unknown key (did you mean remote?)"),
@@ -226,3 +231,37 @@ def test_status_names_the_stores_here_and_with_a_site(project):
     assert "s3://team/genloop/dvc" in out and "s3://team/genloop/registry" in out
     assert f"champion record          {database}" in out
     assert f"cannot use the database of site.database ({database})" in out
+
+
+def test_family_auto_follows_the_kind_of_data(tmp_path, monkeypatch):
+    """`model.family: auto` (the default) trains the VAE on images and the GPT on text, read from the
+    source's files or from what was collected; an explicit family wins; the line keeps its name."""
+    import numpy as np
+
+    from tasks.core.params import family_was_auto, line, load, with_values
+    from tests.conftest import write_png
+
+    monkeypatch.chdir(tmp_path)  # nothing collected here
+    p = load(REPO / "params.yaml")
+    assert p.model.family == "vae" and family_was_auto(p.model) and line(p) == "sklearn-digits-vae"
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts/a.txt").write_text("some text")
+    write_png(tmp_path / "pictures/cat/a.png", np.zeros((8, 8, 3), np.uint8))
+    for source, family in [
+        ("pydoc:topics", "gpt"),
+        (str(tmp_path / "texts"), "gpt"),
+        (str(tmp_path / "pictures"), "vae"),
+        (str(tmp_path / "missing"), "vae"),  # collect then says the folder is missing
+    ]:
+        chosen = with_values(p, {"data.source": source})
+        assert chosen.model.family == family and family_was_auto(chosen.model), source
+    text = with_values(p, {"data.source": "pydoc:topics"})
+    assert text.train.max_steps == 4800 and text.train.batch_size == 32  # the GPT's own settings apply
+    explicit = with_values(p, {"model.family": "gan"})
+    assert explicit.model.family == "gan" and not family_was_auto(explicit.model)
+    bad = {"model.vae.latent_dim": 0, "model.vae.channels": [], "train.max_steps": "long"}
+    for key, value in bad.items():
+        with pytest.raises(GenloopError) as err:
+            with_values(p, {key: value})
+        (said,) = str(err.value).splitlines()[1:]  # one line, naming the key and that auto is allowed
+        assert said.startswith(f"  {key}: ") and ", or auto (got" in said, said

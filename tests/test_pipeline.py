@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import SMALL_BASELINE, undeclared_params
@@ -12,6 +14,7 @@ from tests.conftest import SMALL_BASELINE, undeclared_params
 pytestmark = pytest.mark.slow
 
 
+CHROMIUM = Path("/usr/bin/chromium")
 QUICK_TRAIN = {"max_steps": 5, "steps_per_epoch": 5, "val_batches": 1, "sample_every_n_epochs": 0}
 
 
@@ -114,16 +117,86 @@ def test_no_stage_writes_a_tracked_file(project):
     assert record["git"]["dirty"] is False and record["params"]["model"]["family"] == "gpt"
 
 
-def test_a_folder_of_ones_own_runs_with_only_its_source_changed(project, shapes_folder):
-    """16x16 PNGs in three class folders: nothing in params.yaml but data.source changes, and the whole
-    pipeline runs (the gate's expectations come from the folder's first batch)."""
-    project.set_params(data={"source": str(shapes_folder)})
-    project.set_params(train=QUICK_TRAIN)  # only to keep the test short
+COLOUR_PAGE_PIXELS = """img => { const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data; const sum = [0, 0, 0];
+  for (let i = 0; i < d.length; i += 4) { if (d[i] + d[i + 1] + d[i + 2] > 240) {
+    sum[0] += d[i]; sum[1] += d[i + 1]; sum[2] += d[i + 2]; } }
+  return sum; }"""
+
+
+def _bright_rgb(pixels) -> list[float]:
+    """The summed R, G, B of an (H, W, 3) picture's bright pixels (the shape, not the background)."""
+    import numpy as np
+
+    px = np.asarray(pixels, dtype=np.float64)
+    bright = px[px.sum(-1) > 240]
+    return bright.sum(0).tolist()
+
+
+def test_a_colour_folder_of_ones_own_runs_with_only_its_source_changed(project, tmp_path):
+    """16x16 RGB PNGs in three class folders (red circles, green squares, blue triangles): nothing in
+    params.yaml but data.source changes (and, to keep the test short, the budget), and colour survives
+    every stage: the featurizer sees three channels, the model and its sizes are chosen for the data,
+    the card's pictures, the service's answers and the web page show each class in its colour."""
+    import base64
+    import io
+
+    import httpx
+    from PIL import Image
+
+    from tests.conftest import draw_colour_shapes, serving
+
+    folder = draw_colour_shapes(tmp_path / "colour", 30)
+    project.set_params(data={"source": str(folder)})
+    project.set_params(train={"max_steps": 300, "steps_per_epoch": 50, "val_batches": 1})  # short
     project.run("dvc", "repro", "evaluate", check=True)
     meta = json.loads((project.root / "data/processed/meta.json").read_text())
-    assert meta["shape"] == [1, 16, 16] and meta["classes"] == ["circle", "square", "triangle"]
+    assert meta["shape"] == [3, 16, 16] and meta["classes"] == ["circle", "square", "triangle"]
     metrics = json.loads((project.root / "artifacts/evaluate/metrics.json").read_text())
     assert {"nll_bits_per_dim", "fd", "precision", "recall"} <= set(metrics["model"])
-    assert metrics["featurizer"]["kind"] == "classifier"  # it learned the three shapes' classes
+    eye = json.loads((project.root / "artifacts/evaluate/featurizer/featurizer.json").read_text())
+    assert eye["kind"] == "classifier" and eye["config"]["channels"] == 3  # it sees colour
+    record = json.loads((project.root / "artifacts/train/model/training.json").read_text())
+    assert record["auto"] == {"model.family": "vae", "model.vae.channels": [32, 64],
+                              "model.vae.latent_dim": 48}  # fmt: skip
     card = (project.root / "artifacts/evaluate/card.md").read_text()
-    assert str(shapes_folder) in card and "pictures/samples.png" in card
+    assert str(folder) in card and "pictures/samples.png" in card
+    assert "Chosen for this data (`auto` in params.yaml):" in card and "- `model.vae.latent_dim`: 48" in card
+    samples = Image.open(project.root / "artifacts/evaluate/pictures/samples.png")
+    assert samples.mode == "RGB"
+    grid = np.asarray(samples)
+    third = grid.shape[1] // 3  # one column per class: circle, square, triangle
+    red, _, blue = _bright_rgb(grid[20:, :third])
+    assert red > 1.5 * blue, (red, blue)
+    red, _, blue = _bright_rgb(grid[20:, 2 * third :])
+    assert blue > 1.5 * red, (red, blue)
+
+    # the service answers colour PNGs, and the page shows them in colour
+    decision = json.loads((project.root / "artifacts/evaluate/decision.json").read_text())
+    with serving(project, decision["challenger"]) as url:
+        answer = httpx.post(url + "/generate", json={"n": 4, "label": "circle", "seed": 1}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        pictures = [Image.open(io.BytesIO(base64.b64decode(s["image"]))) for s in answer.json()["samples"]]
+        assert {p.mode for p in pictures} == {"RGB"}
+        red, _, blue = np.sum([_bright_rgb(p) for p in pictures], 0)
+        assert red > 1.5 * blue, (red, blue)
+        if CHROMIUM.exists():
+            from playwright.sync_api import sync_playwright
+
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+                try:
+                    page = browser.new_page()
+                    page.goto(url + "/ui")
+                    page.wait_for_selector("#label option[value='triangle']", state="attached")
+                    page.select_option("#label", "triangle")
+                    page.fill("#n", "4")
+                    page.click("#generate")
+                    page.wait_for_selector(".sample img")
+                    shown = [img.evaluate(COLOUR_PAGE_PIXELS) for img in page.locator(".sample img").all()]
+                finally:
+                    browser.close()
+            red, _, blue = np.sum(shown, 0)
+            assert len(shown) == 4 and blue > 1.5 * red, (red, blue)

@@ -186,20 +186,25 @@ def test_weight_ema_exports_the_average_of_every_update(steps_per_execution):
         assert not all(torch.allclose(final[k], seen[-1][k], rtol=0, atol=1e-5) for k in final)
 
 
-def test_the_budget_is_steps_whatever_the_dataset_size():
-    """A 300-image folder trains as long as the 1,797 digits do: one pass over its 720 training images
-    (with augmented copies) is 11 steps, so an epoch is at least 50, and the budget is in steps."""
-    import math
-
+def test_the_budget_follows_the_dataset_size_and_is_whole_epochs_of_steps():
+    """`max_steps: auto` gives every training image about as many passes (AUTO_PASSES) within a floor and
+    a cap: the 1,437 training digits get the cap, a 240-image folder the floor, one in between its
+    passes; an epoch is one pass but at least 50 steps (a small folder does not validate every few
+    steps), and an explicit budget wins."""
     from tasks.core.params import load
-    from tasks.training.fit import steps_per_epoch
+    from tasks.training.fit import AUTO_MAX_STEPS, AUTO_MIN_STEPS, AUTO_PASSES, budget, steps_per_epoch
     from tests.conftest import REPO
 
     train = load(REPO / "params.yaml").train
+    assert train.max_steps == "auto"
+    assert budget(train, 1437) == AUTO_MAX_STEPS and budget(train, 240) == AUTO_MIN_STEPS
+    between = AUTO_MIN_STEPS * train.batch_size // AUTO_PASSES + 320
+    assert (
+        AUTO_MIN_STEPS < budget(train, between) == AUTO_PASSES * between // train.batch_size < AUTO_MAX_STEPS
+    )
+    assert budget(train.model_copy(update={"max_steps": 123}), 1437) == 123
     digits, folder = steps_per_epoch("image", 4311, train), steps_per_epoch("image", 720, train)
     assert (digits, folder) == (67, 50) and steps_per_epoch("text", 372_038, train) == 100
-    budget = {n: math.ceil(train.max_steps / n) * n for n in (digits, folder)}  # whole epochs
-    assert abs(budget[digits] - budget[folder]) <= digits and min(budget.values()) >= train.max_steps
     fixed = train.model_copy(update={"steps_per_epoch": 30})
     assert steps_per_epoch("image", 720, fixed) == steps_per_epoch("text", 10, fixed) == 30
 

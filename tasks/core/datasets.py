@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -104,3 +105,33 @@ def require_family_fits(family: str, kind: str, where: str) -> None:
             f"model.family {family} models {models.family(family).kind} data, but {where} holds {kind}: "
             f"use model.family {fit} (or another data.source)"
         )
+
+
+def source_kind(source: str, collect: Any) -> str | None:
+    """'image' or 'text': the kind of data at `source` as collected already (data/processed), else
+    from the first data file's name (a local folder) or a listing (S3); None when it cannot be told
+    yet (a folder missing or empty, an S3 store out of reach): collect says why."""
+    from tasks.core.params import BUILTIN_SOURCES
+
+    if source in BUILTIN_SOURCES:
+        return BUILTIN_SOURCES[source]
+    meta = paths.PROCESSED / "meta.json"
+    if meta.is_file():
+        found = json.loads(meta.read_text())
+        if found.get("source") == source and found.get("kind"):
+            return found["kind"]
+    from tasks.ingest.sources import SUFFIXES, peek_kind
+
+    if not source.startswith("s3://"):  # the first data file decides; collect checks they agree
+        root = Path(source.removeprefix("file://")).expanduser()
+        for _, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                kind = SUFFIXES.get(Path(name).suffix.lower())
+                if kind and not name.startswith("."):
+                    return kind
+        return None
+    try:
+        return peek_kind(source, collect)
+    except Exception:  # unreachable or empty: collect reports it
+        return None

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     create_model,
     field_validator,
@@ -101,7 +102,9 @@ class AugmentParams(Section):
 
 class TrainParams(Section):
     seed: int
-    max_steps: int = Field(ge=1)  # the budget, in optimizer steps (rounded up to whole epochs)
+    # the budget, in optimizer steps (rounded up to whole epochs); auto: from the number of training
+    # examples (tasks/training/fit.py: budget)
+    max_steps: Annotated[int, Field(ge=1)] | Literal["auto"]
     # between validations and checkpoints; None: one pass over the training images, at least 50 steps
     # (so a small folder trains as long as a large one), or 100 for text
     steps_per_epoch: int | None = Field(ge=1)
@@ -148,6 +151,7 @@ def family_section(family: Family) -> type[Section]:
     for f in dataclasses.fields(family.config):
         bounds = dict(f.metadata)
         choices = bounds.pop("choices", None)
+        auto = bounds.pop("auto", False)  # `auto`: the family sizes it from the data
         hint = hints[f.name]
         if typing.get_origin(hint) is list:  # choices and number bounds hold for each item
             item = Literal[choices] if choices else typing.get_args(hint)[0]
@@ -155,6 +159,9 @@ def family_section(family: Family) -> type[Section]:
             hint = list[Annotated[item, Field(**each)]]
         elif choices:
             hint = Literal[choices]
+        if auto:  # the bounds hold for the number (or list) given; `auto` is the other choice
+            hint = Annotated[hint, Field(**bounds)] | Literal["auto"]
+            bounds = {}
         fields[f.name] = (hint, Field(**bounds))
     fields["train"] = (TrainOverrides | None, None)
     return create_model(f"{family.name.upper()}Params", __base__=Section, **fields)
@@ -162,6 +169,7 @@ def family_section(family: Family) -> type[Section]:
 
 class _ModelBase(Section):
     family: str
+    _auto_family: bool = PrivateAttr(default=False)  # family was `auto` in params.yaml (parse resolved it)
     # the model line, whose champion is served: auto = the source's dataset name and the family
     name: str
 
@@ -180,8 +188,8 @@ class _ModelBase(Section):
     @field_validator("family")
     @classmethod
     def _registered(cls, v: str) -> str:
-        if v not in FAMILIES:
-            raise ValueError(f"unknown model family {v!r} (choose from {', '.join(FAMILIES)})")
+        if v != "auto" and v not in FAMILIES:
+            raise ValueError(f"unknown model family {v!r} (choose from auto, {', '.join(FAMILIES)})")
         return v
 
     def family_config(self) -> dict:
@@ -437,7 +445,7 @@ def _describe(err: ValidationError, prefix: tuple[str, ...] = ()) -> str:
     """One line per mistake: a misspelt key is named with the key it probably meant, and the 'missing'
     error of that meant key is not repeated (nor the whole section dumped). `prefix`: where the model
     validated sits in params.yaml. A store's URL is shown without its password."""
-    errors = [{**e, "loc": (*prefix, *e["loc"])} for e in err.errors()]
+    errors = [{**e, "loc": (*prefix, *e["loc"])} for e in _without_auto_branch(err.errors())]
     for e in errors:
         if e["loc"][:1] == ("site",) and isinstance(e.get("input"), str):
             from tasks.core.site import redact
@@ -470,6 +478,26 @@ def _describe(err: ValidationError, prefix: tuple[str, ...] = ()) -> str:
     return "\n".join(dict.fromkeys(lines))
 
 
+def _without_auto_branch(errors: list) -> list:
+    """A value that may also be `auto` fails two ways (the number or list, and the word): one line,
+    the first, at the key's own place, saying that auto is the other choice."""
+    kept = []
+    for e in errors:
+        loc = list(e["loc"])
+        if "literal['auto']" in loc:
+            continue
+        tags = [i for i, part in enumerate(loc) if part in _TAGS or str(part).startswith(_TAGS_LIKE)]
+        if tags:
+            del loc[tags[0]]
+            e = {**e, "loc": tuple(loc), "msg": e["msg"] + ", or auto"}
+        kept.append(e)
+    return kept
+
+
+# pydantic's names of a union's branches, in an error's location
+_TAGS, _TAGS_LIKE = ("int", "float", "str", "bool"), ("constrained-", "list[")
+
+
 def parse(raw: dict, origin: str = PARAMS_FILE) -> Params:
     """Validate a parsed params mapping; every offending key is named in the error. The chosen family's
     own training settings (model.<family>.train) are applied over the train section here, so every
@@ -478,6 +506,10 @@ def parse(raw: dict, origin: str = PARAMS_FILE) -> Params:
         params = Params.model_validate(raw)
     except ValidationError as err:
         raise GenloopError(f"invalid parameters in {origin}:\n{_describe(err)}") from None
+    if params.model is not None and params.model.family == "auto":
+        chosen = params.model.model_copy(update={"family": auto_family(params)})
+        chosen._auto_family = True
+        params = params.model_copy(update={"model": chosen})
     try:
         params = _family_train(params)
     except ValidationError as err:
@@ -492,6 +524,26 @@ def parse(raw: dict, origin: str = PARAMS_FILE) -> Params:
         if mistakes:
             raise GenloopError(f"invalid parameters in {origin}:\n" + "\n".join(f"  {m}" for m in mistakes))
     return params
+
+
+def auto_family(params: Params) -> str:
+    """What `model.family: auto` trains on data.source: the family of its kind of data (models/families.py,
+    AUTO). The kind is read from the source's file names, or from the data already collected; a
+    source that cannot be read yet counts as images, and collect then says what is wrong with it."""
+    from models.families import AUTO
+    from tasks.core.datasets import source_kind
+
+    return AUTO[source_kind(params.data.source, params.collect) or "image"]
+
+
+def resolved_family(params: Params) -> str:
+    """The family these params train (model.family, with auto already resolved by `parse`)."""
+    return params.require("model").family
+
+
+def family_was_auto(model: ModelParams) -> bool:
+    """Whether params.yaml left the family to `auto` (then `model.family` is what auto chose)."""
+    return bool(model._auto_family)
 
 
 def _family_train(params: Params) -> Params:
@@ -516,6 +568,8 @@ def with_values(params: Params, values: dict[str, Any], origin: str = "the value
     as params.yaml is. A train key the chosen family sets itself (model.<family>.train) is replaced
     there too: the value given is the one trained with."""
     raw = params.model_dump(by_alias=True)
+    if params.model is not None and family_was_auto(params.model):
+        raw["model"]["family"] = "auto"  # chosen again: another data.source may hold another kind
     own = family_train(params)
     for key, value in values.items():
         *path, last = key.split(".")
@@ -526,7 +580,7 @@ def with_values(params: Params, values: dict[str, Any], origin: str = "the value
             raise GenloopError(f"{origin}: {key} is not a parameter")
         node[last] = value
         if path == ["train"] and last in own:
-            raw["model"][raw["model"]["family"]]["train"][last] = value
+            raw["model"][params.model.family]["train"][last] = value
     return parse(raw, origin)
 
 

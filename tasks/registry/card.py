@@ -97,6 +97,7 @@ def markdown(figures: dict, decision: dict, lineage: dict, pictures: list[Path])
         _yaml(lineage["params"]).rstrip(),
         "```",
         "",
+        *_auto(lineage.get("auto")),
         *_tuned(lineage.get("tuned")),
         "## Samples",
         "",
@@ -139,6 +140,14 @@ def _feedback(lineage: dict) -> list[str]:
             comment = escape(str(r.get("comment") or "")[:120]).replace("|", "/").replace("\n", " ")
             lines.append(f"| {r['sample_id']} | {r['model']} | {r['rating']} | {comment} |")
     return lines
+
+
+def _auto(auto: dict | None) -> list[str]:
+    """What params.yaml left to `auto` and what the data made of it (the values above)."""
+    if not auto:
+        return []
+    lines = ["Chosen for this data (`auto` in params.yaml):", ""]
+    return lines + [f"- `{k}`: {_num(v) if not isinstance(v, list) else v}" for k, v in auto.items()] + [""]
 
 
 def _tuned(tuned: dict | None) -> list[str]:

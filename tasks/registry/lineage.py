@@ -52,6 +52,7 @@ def record(training: dict) -> dict:
         "validation": {"success": summary.get("success"), "files": summary.get("files")},
         "params": training["params"],
         "tuned": training.get("tuned"),  # the values of params that came from a tuning study
+        "auto": training.get("auto"),  # what params.yaml left to `auto`, and what the data made of it
         "trained": training.get("finished"),
         # the served samples people rated: those trained on (collect's record), the low-rated ones not
         "feedback": manifest.get("feedback"),

@@ -260,6 +260,20 @@ def steps_per_epoch(kind: str, examples: int, train: TrainParams) -> int:
     return max(MIN_STEPS_PER_EPOCH, examples // train.batch_size)
 
 
+# train.max_steps: auto, images: AUTO_PASSES passes over the training images, within these bounds
+AUTO_PASSES, AUTO_MIN_STEPS, AUTO_MAX_STEPS = 200, 1500, 4000
+
+
+def budget(train: TrainParams, examples: int) -> int:
+    """train.max_steps, or for `auto` AUTO_PASSES passes over `examples` training images in batches of
+    train.batch_size, within AUTO_MIN_STEPS and AUTO_MAX_STEPS: a small folder is seen as often, a
+    large one stops at the cap; early stopping ends either sooner once validation stops improving."""
+    if train.max_steps != "auto":
+        return train.max_steps
+    steps = AUTO_PASSES * examples // train.batch_size
+    return int(min(max(steps, AUTO_MIN_STEPS), AUTO_MAX_STEPS))
+
+
 def make_data(meta: dict, splits: dict, model, train: TrainParams):
     from tasks.training.data import DeviceData
 
@@ -341,6 +355,8 @@ def _fit(
             update={"num_nodes": world // per_node, "devices": per_node, "strategy": "ddp"}
         )
     meta, splits = load_splits(processed)
+    sized = train.max_steps == "auto"
+    train = train.model_copy(update={"max_steps": budget(train, len(splits["train"][0]))})
     torch.manual_seed(train.seed)  # the initial weights
     trainee = build(model_params, train, meta)
     model = trainee.model
@@ -421,6 +437,12 @@ def _fit(
     if best:  # export the best epoch, not the last one
         trainee.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     model = trainee.model.cpu()
+    x_train, y_train = splits["train"]
+    if meta["kind"] == "image":  # the family's last fit with the weights final (the VAE's prior)
+        y = torch.as_tensor(y_train).long() if meta.get("classes") else None
+        settled = model.after_training(torch.as_tensor(x_train).float() / 255, y, train.seed)
+    else:
+        settled = {}
     export.save(model, out / "model")
     family = models.family(model.family)
     metrics = {
@@ -432,8 +454,10 @@ def _fit(
         "resumed": resume,
         "seconds": round(seconds, 2),
         "parameters": sum(p.numel() for p in model.net.parameters()),
+        **settled,
     }
-    write_record(out / "model" / RECORD, model_params, train, meta, metrics, tuned)
+    auto = {"train.max_steps": train.max_steps} if sized else {}
+    write_record(out / "model" / RECORD, model_params, train, meta, metrics, tuned, model.config, auto)
     (checkpoints / FINISHED).write_text(trainee.fingerprint)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if os.environ.get(LAUNCH):  # `genloop train --nodes N`: this node's launcher updates DVC
@@ -443,23 +467,33 @@ def _fit(
 
 
 def write_record(
-    path: Path, model_params: ModelParams, train: TrainParams, meta: dict, metrics: dict, tuned: dict | None
+    path: Path,
+    model_params: ModelParams,
+    train: TrainParams,
+    meta: dict,
+    metrics: dict,
+    tuned: dict | None,
+    config: dict,
+    auto: dict | None = None,
 ) -> None:
     """What this model was trained with, exported beside its weights: the registry's lineage reads it,
-    not params.yaml, which may have changed since."""
+    not params.yaml, which may have changed since. `config`: the family's config as built, with what
+    params.yaml left to `auto` sized for the data (`auto` lists those values)."""
     import datetime as dt
 
+    from tasks.core.params import family_was_auto
     from tasks.core.storage import write_json
     from tasks.registry.lineage import git
 
     family = model_params.family
+    asked = model_params.family_config()
+    chosen = {"model.family": family} if family_was_auto(model_params) else {}
+    chosen |= {f"model.{family}.{k}": config[k] for k, v in asked.items() if v == "auto"} | (auto or {})
     write_json(
         path,
         {
-            "params": {
-                "model": {"family": family, family: model_params.family_config()},
-                "train": train.model_dump(),
-            },
+            "params": {"model": {"family": family, family: config}, "train": train.model_dump()},
+            "auto": chosen or None,
             "data": {k: meta.get(k) for k in ("source", "seed", "counts")},
             "line": line_of(meta.get("source") or "", family, model_params.name),
             "git": git(),
