@@ -166,7 +166,8 @@ def for_kind(kind: str) -> list[str]:
     return [name for name, f in FAMILIES.items() if f.kind == kind]
 
 
-# What `model.family: auto` trains on each kind of data. Images: the VAE, measured best on sample
-# quality across folders of several kinds (docs/benchmarks.md, Quality on several folders) and the
-# only image family with a likelihood, which the gate and the drift monitor's scores use.
+# What `model.family: auto` trains on each kind of data. Images: the VAE, the image family that met
+# more of the quality target across the folders of `bench/quality.py --folders` within the time
+# budget (docs/benchmarks.md, Quality on several folders), the faster to train, and the one with a
+# likelihood (the gate's headline for it, and a score for unusual inputs).
 AUTO = {"image": "vae", "text": "gpt"}

@@ -361,6 +361,9 @@ def _fit(
     trainee = build(model_params, train, meta)
     model = trainee.model
     rank0 = (launched[0] if launched else int(os.environ.get("LOCAL_RANK", "0"))) == 0
+    chosen = choices(model_params, model.config, {"train.max_steps": train.max_steps} if sized else {})
+    if chosen and rank0:  # what params.yaml left to `auto`, as this data made it
+        print("auto: " + ", ".join(f"{k} {v}" for k, v in chosen.items()), flush=True)
     checkpoints = out / "checkpoints"
     trainee.fingerprint = fingerprint(model_params, train, meta)
     last = checkpoints / "last.ckpt"
@@ -456,14 +459,24 @@ def _fit(
         "parameters": sum(p.numel() for p in model.net.parameters()),
         **settled,
     }
-    auto = {"train.max_steps": train.max_steps} if sized else {}
-    write_record(out / "model" / RECORD, model_params, train, meta, metrics, tuned, model.config, auto)
+    write_record(out / "model" / RECORD, model_params, train, meta, metrics, tuned, model.config, chosen)
     (checkpoints / FINISHED).write_text(trainee.fingerprint)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if os.environ.get(LAUNCH):  # `genloop train --nodes N`: this node's launcher updates DVC
         EXPORTED.parent.mkdir(parents=True, exist_ok=True)
         EXPORTED.write_text(os.environ[LAUNCH])
     return metrics
+
+
+def choices(model_params: ModelParams, config: dict, budget: dict) -> dict:
+    """What params.yaml left to `auto` and what this data made of it: the family, the family's sizes
+    (config: as built) and the step budget (`budget`, when it was auto)."""
+    from tasks.core.params import family_was_auto
+
+    family = model_params.family
+    chosen = {"model.family": family} if family_was_auto(model_params) else {}
+    asked = model_params.family_config()
+    return chosen | {f"model.{family}.{k}": config[k] for k, v in asked.items() if v == "auto"} | budget
 
 
 def write_record(
@@ -474,21 +487,17 @@ def write_record(
     metrics: dict,
     tuned: dict | None,
     config: dict,
-    auto: dict | None = None,
+    chosen: dict | None = None,
 ) -> None:
     """What this model was trained with, exported beside its weights: the registry's lineage reads it,
     not params.yaml, which may have changed since. `config`: the family's config as built, with what
-    params.yaml left to `auto` sized for the data (`auto` lists those values)."""
+    params.yaml left to `auto` sized for the data; `chosen` lists those values (`choices`)."""
     import datetime as dt
 
-    from tasks.core.params import family_was_auto
     from tasks.core.storage import write_json
     from tasks.registry.lineage import git
 
     family = model_params.family
-    asked = model_params.family_config()
-    chosen = {"model.family": family} if family_was_auto(model_params) else {}
-    chosen |= {f"model.{family}.{k}": config[k] for k, v in asked.items() if v == "auto"} | (auto or {})
     write_json(
         path,
         {
