@@ -185,7 +185,7 @@ def folders_table(a, base, changes: dict, out: Path, revised) -> None:
             print(json.dumps(record), flush=True)
 
     def cell(figures: dict) -> str:
-        return f"{figures['fd']:7.1f} {figures['precision']:5.2f} {figures['recall']:5.2f}"
+        return f"{figures['fd']:7.1f} {figures['precision']:5.3f} {figures['recall']:5.2f}"
 
     print(f"\n{'folder':8} {'family':9} {'model FD   P     R':21} {'mixture FD P     R':21} "
           f"{'real FD    P     R':21} {'training':>16}  target (auto)")  # fmt: skip

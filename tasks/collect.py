@@ -7,7 +7,7 @@ from collections import Counter
 from tasks.core import paths
 from tasks.core.datasets import require_family_fits
 from tasks.core.orchestration import publish_table, repro, task, transient
-from tasks.core.params import Params
+from tasks.core.params import Params, family_was_auto
 from tasks.core.storage import content_hash, dumps, read_json, staged_dir
 from tasks.ingest import batches
 from tasks.ingest.sources import fetch, kind_of, peek_kind
@@ -21,7 +21,9 @@ def run(params: Params) -> dict:
     an unvalidated batch is never kept as "previous".
     """
     source = params.data.source
-    if params.model is not None:  # a family that cannot model this data stops here, before any fetch
+    # a family that cannot model this data stops here, before any fetch (`auto` fits any: an S3 source
+    # of text is known to hold text only from this listing, and the stages after collect choose the GPT)
+    if params.model is not None and not family_was_auto(params.model):
         require_family_fits(params.model.family, peek_kind(source, params.collect), f"data.source {source}")
     with staged_dir(paths.RAW, keep_previous=batches.keep_aside()) as stage:
         entries = sorted(fetch(source, stage, params.collect), key=lambda e: e.path)

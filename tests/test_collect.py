@@ -109,6 +109,8 @@ def test_a_family_that_cannot_model_the_source_stops_before_any_fetch(project, s
 
 
 def test_the_family_check_reads_a_folder_without_fetching_it(project, text_folder):
-    project.set_params(data={"source": str(text_folder)})  # the default family, vae: images only
+    project.set_params(data={"source": str(text_folder)}, model={"family": "vae"})  # images only
     with pytest.raises(GenloopError, match=f"data.source {text_folder} holds text: use model.family gpt"):
         collect.run(project.params())
+    project.set_params(model={"family": "auto"})  # the default: the family of the data found
+    assert project.params().model.family == "gpt"

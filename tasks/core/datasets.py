@@ -20,6 +20,7 @@ from tasks.core import paths
 from tasks.core.errors import GenloopError
 
 SPLITS = ("train", "val", "test")
+SUFFIXES = {".png": "image", ".txt": "text"}  # the data files a source holds, by kind
 
 
 def load_splits(
@@ -107,10 +108,10 @@ def require_family_fits(family: str, kind: str, where: str) -> None:
         )
 
 
-def source_kind(source: str, collect: Any) -> str | None:
+def source_kind(source: str, collect: Any = None) -> str | None:
     """'image' or 'text': the kind of data at `source` as collected already (data/processed), else
-    from the first data file's name (a local folder) or a listing (S3); None when it cannot be told
-    yet (a folder missing or empty, an S3 store out of reach): collect says why."""
+    from the first data file's name of a local folder; None when it cannot be told without fetching
+    (S3 before its first collect) or yet (a folder missing or empty): collect finds out, and says why."""
     from tasks.core.params import BUILTIN_SOURCES
 
     if source in BUILTIN_SOURCES:
@@ -120,18 +121,13 @@ def source_kind(source: str, collect: Any) -> str | None:
         found = json.loads(meta.read_text())
         if found.get("source") == source and found.get("kind"):
             return found["kind"]
-    from tasks.ingest.sources import SUFFIXES, peek_kind
-
-    if not source.startswith("s3://"):  # the first data file decides; collect checks they agree
-        root = Path(source.removeprefix("file://")).expanduser()
-        for _, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                kind = SUFFIXES.get(Path(name).suffix.lower())
-                if kind and not name.startswith("."):
-                    return kind
+    if source.startswith("s3://"):
         return None
-    try:
-        return peek_kind(source, collect)
-    except Exception:  # unreachable or empty: collect reports it
-        return None
+    root = Path(source.removeprefix("file://")).expanduser()
+    for _, dirs, files in os.walk(root):  # the first data file decides; collect checks they agree
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            kind = SUFFIXES.get(Path(name).suffix.lower())
+            if kind and not name.startswith("."):
+                return kind
+    return None

@@ -10,11 +10,10 @@ import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tasks.core.datasets import SUFFIXES
 from tasks.core.errors import GenloopError
 from tasks.core.params import BUILTIN_SOURCES, CollectParams
 from tasks.core.storage import inside, sha256_bytes
-
-SUFFIXES = {".png": "image", ".txt": "text"}
 
 
 @dataclass(frozen=True)
