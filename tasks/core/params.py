@@ -543,7 +543,9 @@ def resolved_family(params: Params) -> str:
 
 def family_was_auto(model: ModelParams) -> bool:
     """Whether params.yaml left the family to `auto` (then `model.family` is what auto chose)."""
-    return bool(model._auto_family)
+    _ = model.family  # what this depends on: a traced run records the read of model.family
+    target = getattr(model, "_target", model)  # under the tracer of params read, the params themselves
+    return bool(target._auto_family)
 
 
 def _family_train(params: Params) -> Params:
