@@ -86,6 +86,7 @@ def prepare(name: str, folder: Path, params, source: str | None = None) -> Path:
 def trained_and_measured(name: str, p, project: Path, out: Path) -> dict:
     """Family `name` trained on project's data/processed with params p, and measured as evaluate
     measures it, beside the baseline and real held-out data."""
+    import models
     from models import export
     from tasks.quality.measure import Measure, load_split
     from tasks.training.fit import fit
@@ -97,7 +98,7 @@ def trained_and_measured(name: str, p, project: Path, out: Path) -> dict:
     model = export.load(out / "model")
     measure = Measure(load_split(processed), p.evaluate, project / "featurizer", cache=project / "baseline")
     figures, _ = measure.model(model)
-    baseline, _ = measure.baseline(models_family(name).baseline)
+    baseline, _ = measure.baseline(models.family(name).baseline)
     return {
         "family": name,
         "model": figures,
@@ -109,18 +110,13 @@ def trained_and_measured(name: str, p, project: Path, out: Path) -> dict:
     }
 
 
-def models_family(name: str):
-    import models
-
-    return models.family(name)
-
-
 def main() -> None:
     import yaml
 
     sys.path.insert(0, str(ROOT / "bench"))
     from train_overhead import revised
 
+    import models
     from tasks.core.params import load
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -135,11 +131,11 @@ def main() -> None:
     changes = {k: yaml.safe_load(v) for k, v in (item.partition("=")[::2] for item in a.set)}
     out = Path(a.out)
     if a.folders:
-        folders_table(a, base, changes, out, revised)
+        folders_table(a, base, changes, out)
         return
     rows = []
     for name in (a.families or "vae,gan,gpt").split(","):
-        family = models_family(name)
+        family = models.family(name)
         p = revised(base, {"model.family": name} | changes)
         project = prepare(family.kind, out, p)
         record = trained_and_measured(name, p, project, out / f"train-{name}")
@@ -149,7 +145,7 @@ def main() -> None:
     print(f"\n{'family':6} {'metric':18} {'model':>9} {'baseline':>9} {'real data':>9}")
     for r in rows:
         name, figures, baseline, floor = r["family"], r["model"], r["baseline"], r["floor"]
-        family = models_family(name)
+        family = models.family(name)
         for metric in dict.fromkeys((family.headline, *family.sample_metrics)):  # the GAN's headline is FD
             cells = [figures.get(metric), baseline.get(metric), floor.get(metric)]
             print(
@@ -165,17 +161,16 @@ def main() -> None:
         print(f"{'':6} baseline: {baseline['model']}")
 
 
-def folders_table(a, base, changes: dict, out: Path, revised) -> None:
+def folders_table(a, base, changes: dict, out: Path) -> None:
     """Every image family on every folder, the mixture and real data beside each, one run."""
     from folders import FOLDERS, make
-
-    from tasks.core.params import resolved_family
+    from train_overhead import revised
 
     rows = []
     for folder in a.folders.split(","):
         source = make(folder, out / "folders")
         p0 = revised(base, {"data.source": source} | changes)
-        picked = resolved_family(p0)  # what model.family (auto by default) trains on this folder
+        picked = p0.model.family  # what model.family (auto by default, resolved by parse) trains here
         project = prepare(f"folder-{folder}", out, p0, source)
         for name in (a.families or "vae,gan").split(","):
             p = revised(p0, {"model.family": name})

@@ -536,11 +536,6 @@ def auto_family(params: Params) -> str:
     return AUTO[source_kind(params.data.source, params.collect) or "image"]
 
 
-def resolved_family(params: Params) -> str:
-    """The family these params train (model.family, with auto already resolved by `parse`)."""
-    return params.require("model").family
-
-
 def family_was_auto(model: ModelParams) -> bool:
     """Whether params.yaml left the family to `auto` (then `model.family` is what auto chose)."""
     _ = model.family  # what this depends on: a traced run records the read of model.family
