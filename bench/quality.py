@@ -13,7 +13,9 @@ column says whether the family meets its target.
 `--folders` (digits, shapes, patches, strokes: bench/folders.py makes them) trains every image family
 on each folder with nothing but `data.source` changed, and holds the family `model.family: auto`
 picks to the image target on every one: FD at most half the mixture's, precision and recall at
-least the mixture's, at most 5 minutes of training.
+least the mixture's, at most 5 minutes of training. A last column says what the gate
+(evaluate.gate of the params) decides for each model as a first champion. Each row is printed as a
+line of JSON as it is measured; `--rows FILE` prints the table again from those lines.
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ def main() -> None:
     ap.add_argument("--families", default=None, help="default: vae,gan,gpt; with --folders vae,gan")
     ap.add_argument("--folders", nargs="?", const="digits,shapes,patches,strokes", default=None,
                     help="image folders to train on (default when given alone: all four)")  # fmt: skip
+    ap.add_argument("--rows", default=None, metavar="FILE",
+                    help="with --folders: the table from the JSON lines of an earlier run")  # fmt: skip
     ap.add_argument("--out", default=str(ROOT / "bench/.out/quality"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a parameter")
     a = ap.parse_args()
@@ -166,8 +170,14 @@ def folders_table(a, base, changes: dict, out: Path) -> None:
     from folders import FOLDERS, make
     from train_overhead import revised
 
-    rows = []
-    for folder in a.folders.split(","):
+    from tasks.quality.gate import decide
+
+    rows = (
+        [json.loads(line) for line in Path(a.rows).read_text().splitlines() if line.startswith("{")]
+        if a.rows
+        else []
+    )
+    for folder in a.folders.split(",") if not a.rows else ():
         source = make(folder, out / "folders")
         p0 = revised(base, {"data.source": source} | changes)
         picked = p0.model.family  # what model.family (auto by default, resolved by parse) trains here
@@ -183,15 +193,16 @@ def folders_table(a, base, changes: dict, out: Path) -> None:
         return f"{figures['fd']:7.1f} {figures['precision']:5.3f} {figures['recall']:5.2f}"
 
     print(f"\n{'folder':8} {'family':9} {'model FD   P     R':21} {'mixture FD P     R':21} "
-          f"{'real FD    P     R':21} {'training':>16}  target (auto)")  # fmt: skip
+          f"{'real FD    P     R':21} {'training':>16}  {'target':7} gate")  # fmt: skip
     for r in rows:
         name = r["family"] + (" (auto)" if r["auto"] else "")
-        verdict = ""
-        if r["auto"]:
-            verdict = "meets" if folder_target(r["model"], r["baseline"], r["train_seconds"]) else "misses"
+        verdict = "meets" if folder_target(r["model"], r["baseline"], r["train_seconds"]) else "misses"
+        gate = decide(r["family"], r["model"], r["baseline"], r["floor"], None, base.evaluate.gate)[
+            "decision"
+        ]
         print(
             f"{r['folder']:8} {name:9} {cell(r['model']):21} {cell(r['baseline']):21} {cell(r['floor']):21} "
-            f"{r['train_seconds']:6.0f} s {r['steps']:5d} st  {verdict}"
+            f"{r['train_seconds']:6.0f} s {r['steps']:5d} st  {verdict:7} {gate}"
         )
     for folder in dict.fromkeys(r["folder"] for r in rows):
         print(f"{folder}: {FOLDERS[folder]}")

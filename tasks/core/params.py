@@ -229,6 +229,7 @@ class Gate(Section):
     max_memorised: float = Field(ge=0, le=1)  # copies beyond the share real unseen data scores
     min_improvement: float = Field(ge=0)  # the headline metric must beat the champion's by this much
     max_regression: float = Field(ge=0)  # relative worsening allowed on every other metric
+    max_fd_ratio: float = Field(gt=0)  # images: samples' Fréchet distance at most this x the baseline's
 
 
 class EvaluateParams(Section):
