@@ -36,6 +36,8 @@ def prepare(project, source: str = "sklearn:digits", family: str = "vae", **trai
     if family == "gpt":
         model["gpt"] = TINY_GPT
     project.set_params(data={"source": source}, model=model, train=QUICK | train)
+    if (project.root / "data/processed").exists():
+        return  # the `digits` fixture's: collected, validated and augmented once per worker
     collect.run(project.params())
     validate.run(project.params())
     augment.run(project.params())
@@ -112,7 +114,8 @@ def test_killed_run_resumes_to_the_same_weights(project, tmp_path):
     assert all((a[k] == b[k]).all() for k in a)
 
 
-def test_changed_params_do_not_resume_stale_checkpoints(project):
+def test_changed_params_do_not_resume_stale_checkpoints(digits):
+    project = digits
     prepare(project, steps_per_execution=4)
     proc = project.run("genloop", "stage", "train", check=True)
     # one bar for the whole run, in optimizer steps (10 an epoch), not Lightning steps (3 of up to 4),
@@ -125,7 +128,8 @@ def test_changed_params_do_not_resume_stale_checkpoints(project):
     assert metrics(project.root)["resumed"] is False
 
 
-def test_ddp_on_two_cpu_processes(project):
+def test_ddp_on_two_cpu_processes(digits):
+    project = digits
     # two optimizer steps per Lightning step: each backward must still average gradients over ranks
     # (tasks/training/callbacks.py: ReplicaCheck fails the run if the replicas end apart)
     prepare(project, strategy="ddp", devices=2, accelerator="cpu", steps_per_execution=2)
@@ -159,7 +163,8 @@ def test_init_from_fine_tunes_an_exported_model(project, tmp_path):
         ({"train": {"init_from": "nowhere"}}, "train.init_from: nowhere/model.json not found"),
     ],
 )
-def test_bad_params_get_a_clear_error(project, change, message):
+def test_bad_params_get_a_clear_error(digits, change, message):
+    project = digits
     prepare(project)
     project.set_params(**change)
     proc = project.run("genloop", "stage", "train")
@@ -167,7 +172,8 @@ def test_bad_params_get_a_clear_error(project, change, message):
     assert "Traceback" not in proc.stderr
 
 
-def test_init_from_another_family_is_refused(project, tmp_path):
+def test_init_from_another_family_is_refused(digits, tmp_path):
+    project = digits
     prepare(project, family="gan")
     project.run("genloop", "stage", "train", check=True)
     gan = tmp_path / "gan-model"

@@ -20,13 +20,17 @@ from tests.postgres_server import postgres
 
 
 def study_of(project):
-    """The study in the project's journal, read as another process would."""
+    """The study in the project's journal, read as another process would (None while the journal holds
+    no study yet: the file is made before the study's first record is written)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     journal = project.root / ".genloop/tune/study/journal.log"
     storage = JournalStorage(JournalFileBackend(str(journal)))
-    (summary,) = optuna.get_all_study_summaries(storage)
+    summaries = optuna.get_all_study_summaries(storage)
+    if not summaries:
+        return None
+    (summary,) = summaries
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
 
@@ -49,9 +53,10 @@ def test_a_study_killed_with_sigkill_continues_where_it_stopped(digits_project):
         while time.monotonic() < deadline:  # one trial done, the next with a checkpoint of its own
             assert proc.poll() is None, "the stage ended before it could be killed"
             time.sleep(0.5)
-            if not (project.root / ".genloop/tune/study/journal.log").is_file():
+            study = (project.root / ".genloop/tune/study/journal.log").is_file() and study_of(project)
+            if not study:
                 continue
-            trials = study_of(project).get_trials(deepcopy=False)
+            trials = study.get_trials(deepcopy=False)
             done = [t for t in trials if t.state == TrialState.COMPLETE]
             running = next((t for t in trials if t.state == TrialState.RUNNING), None)
             folder = running and running.user_attrs.get("folder")
