@@ -134,6 +134,8 @@ def main() -> None:
     base = load(a.params)
     changes = {k: yaml.safe_load(v) for k, v in (item.partition("=")[::2] for item in a.set)}
     out = Path(a.out)
+    if a.rows and not a.folders:
+        ap.error("--rows prints a --folders table again: give --folders too")
     if a.folders:
         folders_table(a, base, changes, out)
         return
@@ -171,6 +173,8 @@ def folders_table(a, base, changes: dict, out: Path) -> None:
     from train_overhead import revised
 
     from tasks.quality.gate import decide
+
+    gate = revised(base, changes).evaluate.gate  # what evaluate would decide with these params
 
     rows = (
         [json.loads(line) for line in Path(a.rows).read_text().splitlines() if line.startswith("{")]

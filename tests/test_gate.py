@@ -85,6 +85,11 @@ def test_samples_must_be_twice_as_close_to_the_data_as_the_baselines() -> None:
     assert decide("gan", dict(gan, fd=20.0), mixture, floor, None, GATE)["decision"] == "promote"
     lenient = GATE.model_copy(update={"max_fd_ratio": 1.0})
     assert decide("vae", vae, mixture, floor, None, lenient)["decision"] == "promote"
+    # where the mixture is already within twice real data's distance, real data's own is the limit
+    near = dict(mixture, fd=30.0)
+    assert decide("vae", dict(vae, fd=20.0), near, dict(floor, fd=20.0), None, GATE)["decision"] == "promote"
+    assert decide("vae", dict(vae, fd=20.5), near, dict(floor, fd=20.0), None, GATE)["decision"] == "reject"
+    assert decide("vae", dict(vae, fd=float("nan")), mixture, floor, None, GATE)["decision"] == "reject"
 
 
 def test_a_degenerate_baseline_never_passes_a_model() -> None:

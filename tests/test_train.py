@@ -36,7 +36,7 @@ def prepare(project, source: str = "sklearn:digits", family: str = "vae", **trai
     if family == "gpt":
         model["gpt"] = TINY_GPT
     project.set_params(data={"source": source}, model=model, train=QUICK | train)
-    if (project.root / "data/processed").exists():
+    if source == "sklearn:digits" and (project.root / "data/processed").exists():
         return  # the `digits` fixture's: collected, validated and augmented once per worker
     collect.run(project.params())
     validate.run(project.params())
