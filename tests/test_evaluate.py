@@ -13,9 +13,9 @@ from tests.test_train import QUICK
 pytestmark = pytest.mark.slow
 
 SMALL_VAE = {"vae": {"arch": "mlp", "latent_dim": 8, "hidden": [128], "prior_components": 0}}
-# One Gaussian as the baseline and samples allowed 10x its FD: a gate a
-# briefly trained VAE passes, for the tests that need a champion
-LENIENT = SMALL_BASELINE | {"gate": {"max_regression": 10.0, "max_fd_ratio": 10.0}}
+# One Gaussian as the baseline and samples allowed 10x worse than it (FD 100x: a brief VAE on 16x16
+# shapes draws at 10.5x): a gate a briefly trained VAE passes, for the tests that need a champion
+LENIENT = SMALL_BASELINE | {"gate": {"max_regression": 10.0, "max_fd_ratio": 100.0}}
 
 
 def read(project, name: str) -> dict:
