@@ -35,6 +35,7 @@ def test_up_deploys_runs_a_deployment_and_down_stops_everything(digits):
         assert f"http://127.0.0.1:{port}" in up.stdout
         worker = psutil.Process(int((project.root / ".genloop/worker.pid").read_text()))
         assert "--limit 1" in " ".join(worker.cmdline())  # this checkout's flow runs, one at a time
+        assert worker.environ()["PREFECT_WORKER_QUERY_SECONDS"] == "2"  # a run starts within 2 s
         listed = project.run("prefect", "deployment", "ls", env=env, check=True).stdout
         assert "data/data" in listed and "train/train" in listed
         run = project.run("prefect", "deployment", "run", "data/data", "--watch", env=env)
