@@ -201,12 +201,10 @@ def folders_table(a, base, changes: dict, out: Path) -> None:
     for r in rows:
         name = r["family"] + (" (auto)" if r["auto"] else "")
         verdict = "meets" if folder_target(r["model"], r["baseline"], r["train_seconds"]) else "misses"
-        gate = decide(r["family"], r["model"], r["baseline"], r["floor"], None, base.evaluate.gate)[
-            "decision"
-        ]
+        decision = decide(r["family"], r["model"], r["baseline"], r["floor"], None, gate)["decision"]
         print(
             f"{r['folder']:8} {name:9} {cell(r['model']):21} {cell(r['baseline']):21} {cell(r['floor']):21} "
-            f"{r['train_seconds']:6.0f} s {r['steps']:5d} st  {verdict:7} {gate}"
+            f"{r['train_seconds']:6.0f} s {r['steps']:5d} st  {verdict:7} {decision}"
         )
     for folder in dict.fromkeys(r["folder"] for r in rows):
         print(f"{folder}: {FOLDERS[folder]}")

@@ -108,7 +108,7 @@ def require_family_fits(family: str, kind: str, where: str) -> None:
         )
 
 
-def source_kind(source: str, collect: Any = None) -> str | None:
+def source_kind(source: str) -> str | None:
     """'image' or 'text': the kind of data at `source` as collected already (data/processed), else
     from the first data file's name of a local folder; None when it cannot be told without fetching
     (S3 before its first collect) or yet (a folder missing or empty): collect finds out, and says why."""

@@ -534,7 +534,7 @@ def auto_family(params: Params) -> str:
     from models.families import AUTO
     from tasks.core.datasets import source_kind
 
-    return AUTO[source_kind(params.data.source, params.collect) or "image"]
+    return AUTO[source_kind(params.data.source) or "image"]
 
 
 def family_was_auto(model: ModelParams) -> bool:

@@ -111,10 +111,10 @@ def decide(
             b = replacement
         if math.isfinite(b):
             if headline == "fd":  # the GAN's headline: beaten by the gate's margin, not by a hair
-                against = f"{_against(headline, b, floor, gate)}"
+                against = _against(headline, b, floor, gate)
             check(
                 "beats baseline",
-                better(a, b, headline) and (headline != "fd" or near_enough(a, b, headline, floor, gate)),
+                better(a, b, headline) and (headline != "fd" or a <= fd_limit(b, floor, gate)),
                 f"{headline} {_num(a)} vs {against}",
                 headline,
                 value=b,
