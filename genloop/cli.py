@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -108,18 +109,36 @@ def flow(
 
     params = load()  # a misspelt key is told in a second, before Prefect or a server starts
     module = importlib.import_module(f"flows.{name.value}")
-    if name is FlowName.retrain:
-        result = module.FLOW(trigger="person", force=force)
-    elif name in (FlowName.deploy, FlowName.monitor):
-        result = module.FLOW()
-    else:
-        result = module.FLOW(force_collect=force_collect)
+    with _heartbeat_unless_configured():
+        if name is FlowName.retrain:
+            result = module.FLOW(trigger="person", force=force)
+        elif name in (FlowName.deploy, FlowName.monitor):
+            result = module.FLOW()
+        else:
+            result = module.FLOW(force_collect=force_collect)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     else:
         from genloop.report import lines
 
         typer.echo("\n".join(lines(name.value, _brief(result), params)))
+
+
+HEARTBEAT_SETTINGS = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+
+
+def _heartbeat_unless_configured() -> contextlib.AbstractContextManager:
+    """No Prefect heartbeat for a run from the command line, unless the environment or the profile asks
+    for one. Its thread sleeps in whole seconds, and the run waits for it to wake at its end (0.5 s on
+    average, a tenth of a cached lifecycle); and nothing watches it: `genloop up`'s crash automation
+    watches its deployments' runs, which set their own."""
+    from prefect.context import get_settings_context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    profile = {setting.name for setting in get_settings_context().profile.settings}
+    if any(name in os.environ or name in profile for name in HEARTBEAT_SETTINGS):
+        return contextlib.nullcontext()
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 tune_app = typer.Typer(help="The tuning study: its dashboard, and workers joining it.", no_args_is_help=True)
@@ -164,8 +183,8 @@ def tune_dashboard(
 
 
 runner_app = typer.Typer(
-    help="The warm stage runner: a process that has loaded the stages' libraries and forks each "
-    "`genloop stage` (genloop/runner.py; GENLOOP_RUNNER=0 turns it off).",
+    help="The warm runner: a process that has loaded the stages' and flows' libraries and forks each "
+    "`genloop stage` and `genloop flow` (genloop/runner.py; GENLOOP_RUNNER=0 turns it off).",
     no_args_is_help=True,
 )
 app.add_typer(runner_app, name="runner")
@@ -173,7 +192,7 @@ app.add_typer(runner_app, name="runner")
 
 @runner_app.command("start")
 def runner_start() -> None:
-    """Start the runner for this environment now (the first `genloop stage` otherwise starts it)."""
+    """Start the runner for this environment now (the first stage or flow otherwise starts it)."""
     from genloop import runner
 
     if not runner.enabled():
@@ -184,7 +203,7 @@ def runner_start() -> None:
 
 @runner_app.command("stop")
 def runner_stop() -> None:
-    """Stop this user's runners; stages they are running go on to their end."""
+    """Stop this user's runners; stages and flows they are running go on to their end."""
     from genloop import runner
 
     stopped = runner.stop()

@@ -1,8 +1,9 @@
-"""A warm runner for `genloop stage`: a process that has imported the stages' libraries once and forks a
-child for each stage, so a stage starts its own work in a fraction of a second instead of after 3-8 s of
-imports (torch, Lightning, Great Expectations, torchmetrics; bench/startup.py measures both ways).
+"""A warm runner for `genloop stage` and `genloop flow`: a process that has imported the stages' and the
+flows' libraries once and forks a child for each command, so a stage starts its own work in a fraction of
+a second instead of after 3-8 s of imports (torch, Lightning, Great Expectations, torchmetrics), and a flow
+without the 1.5 s of Prefect's (bench/startup.py measures both ways).
 
-How a stage runs through it:
+How a stage (or a flow) runs through it:
 - `genloop stage <name>` (the client, which imports nothing heavy) connects to the runner's Unix socket,
   sends its arguments, working folder, environment and umask, and hands over its stdin, stdout and
   stderr (SCM_RIGHTS), so the stage writes to the same terminal, pipe or log as it would itself.
@@ -10,15 +11,16 @@ How a stage runs through it:
   in-process; its exit status goes back to the client, which exits with it.
 - A signal to the client (Ctrl+C, a Prefect cancellation's SIGTERM) is passed on to the child. If the
   client dies, even by SIGKILL (a flow run's process tree killed), its end of the socket closes and the
-  child kills its whole process group at once: a stage never outlives the command that started it.
+  child kills its whole process group at once: a stage, or a flow and the stages it started, never
+  outlives the command that started it.
 
 What is shared and what is not: the runner imports third-party libraries only, never genloop's own
 modules, so each stage imports the project's code fresh, edits included. It serves only clients whose
 Python, installed packages, runner code and environment (but for the variables a stage reads when it
 runs: DVC's, Prefect's, BentoML's, AWS's, genloop's own, the thread counts, PATH) are those it was
-started with; any other client starts a runner of its own. The first `genloop stage` without a runner
+started with; any other client starts a runner of its own. The first stage or flow without a runner
 starts one in the background and runs in-process as before; a runner exits after GENLOOP_RUNNER_IDLE_S
-(default 600) seconds without a stage, or at `genloop runner stop`. Its socket, lock and log are in
+(default 600) seconds without a command, or at `genloop runner stop`. Its socket, lock and log are in
 GENLOOP_RUNNER_DIR (default $XDG_RUNTIME_DIR/genloop/runner, else $TMPDIR/genloop-<uid>/runner: a
 folder only this user may enter, and a client talks only to a runner of its own user). It forks only
 while it is a single Python thread, never having started a math library's thread pool or CUDA. Linux
@@ -38,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-# The libraries the stages import (measured with -X importtime), loaded once by the runner.
+# The libraries the stages and flows import (measured with -X importtime), loaded once by the runner.
 PRELOAD = (
     "numpy",
     "yaml",
@@ -58,6 +60,11 @@ PRELOAD = (
     "dvc.repo",
     "s3fs",
     "great_expectations",
+    # the flows': Prefect reads its settings and sets up its logging when imported, with the runner's
+    # environment; each child reads them again from its client's (_child)
+    "prefect",
+    "prefect.flow_engine",
+    "prefect.task_engine",
 )
 # Variables a stage reads when it runs, not when a library is imported: they may differ between
 # clients of one runner (each child takes its client's whole environment).
@@ -238,10 +245,17 @@ def serve(fp: str) -> None:
     sys.path[0] = os.path.dirname(sys.executable)  # as for the `genloop` command, not this folder
     started = time.monotonic()
     import importlib
+    import logging
 
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    # Prefect set up its logging as it was imported: a stage's child keeps Python's own, as it would
+    # alone; a flow's child sets Prefect's up again (_prefect_from_client)
+    root.handlers[:] = handlers
+    root.setLevel(level)
     print(f"runner {fp}: {len(PRELOAD)} libraries loaded in {time.monotonic() - started:.1f} s", flush=True)
 
     path = folder() / f"{fp}.sock"
@@ -402,6 +416,8 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
     import __main__
 
     __main__.__spec__, __main__.__file__ = None, request["argv0"]
+    if request["argv"][:1] == ["flow"] and "prefect.context" in sys.modules:
+        _prefect_from_client()
 
     _die_with_client(conn, True)  # armed before the client learns the pid: no moment without an owner
     _send(conn, {"pid": os.getpid()})
@@ -440,6 +456,16 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
     return code
 
 
+def _prefect_from_client() -> None:
+    """Prefect's settings (the server's address, its home, the log level) and its log handlers as if it
+    were imported now, from the client's environment and on the client's stderr."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.logging.configuration import setup_logging
+
+    refresh_global_settings_context()
+    setup_logging(incremental=False)
+
+
 def _die_with_client(conn: socket.socket, on: bool) -> None:
     """While on, the kernel kills this process group (SIGKILL) the moment the client's end of the socket
     closes, which it does when the client dies: no thread of ours has to be scheduled, nor hold the GIL.
@@ -476,11 +502,12 @@ def _reap(children: dict[int, socket.socket]) -> None:
 
 
 def main() -> None:
-    """The `genloop` command: `genloop stage ...` through a warm runner when there is one."""
+    """The `genloop` command: `genloop stage ...` and `genloop flow ...` through a warm runner when there
+    is one."""
     import tasks  # noqa: F401  (the no-telemetry defaults, in the environment a runner starts with)
 
     argv = sys.argv[1:]
-    if argv[:1] == ["stage"] and "--help" not in argv:
+    if argv[:1] in (["stage"], ["flow"]) and "--help" not in argv:
         code = forward(argv)
         if code is not None:
             sys.exit(code)

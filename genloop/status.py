@@ -152,7 +152,7 @@ def runner(console: Console) -> None:
         return
     found = [x for x in r.runners() if x["this"]]
     if not found:
-        console.print("Stage runner: none for this environment (the next `genloop stage` starts one)")
+        console.print("Stage runner: none for this environment (the next stage or flow starts one)")
         return
     idle = f"; it exits after {r.IDLE_S:g} s without a stage (genloop runner stop)"
     age = time.time() - found[0]["since"]

@@ -1,6 +1,6 @@
-"""The warm stage runner (genloop/runner.py): a stage through it says and exits as it would alone, a kill -9
-of the command stops the stage and everything it started, signals reach it, and the project's code is
-imported fresh for every stage."""
+"""The warm runner (genloop/runner.py): a stage through it says and exits as it would alone, a kill -9 of
+the command stops the stage (or the flow) and everything it started, signals reach it, a flow reads its
+command's Prefect settings, and the project's code is imported fresh for every stage."""
 
 from __future__ import annotations
 
@@ -77,12 +77,49 @@ def test_kill_9_of_the_command_stops_the_stage_and_what_it_started(digits):
         return procs if len(tree) == 2 else []
 
     procs = wait_for(workers, "the stage never started its two workers")
+    kill_and_check(client, procs, pid)
+
+
+def kill_and_check(client: subprocess.Popen, procs: list[psutil.Process], pid: int) -> None:
+    """SIGKILL to the command alone: every process of `procs` ends with it, and the runner `pid` goes on."""
     assert client.poll() is None
     client.kill()
     client.wait()
-    _, alive = psutil.wait_procs(procs, timeout=2)
-    assert not alive, f"still running after the command was killed: {alive}"
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    assert not alive, f"still running after the command was killed: {[p.cmdline() for p in alive]}"
     assert psutil.pid_exists(pid), "the runner itself goes on"
+
+
+def test_kill_9_of_a_flow_stops_it_and_its_stage(digits):
+    """`genloop flow lifecycle` runs in a child of the runner too, and its stages in others: SIGKILL to the
+    command while the flow trains ends the flow's process, DVC, and the stage's process at once."""
+    project = digits
+    project.set_params(train=QUICK | {"max_steps": 100_000})
+    env = {**os.environ, **project.env}
+    pid = runner_pid(env)
+    client = subprocess.Popen([str(BIN / "genloop"), "flow", "lifecycle"], cwd=project.root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    last = project.root / "artifacts/train/checkpoints/last.ckpt"  # an epoch done: the stage trains
+
+    def flow_and_stage() -> list[psutil.Process]:
+        procs = stage_children(pid, project.root)
+        ours = [p for p in procs if p.ppid() == pid]  # the runner's own children: the flow's and the stage's
+        return procs if len(ours) == 2 and last.exists() else []
+
+    procs = wait_for(flow_and_stage, "the flow's train stage never ran through the runner", timeout=180)
+    kill_and_check(client, procs, pid)
+
+
+def test_a_flow_through_the_runner_takes_its_prefect_settings_from_its_command(digits):
+    """Prefect reads its settings when imported, in the runner: the flow's child reads them again from its
+    command's environment (here a server address that answers nothing), not the runner's. (With a
+    heartbeat set, the CLI takes Prefect's settings as they are, rather than a copy made to turn it off.)"""
+    env = {**os.environ, **digits.env}
+    env.pop("PREFECT_API_URL", None)
+    runner_pid(env)
+    nowhere = {"PREFECT_API_URL": "http://127.0.0.1:9/api", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+    run = digits.run("genloop", "flow", "deploy", env=nowhere)
+    assert run.returncode != 0 and "http://127.0.0.1:9/api" in run.stderr, run.stderr[-2000:]
 
 
 def test_signals_reach_the_stage(digits):
