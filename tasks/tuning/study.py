@@ -95,15 +95,35 @@ def open_storage(storage: str, heartbeat_s: int = 20, grace_s: int = 60):
         lock = JournalFileSymlinkLock(path, grace_period=JOURNAL_GRACE_S)
         return JournalStorage(JournalFileBackend(path, lock_obj=lock))
     try:
-        return optuna.storages.RDBStorage(
-            storage,
-            heartbeat_interval=heartbeat_s,
-            grace_period=grace_s,
-            heartbeat_stale_trial_callback=retrying(),
-            engine_kwargs={"pool_pre_ping": True},
-        )
+        with _schema_lock(storage):
+            return optuna.storages.RDBStorage(
+                storage,
+                heartbeat_interval=heartbeat_s,
+                grace_period=grace_s,
+                heartbeat_stale_trial_callback=retrying(),
+                engine_kwargs={"pool_pre_ping": True},
+            )
     except Exception as err:  # a wrong URL, a server down: say which, without the password
         raise GenloopError(f"tune.storage: cannot open {_redacted(storage)}: {err}") from None
+
+
+@contextlib.contextmanager
+def _schema_lock(storage: str) -> Iterator[None]:
+    """One process at a time opens the database: Optuna makes its tables on the first open, and two
+    workers started at once on a new database both made them, one failing ("relation studies already
+    exists"). A PostgreSQL advisory lock, held for the open alone."""
+    if not storage.startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import text
+
+    with _engine(storage).connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK})
+            conn.commit()
 
 
 def shown(storage: str) -> str:
@@ -204,6 +224,7 @@ def open_study(params: Params, storage: Any = None, name: str | None = None):
 
 
 _ENGINES: dict[str, Any] = {}
+SCHEMA_LOCK = zlib.crc32(b"genloop: the Optuna schema")  # an advisory lock's key, apart from the studies'
 
 
 def _engine(url: str):
