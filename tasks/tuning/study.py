@@ -115,15 +115,8 @@ def _schema_lock(storage: str) -> Iterator[None]:
     if not storage.startswith("postgresql"):
         yield
         return
-    from sqlalchemy import text
-
-    with _engine(storage).connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK})
-        try:
-            yield
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK})
-            conn.commit()
+    with advisory_lock(storage, SCHEMA_LOCK):
+        yield
 
 
 def shown(storage: str) -> str:
@@ -237,19 +230,25 @@ def _engine(url: str):
 
 
 @contextlib.contextmanager
+def advisory_lock(storage: str, key: int) -> Iterator[None]:
+    """A PostgreSQL advisory lock on the study's database, held on one connection while inside."""
+    from sqlalchemy import text
+
+    with _engine(storage).connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
+
+@contextlib.contextmanager
 def claim_lock(study, storage: str) -> Iterator[None]:
     """One worker at a time counts the trials and starts the next: the budget is never exceeded."""
     if storage != "journal":
-        from sqlalchemy import text
-
-        key = zlib.crc32(study.study_name.encode())  # a PostgreSQL advisory lock per study
-        with _engine(storage).connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+        with advisory_lock(storage, zlib.crc32(study.study_name.encode())):  # one per study
+            yield
     else:
         from filelock import FileLock
 
