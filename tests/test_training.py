@@ -241,3 +241,34 @@ def test_precision_auto_measures_bf16_on_a_cpu_that_has_it(monkeypatch, capsys):
     assert fit.resolve_precision(train, model, data) == "bf16-mixed"
     gan = make("gan")  # two losses: float32, nothing measured
     assert fit.resolve_precision(train, gan, data_for("gan", steps_per_epoch=5)) == "32-true"
+
+
+class Plateau(pl.LightningModule):
+    """A model whose validation loss never improves on its first epoch's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, _):
+        return (self.w - batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, _):
+        self.log("val_loss", float(self.current_epoch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_is_the_last_epoch_even_on_a_plateau(tmp_path):
+    """A killed run resumes from last.ckpt: it must be the last epoch's, not the best epoch's."""
+    from tasks.training.fit import checkpointing
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 1)), batch_size=4)
+    trainer = pl.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=list(checkpointing(tmp_path)))  # fmt: skip
+    trainer.fit(Plateau(), loader, loader)
+    epoch = {n: torch.load(tmp_path / f"{n}.ckpt", weights_only=True)["epoch"] for n in ("best", "last")}
+    assert epoch == {"best": 0, "last": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]

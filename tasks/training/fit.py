@@ -100,6 +100,18 @@ def fingerprint(model_params: ModelParams, train: TrainParams, meta: dict) -> st
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def checkpointing(folder: Path) -> tuple[pl.Callback, pl.Callback]:
+    """best.ckpt, the epoch of the lowest validation loss (what is exported), and last.ckpt after every
+    validation (what a killed run resumes from). Lightning's own save_last writes last.ckpt only when
+    best.ckpt was written too: a run killed on a plateau resumed from its best epoch, up to
+    early_stopping_patience epochs back, and trained them again."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_loss", mode="min")
+    latest = ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False)
+    return best, latest
+
+
 def resumable(last: Path, stamp: str) -> bool:
     """Was the checkpoint at `last` written by a run of exactly this fingerprint that did not finish?
     A finished run asked again (dvc repro --force) trains again from the start, to the same weights:
@@ -343,7 +355,7 @@ def _fit(
     tuned: dict | None,
 ) -> dict:
     import torch
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping
 
     from tasks.training.callbacks import FollowCores, ReplicaCheck, SampleWriter, StepProgressBar
 
@@ -392,10 +404,8 @@ def _fit(
             dir=str(out / "live"), save_dvc_exp=False, resume=resume, report=None, dvcyaml=False
         )
         live = logger.experiment
-    checkpoint = ModelCheckpoint(
-        dirpath=checkpoints, filename="best", monitor="val_loss", mode="min", save_last=True
-    )
-    callbacks: list = [checkpoint]
+    checkpoint, latest = checkpointing(checkpoints)
+    callbacks: list = [checkpoint, latest]
     if train.ema_decay:  # validation, checkpoints and the export then see the averaged weights
         from tasks.training.averaging import WeightEMA
 
