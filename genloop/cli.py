@@ -124,19 +124,14 @@ def flow(
         typer.echo("\n".join(lines(name.value, _brief(result), params)))
 
 
-HEARTBEAT_SETTINGS = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
-
-
 def _heartbeat_unless_configured() -> contextlib.AbstractContextManager:
-    """No Prefect heartbeat for a run from the command line, unless the environment or the profile asks
-    for one. Its thread sleeps in whole seconds, and the run waits for it to wake at its end (0.5 s on
-    average, a tenth of a cached lifecycle); and nothing watches it: `genloop up`'s crash automation
-    watches its deployments' runs, which set their own."""
-    from prefect.context import get_settings_context
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    """No Prefect heartbeat for a run from the command line, unless a setting asks for one (the
+    environment, a profile, prefect.toml). Its thread sleeps in whole seconds, and the run waits for it
+    to wake at its end (0.5 s on average, a tenth of a cached lifecycle); and nothing watches it:
+    `genloop up`'s crash automation watches its deployments' runs, which set their own."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
-    profile = {setting.name for setting in get_settings_context().profile.settings}
-    if any(name in os.environ or name in profile for name in HEARTBEAT_SETTINGS):
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
         return contextlib.nullcontext()
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 

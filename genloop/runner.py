@@ -61,13 +61,15 @@ PRELOAD = (
     "s3fs",
     "great_expectations",
     # the flows': Prefect reads its settings and sets up its logging when imported, with the runner's
-    # environment; each child reads them again from its client's (_child)
+    # environment; a flow's child reads them again from its client's (_prefect_from_client). A stage's
+    # child keeps the runner's: no stage talks to Prefect
     "prefect",
     "prefect.flow_engine",
     "prefect.task_engine",
 )
-# Variables a stage reads when it runs, not when a library is imported: they may differ between
-# clients of one runner (each child takes its client's whole environment).
+# Variables a stage reads when it runs, not when a library is imported (Prefect's, which it reads
+# when imported, a flow's child reads again): they may differ between clients of one runner (each
+# child takes its client's whole environment).
 PER_CALL = ("DVC_", "PREFECT_", "BENTOML_", "AWS_", "GENLOOP_", "PYTEST_", "OMP_NUM_THREADS",
             "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PATH", "PWD", "OLDPWD", "SHLVL", "_",
             "COLUMNS", "LINES", "TERM", "SSH_", "XDG_SESSION", "DISPLAY",
@@ -250,10 +252,12 @@ def serve(fp: str) -> None:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     for name in PRELOAD:
+        if name == "prefect":  # what the root logger had before Prefect set up its logging
+            handlers, level = list(root.handlers), root.level
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
-    # Prefect set up its logging as it was imported: a stage's child keeps Python's own, as it would
-    # alone; a flow's child sets Prefect's up again (_prefect_from_client)
+    # A stage's child keeps the root logger as it would be alone (Prefect's own loggers stay set up,
+    # unused by stages); a flow's child sets all of Prefect's up again (_prefect_from_client)
     root.handlers[:] = handlers
     root.setLevel(level)
     print(f"runner {fp}: {len(PRELOAD)} libraries loaded in {time.monotonic() - started:.1f} s", flush=True)
@@ -416,8 +420,6 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
     import __main__
 
     __main__.__spec__, __main__.__file__ = None, request["argv0"]
-    if request["argv"][:1] == ["flow"] and "prefect.context" in sys.modules:
-        _prefect_from_client()
 
     _die_with_client(conn, True)  # armed before the client learns the pid: no moment without an owner
     _send(conn, {"pid": os.getpid()})
@@ -427,6 +429,8 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
         os.killpg(0, signal.SIGKILL)  # the client died before it was armed
     code = 0
     try:
+        if request["argv"][:1] == ["flow"] and "prefect.context" in sys.modules:
+            _prefect_from_client()  # after the pid is sent: its errors are the command's, as any other
         from genloop.cli import main
 
         main()

@@ -31,7 +31,8 @@ POOL = "genloop"
 # The deployments' runs send Prefect's heartbeat every HEARTBEAT_S (prefect.yaml passes it on, so on any
 # worker); a run three heartbeats late belongs to a worker that died with it, and an automation marks it
 # Crashed, so that it can be run again elsewhere. Only these deployments' runs are watched: a run of
-# another project, or a `genloop flow` run outside a deployment, keeps Prefect's own (180 s) heartbeat.
+# another project keeps Prefect's own (180 s) heartbeat, and a `genloop flow` run outside a deployment
+# sends none unless asked (genloop/cli.py).
 HEARTBEAT_S = 30  # Prefect's least
 CRASH_AUTOMATION = "genloop: a silent flow run crashed"
 

@@ -150,3 +150,15 @@ def test_tune_flow_runs_two_workers_on_one_study(harness, digits):
     storage = JournalStorage(JournalFileBackend(str(digits.root / ".genloop/tune/study/journal.log")))
     study = optuna.load_study(study_name=summary["study"], storage=storage)
     assert len({t.user_attrs["owner"]["pid"] for t in study.trials}) == 2  # two processes took trials
+
+
+def test_a_command_line_run_sends_no_heartbeat_unless_a_setting_asks():
+    """Prefect's heartbeat thread held the end of every `genloop flow` run for 0.5 s on average."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    from genloop.cli import _heartbeat_unless_configured
+
+    with _heartbeat_unless_configured():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}), _heartbeat_unless_configured():
+        assert get_current_settings().flows.heartbeat_frequency == 60

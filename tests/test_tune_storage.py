@@ -185,6 +185,7 @@ def test_two_checkouts_share_a_postgresql_study_and_a_dead_workers_trial_runs_ag
         out, _ = second.communicate(timeout=300)
         assert second.returncode == 0, out
         ended = trials()
+        storage().engine.dispose()  # its connections closed before the server stops
         assert [t.state for t in ended].count(TrialState.COMPLETE) == 6 and len(ended) == 7, out
         dead = ended[victim.number]
         assert dead.state == TrialState.FAIL

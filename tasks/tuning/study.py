@@ -107,6 +107,9 @@ def open_storage(storage: str, heartbeat_s: int = 20, grace_s: int = 60):
         raise GenloopError(f"tune.storage: cannot open {_redacted(storage)}: {err}") from None
 
 
+SCHEMA_LOCK = zlib.crc32(b"genloop: the Optuna schema")  # an advisory lock's key, apart from the studies'
+
+
 @contextlib.contextmanager
 def _schema_lock(storage: str) -> Iterator[None]:
     """One process at a time opens the database: Optuna makes its tables on the first open, and two
@@ -217,7 +220,6 @@ def open_study(params: Params, storage: Any = None, name: str | None = None):
 
 
 _ENGINES: dict[str, Any] = {}
-SCHEMA_LOCK = zlib.crc32(b"genloop: the Optuna schema")  # an advisory lock's key, apart from the studies'
 
 
 def _engine(url: str):
@@ -239,8 +241,11 @@ def advisory_lock(storage: str, key: int) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            conn.commit()
+            try:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+            except Exception:  # not back to the pool still holding it: closing the session frees it
+                conn.invalidate()
 
 
 @contextlib.contextmanager
