@@ -77,8 +77,20 @@ def test_kill_9_of_the_command_stops_the_stage_and_what_it_started(digits):
         tree = [p for p in procs if "worker" in " ".join(p.cmdline())]
         return procs if len(tree) == 2 else []
 
-    procs = wait_for(workers, "the stage never started its two workers")
-    kill_and_check(client, procs, pid)
+    with ended(client):
+        procs = wait_for(workers, "the stage never started its two workers")
+        kill_and_check(client, procs, pid)
+
+
+@contextlib.contextmanager
+def ended(client: subprocess.Popen):
+    """The command killed at the end, should the test fail before it does (and its flow run on)."""
+    try:
+        yield
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
 
 
 def kill_and_check(client: subprocess.Popen, procs: list[psutil.Process], pid: int) -> None:
@@ -109,8 +121,9 @@ def test_kill_9_of_a_flow_stops_it_and_its_stage(digits):
             return procs if len(ours) == 2 and last.exists() else []
         return []
 
-    procs = wait_for(flow_and_stage, "the flow's train stage never ran through the runner", timeout=180)
-    kill_and_check(client, procs, pid)
+    with ended(client):
+        procs = wait_for(flow_and_stage, "the flow's train stage never ran through the runner", timeout=180)
+        kill_and_check(client, procs, pid)
 
 
 def test_a_flow_through_the_runner_takes_its_prefect_settings_from_its_command(digits):
