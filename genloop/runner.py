@@ -250,7 +250,6 @@ def serve(fp: str) -> None:
     import logging
 
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
     for name in PRELOAD:
         if name == "prefect":  # what the root logger had before Prefect set up its logging
             handlers, level = list(root.handlers), root.level

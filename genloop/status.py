@@ -154,7 +154,7 @@ def runner(console: Console) -> None:
     if not found:
         console.print("Stage runner: none for this environment (the next stage or flow starts one)")
         return
-    idle = f"; it exits after {r.IDLE_S:g} s without a stage (genloop runner stop)"
+    idle = f"; it exits after {r.IDLE_S:g} s without a command (genloop runner stop)"
     age = time.time() - found[0]["since"]
     console.print(f"Stage runner: pid {found[0]['pid']}, warm for {age / 60:.0f} min{idle}")
 
