@@ -8,6 +8,7 @@ import collections
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -17,6 +18,7 @@ import httpx
 import psutil
 import pytest
 
+from tasks.serving.launch import HANDOVER_S
 from tests.conftest import BIN
 from tests.test_service import deployed_champion
 
@@ -45,6 +47,13 @@ def servers(port: int) -> list[int]:
         if "tasks.serving.launch" in cmd and str(port) in cmd:
             found.append(proc.pid)
     return found
+
+
+def post(path: str, body: dict) -> bytes:
+    """One HTTP/1.1 request, as bytes to send on a socket of one's own."""
+    data = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    return f"{head}Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
 
 
 class Load:
@@ -189,11 +198,20 @@ def test_soak_loses_nothing_and_sigterm_drains(site):
         warm = rss()
         time.sleep(30)
         steady = rss()
+        late = socket.create_connection(("127.0.0.1", site.port))  # accepted before the stop, and
         os.kill(server["pid"], signal.SIGTERM)
+        time.sleep(HANDOVER_S + 0.3)  # its request sent after the port was left: still read and answered
+        late.sendall(post("/generate", {"n": 1}))
+        try:
+            late_answer = b"".join(iter(lambda: late.recv(65536), b""))
+        except OSError as err:  # reset
+            late_answer = repr(err).encode()
+        late.close()
         psutil.Process(server["pid"]).wait(60)
         served_before_stop = load.counts[200]
     refused = load.counts.pop("refused", 0)  # after the listener closed: nothing serves any more
     assert served_before_stop > 100
+    assert late_answer.startswith(b"HTTP/1.1 200"), late_answer[:200]
     assert all(not isinstance(k, int) or k == 200 for k in load.counts), dict(load.counts)
     assert not [k for k in load.counts if isinstance(k, str) and not k.startswith("feedback 200")], (
         dict(load.counts),

@@ -14,7 +14,9 @@
   HANDOVER_S. Leaving the group by shutdown() alone resets the connections in its accept queue, which
   a client sees as "disconnected without a response" (1 in ~660 requests of a deploy under load).
   Alone on the port, a socket filter drops new connection attempts instead (they are refused once the
-  server is gone) while the workers accept what had queued.
+  server is gone) while the workers accept what had queued. The workers then have READ_S to read the
+  requests of the connections they accepted last: uvicorn's stop closes a connection whose request it
+  has not read yet, which its client sees as "disconnected without a response" too.
 - With GENLOOP_LOG_FILE set, the server's and its workers' output goes to that file, rotated at
   LOG_BYTES with LOG_BACKUPS old copies kept.
 The arguments are bentoml's own.
@@ -35,6 +37,7 @@ from pathlib import Path
 LOG_BYTES, LOG_BACKUPS = 10 << 20, 3
 API_WATCHER = "service"  # BentoML's name for the API server's workers (_bentoml_impl/server/serving.py)
 HANDOVER_S = 0.5  # the old workers accept what queued before the new connections went elsewhere
+READ_S = 1.0  # then read the requests of the connections accepted last, before uvicorn stops
 # Linux's numbers (asm-generic/socket.h); Python's socket module has none of them
 SO_ATTACH_FILTER, SO_ATTACH_REUSEPORT_CBPF, SO_DETACH_REUSEPORT_BPF = 26, 51, 68
 _elders: dict[int, set[int]] = {}  # socket inode -> inodes already listening on its port when it bound
@@ -102,6 +105,8 @@ def _stop_api_first(self, close_output_streams=False, watcher_iter_func=None):
         for sock in tcp:  # leave the port (its queue is empty now)
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RD)
+        if tcp:  # a request read before the workers stop is in flight, and answered
+            yield gen.sleep(READ_S)
         watchers = list((watcher_iter_func or self.iter_watchers)(reverse=False))
         front = [w for w in watchers if w.name == API_WATCHER]
         yield gen.multi([w._stop(close_output_streams) for w in front])
