@@ -31,7 +31,12 @@ def test_up_deploys_runs_a_deployment_and_down_stops_everything(digits):
         "PREFECT_HOME": str(project.root / ".genloop/prefect"),
     }
     try:
-        up = project.run("genloop", "up", "--port", str(port), check=True)
+        # a run waiting behind another of a CANCEL_NEW deployment is cancelled when the server marks it
+        # late (Prefect's default: 15 s after its start time); a first retrain shorter than that, on a
+        # fast machine, ended before the burst's second run was cancelled, which then ran
+        late = {"PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "1",
+                "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "1"}  # fmt: skip
+        up = project.run("genloop", "up", "--port", str(port), env=late, check=True)
         assert f"http://127.0.0.1:{port}" in up.stdout
         worker = psutil.Process(int((project.root / ".genloop/worker.pid").read_text()))
         assert "--limit 1" in " ".join(worker.cmdline())  # this checkout's flow runs, one at a time
