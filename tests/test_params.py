@@ -234,8 +234,9 @@ def test_status_names_the_stores_here_and_with_a_site(project):
 
 
 def test_family_auto_follows_the_kind_of_data(tmp_path, monkeypatch):
-    """`model.family: auto` (the default) trains the VAE on images and the GPT on text, read from the
-    source's files or from what was collected; an explicit family wins; the line keeps its name."""
+    """`model.family: auto` (the default) trains the GPT on text, the VAE on images up to 8x8 and the GAN
+    on larger ones, read from the source's files or from what was collected; an explicit family wins;
+    the line keeps its name."""
     import numpy as np
 
     from tasks.core.params import family_was_auto, line, load, with_values
@@ -247,14 +248,24 @@ def test_family_auto_follows_the_kind_of_data(tmp_path, monkeypatch):
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts/a.txt").write_text("some text")
     write_png(tmp_path / "pictures/cat/a.png", np.zeros((8, 8, 3), np.uint8))
+    write_png(tmp_path / "photos/cat/a.png", np.zeros((16, 8, 3), np.uint8))
+    (tmp_path / "broken/cat").mkdir(parents=True)
+    (tmp_path / "broken/cat/a.png").write_bytes(b"not a png")
     for source, family in [
         ("pydoc:topics", "gpt"),
         (str(tmp_path / "texts"), "gpt"),
         (str(tmp_path / "pictures"), "vae"),
+        (str(tmp_path / "photos"), "gan"),  # larger than 8x8
+        (str(tmp_path / "broken"), "vae"),  # size unknown: validate says what is wrong
         (str(tmp_path / "missing"), "vae"),  # collect then says the folder is missing
     ]:
         chosen = with_values(p, {"data.source": source})
         assert chosen.model.family == family and family_was_auto(chosen.model), source
+    # S3: unknown before its first collect (small, the VAE), then read from what collect fetched
+    assert with_values(p, {"data.source": "s3://bucket/photos"}).model.family == "vae"
+    write_png(tmp_path / "data/raw/files/cat/a.png", np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "data/raw/manifest.json").write_text('{"source": "s3://bucket/photos", "kind": "image"}')
+    assert with_values(p, {"data.source": "s3://bucket/photos"}).model.family == "gan"
     text = with_values(p, {"data.source": "pydoc:topics"})
     assert text.train.max_steps == 4800 and text.train.batch_size == 32  # the GPT's own settings apply
     explicit = with_values(p, {"model.family": "gan"})

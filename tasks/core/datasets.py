@@ -109,25 +109,61 @@ def require_family_fits(family: str, kind: str, where: str) -> None:
 
 
 def source_kind(source: str) -> str | None:
-    """'image' or 'text': the kind of data at `source` as collected already (data/processed), else
+    """'image' or 'text': the kind of data at `source` as collected already (data/processed, data/raw), else
     from the first data file's name of a local folder; None when it cannot be told without fetching
     (S3 before its first collect) or yet (a folder missing or empty): collect finds out, and says why."""
     from tasks.core.params import BUILTIN_SOURCES
 
     if source in BUILTIN_SOURCES:
         return BUILTIN_SOURCES[source]
-    meta = paths.PROCESSED / "meta.json"
-    if meta.is_file():
-        found = json.loads(meta.read_text())
+    for made in (paths.PROCESSED / "meta.json", paths.MANIFEST):  # augmented, or collected
+        found = json.loads(made.read_text()) if made.is_file() else {}
         if found.get("source") == source and found.get("kind"):
             return found["kind"]
     if source.startswith("s3://"):
         return None
-    root = Path(source.removeprefix("file://")).expanduser()
-    for _, dirs, files in os.walk(root):  # the first data file decides; collect checks they agree
+    first = _first_data_file(Path(source.removeprefix("file://")).expanduser())
+    return SUFFIXES[first.suffix.lower()] if first is not None else None
+
+
+def _first_data_file(root: Path) -> Path | None:
+    """The first data file of a folder, in sorted order (the one that decides its kind; collect checks
+    the others agree)."""
+    for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            kind = SUFFIXES.get(Path(name).suffix.lower())
-            if kind and not name.startswith("."):
-                return kind
+            if Path(name).suffix.lower() in SUFFIXES and not name.startswith("."):
+                return Path(folder) / name
     return None
+
+
+BUILTIN_IMAGE_SIZES = {"sklearn:digits": (8, 8)}
+
+
+def source_image_size(source: str) -> tuple[int, int] | None:
+    """(height, width) of the images at `source`, found as source_kind finds the kind: from what was
+    processed or collected already, else from the header of a local folder's first image; None for
+    text, for S3 before its first collect, and for a folder with no image yet."""
+    if source in BUILTIN_IMAGE_SIZES:
+        return BUILTIN_IMAGE_SIZES[source]
+    meta = paths.PROCESSED / "meta.json"
+    if meta.is_file():
+        found = json.loads(meta.read_text())
+        if found.get("source") == source and found.get("kind") == "image":
+            return tuple(found["shape"][1:])
+    first = None
+    if paths.MANIFEST.is_file():
+        found = json.loads(paths.MANIFEST.read_text())
+        if found.get("source") == source:
+            first = _first_data_file(paths.RAW / "files")
+    elif not source.startswith("s3://"):
+        first = _first_data_file(Path(source.removeprefix("file://")).expanduser())
+    if first is None or SUFFIXES[first.suffix.lower()] != "image":
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(first) as image:  # reads the header only
+            return image.height, image.width
+    except (OSError, UnidentifiedImageError):
+        return None  # collect and validate say what is wrong with it

@@ -230,6 +230,7 @@ class Gate(Section):
     min_improvement: float = Field(ge=0)  # the headline metric must beat the champion's by this much
     max_regression: float = Field(ge=0)  # relative worsening allowed on every other metric
     max_fd_ratio: float = Field(gt=0)  # images: samples' Fréchet distance at most this x the baseline's
+    max_pr_regression: float = Field(ge=0, le=1)  # images: precision, recall at least baseline x (1 - this)
 
 
 class EvaluateParams(Section):
@@ -528,13 +529,15 @@ def parse(raw: dict, origin: str = PARAMS_FILE) -> Params:
 
 
 def auto_family(params: Params) -> str:
-    """What `model.family: auto` trains on data.source: the family of its kind of data (models/families.py,
-    AUTO). The kind is read from the source's file names, or from the data already collected; a
-    source that cannot be read yet counts as images, and collect then says what is wrong with it."""
-    from models.families import AUTO
-    from tasks.core.datasets import source_kind
+    """What `model.family: auto` trains on data.source (models/families.py, auto_family): the family of
+    its kind of data and, for images, of their size. Both are read from the source's files, or from the
+    data already collected; a source that cannot be read yet counts as small images, and collect then
+    says what is wrong with it."""
+    from models.families import auto_family as family_for
+    from tasks.core.datasets import source_image_size, source_kind
 
-    return AUTO[source_kind(params.data.source) or "image"]
+    kind = source_kind(params.data.source) or "image"
+    return family_for(kind, source_image_size(params.data.source) if kind == "image" else None)
 
 
 def family_was_auto(model: ModelParams) -> bool:

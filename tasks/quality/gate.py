@@ -6,6 +6,8 @@ A pure function of figures already measured (tested without any I/O). A challeng
 - none of the family's sample metrics is worse than the baseline's, nor the champion's, by more than
   `max_regression` (relative): a model that wins on likelihood but draws worse samples than a classical
   model is not served;
+- its samples' precision and recall (images) are at least the baseline's, less `max_pr_regression` of
+  them (in place of `max_regression` against the baseline), or real held-out data's own if that is lower;
 - its samples' Fréchet distance (images) is at most `max_fd_ratio` times the baseline's (in place of
   the `max_regression` tolerance for that metric), or real held-out data's own if that is higher: a
   model only a little closer to the data than a Gaussian mixture is not worth serving over it;
@@ -25,6 +27,7 @@ from tasks.quality.metrics import HIGHER_IS_BETTER
 
 # Baseline figures a degenerate one may be replaced by: the per-pixel model's likelihood is always sane.
 STAND_INS = {"nll_bits_per_dim": ("per_pixel_bits_per_dim", "the per-pixel model's")}
+PR_METRICS = ("precision", "recall")  # images: held to the baseline's by max_pr_regression
 
 
 def better(a: float, b: float, metric: str, margin: float = 0.0) -> bool:
@@ -43,15 +46,29 @@ def fd_limit(baseline_fd: float, floor: dict, gate: Gate) -> float:
     return max(baseline_fd * gate.max_fd_ratio, floor.get("fd", -math.inf))
 
 
+def pr_limit(baseline: float, metric: str, floor: dict, gate: Gate) -> float:
+    """The lowest precision or recall the gate accepts: the baseline's less its `max_pr_regression`, or
+    real held-out data's own where that is lower (a model as close to the data as real images is never
+    refused)."""
+    return min(baseline * (1 - gate.max_pr_regression), floor.get(metric, math.inf))
+
+
 def near_enough(a: float, b: float, metric: str, floor: dict, gate: Gate) -> bool:
     """Is the challenger's a close enough to the data, against the baseline's b? The Fréchet distance
-    must reach its limit (fd_limit), every other metric be within the gate's tolerance."""
-    return a <= fd_limit(b, floor, gate) if metric == "fd" else within(a, b, metric, gate)
+    must reach its limit (fd_limit), precision and recall theirs (pr_limit), every other metric be within
+    the gate's tolerance."""
+    if metric == "fd":
+        return a <= fd_limit(b, floor, gate)
+    if metric in PR_METRICS:
+        return a >= pr_limit(b, metric, floor, gate)
+    return within(a, b, metric, gate)
 
 
 def _against(metric: str, b: float, floor: dict, gate: Gate) -> str:
     if metric == "fd":
         return f"baseline {_num(b)} (at most {gate.max_fd_ratio:g}x: {_num(fd_limit(b, floor, gate))})"
+    if metric in PR_METRICS:
+        return f"baseline {_num(b)} (at least {_num(pr_limit(b, metric, floor, gate))})"
     return f"baseline {_num(b)} (at most {gate.max_regression:.0%} worse)"
 
 
