@@ -168,9 +168,9 @@ def for_kind(kind: str) -> list[str]:
 
 # What `model.family: auto` trains. Text: the GPT. Images: the family whose samples were closest to the
 # data (Fréchet distance) on folders of that size in `bench/quality.py --folders` (docs/benchmarks.md,
-# Quality on several folders). On 8x8 digits, the VAE (FD 9.8 against the GAN's 11.3, in 25 s against
-# 68); on every larger folder, the GAN: 16x16 shapes 8.2 against 82.8, 28x28 strokes 24.5 against 41.7,
-# 32x32 colour photographs 63.4 against 320.5. A size not known before collect counts as small.
+# Quality on several folders). On 8x8 digits, the VAE (FD 10.0 against the GAN's 11.3, in 23 s against
+# 59); on every larger folder, the GAN: 16x16 shapes 8.2 against 87.2, 28x28 strokes 24.5 against 41.7,
+# 32x32 colour photographs 63.4 against 397.7. A size not known before collect counts as small.
 AUTO_VAE_MAX_SIDE = 8
 
 

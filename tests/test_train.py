@@ -28,6 +28,7 @@ QUICK = {
     "batch_size": 16,
     "val_batches": 2,
     "sample_every_n_epochs": 1,
+    "precision": "32-true",  # auto measures, and the tests compare the weights of separate runs
 }
 
 
