@@ -170,7 +170,8 @@ def for_kind(kind: str) -> list[str]:
 # data (Fréchet distance) on folders of that size in `bench/quality.py --folders` (docs/benchmarks.md,
 # Quality on several folders). On 8x8 digits, the VAE (FD 10.0 against the GAN's 11.3, in 23 s against
 # 59); on every larger folder, the GAN: 16x16 shapes 8.2 against 87.2, 28x28 strokes 24.5 against 41.7,
-# 32x32 colour photographs 63.4 against 397.7. A size not known before collect counts as small.
+# 32x32 colour photographs 63.4 against 397.7. A size not known yet (S3 before its first collect) counts
+# as larger: a user's images mostly are, and the model line then keeps its name across that collect.
 AUTO_VAE_MAX_SIDE = 8
 
 
@@ -178,4 +179,4 @@ def auto_family(kind: str, size: tuple[int, int] | None = None) -> str:
     """The family `model.family: auto` trains on data of `kind` whose images are `size` (height, width)."""
     if kind == "text":
         return "gpt"
-    return "vae" if size is None or max(size) <= AUTO_VAE_MAX_SIDE else "gan"
+    return "vae" if size is not None and max(size) <= AUTO_VAE_MAX_SIDE else "gan"

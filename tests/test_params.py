@@ -256,16 +256,18 @@ def test_family_auto_follows_the_kind_of_data(tmp_path, monkeypatch):
         (str(tmp_path / "texts"), "gpt"),
         (str(tmp_path / "pictures"), "vae"),
         (str(tmp_path / "photos"), "gan"),  # larger than 8x8
-        (str(tmp_path / "broken"), "vae"),  # size unknown: validate says what is wrong
-        (str(tmp_path / "missing"), "vae"),  # collect then says the folder is missing
+        (str(tmp_path / "broken"), "gan"),  # size unknown: validate says what is wrong
+        (str(tmp_path / "missing"), "gan"),  # collect then says the folder is missing
     ]:
         chosen = with_values(p, {"data.source": source})
         assert chosen.model.family == family and family_was_auto(chosen.model), source
-    # S3: unknown before its first collect (small, the VAE), then read from what collect fetched
-    assert with_values(p, {"data.source": "s3://bucket/photos"}).model.family == "vae"
-    write_png(tmp_path / "data/raw/files/cat/a.png", np.zeros((32, 32, 3), np.uint8))
-    (tmp_path / "data/raw/manifest.json").write_text('{"source": "s3://bucket/photos", "kind": "image"}')
-    assert with_values(p, {"data.source": "s3://bucket/photos"}).model.family == "gan"
+    # S3: unknown before its first collect (the GAN), then read from what collect fetched
+    assert with_values(p, {"data.source": "s3://bucket/thumbs"}).model.family == "gan"
+    write_png(tmp_path / "data/raw/files/cat/a.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "data/raw/manifest.json").write_text('{"source": "s3://bucket/thumbs", "kind": "image"}')
+    assert with_values(p, {"data.source": "s3://bucket/thumbs"}).model.family == "vae"
+    # what another source collected is no answer for a local folder: its own first image is
+    assert with_values(p, {"data.source": str(tmp_path / "photos")}).model.family == "gan"
     text = with_values(p, {"data.source": "pydoc:topics"})
     assert text.train.max_steps == 4800 and text.train.batch_size == 32  # the GPT's own settings apply
     explicit = with_values(p, {"model.family": "gan"})

@@ -151,19 +151,23 @@ def source_image_size(source: str) -> tuple[int, int] | None:
         found = json.loads(meta.read_text())
         if found.get("source") == source and found.get("kind") == "image":
             return tuple(found["shape"][1:])
-    first = None
-    if paths.MANIFEST.is_file():
-        found = json.loads(paths.MANIFEST.read_text())
-        if found.get("source") == source:
-            first = _first_data_file(paths.RAW / "files")
+    collected = json.loads(paths.MANIFEST.read_text()) if paths.MANIFEST.is_file() else {}
+    if collected.get("source") == source:
+        first = _first_data_file(paths.RAW / "files")
     elif not source.startswith("s3://"):
         first = _first_data_file(Path(source.removeprefix("file://")).expanduser())
+    else:
+        first = None
     if first is None or SUFFIXES[first.suffix.lower()] != "image":
         return None
-    from PIL import Image, UnidentifiedImageError
+    import warnings
+
+    from PIL import Image
 
     try:
-        with Image.open(first) as image:  # reads the header only
-            return image.height, image.width
-    except (OSError, UnidentifiedImageError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(first) as image:  # reads the header only
+                return image.height, image.width
+    except (OSError, Image.DecompressionBombError):  # (UnidentifiedImageError is an OSError)
         return None  # collect and validate say what is wrong with it

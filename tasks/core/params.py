@@ -531,8 +531,8 @@ def parse(raw: dict, origin: str = PARAMS_FILE) -> Params:
 def auto_family(params: Params) -> str:
     """What `model.family: auto` trains on data.source (models/families.py, auto_family): the family of
     its kind of data and, for images, of their size. Both are read from the source's files, or from the
-    data already collected; a source that cannot be read yet counts as small images, and collect then
-    says what is wrong with it."""
+    data already collected; a source that cannot be read yet counts as images larger than 8x8, and
+    collect then says what is wrong with it."""
     from models.families import auto_family as family_for
     from tasks.core.datasets import source_image_size, source_kind
 
