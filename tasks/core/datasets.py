@@ -108,22 +108,38 @@ def require_family_fits(family: str, kind: str, where: str) -> None:
         )
 
 
-def source_kind(source: str) -> str | None:
-    """'image' or 'text': the kind of data at `source` as collected already (data/processed, data/raw), else
-    from the first data file's name of a local folder; None when it cannot be told without fetching
-    (S3 before its first collect) or yet (a folder missing or empty): collect finds out, and says why."""
+BUILTIN_IMAGE_SIZES = {"sklearn:digits": (8, 8)}
+
+
+def describe_source(source: str) -> tuple[str | None, tuple[int, int] | None]:
+    """The kind of data at `source` ('image' or 'text') and, for images, their (height, width): from
+    what was processed or collected of this source already, else from a local folder's first data file
+    (its name; an image's header). None where it cannot be told without fetching (S3 before its first
+    collect) or yet (a folder missing or empty, an unreadable image): collect and validate find out,
+    and say why."""
     from tasks.core.params import BUILTIN_SOURCES
 
     if source in BUILTIN_SOURCES:
-        return BUILTIN_SOURCES[source]
-    for made in (paths.PROCESSED / "meta.json", paths.MANIFEST):  # augmented, or collected
-        found = json.loads(made.read_text()) if made.is_file() else {}
-        if found.get("source") == source and found.get("kind"):
-            return found["kind"]
-    if source.startswith("s3://"):
-        return None
-    first = _first_data_file(Path(source.removeprefix("file://")).expanduser())
-    return SUFFIXES[first.suffix.lower()] if first is not None else None
+        return BUILTIN_SOURCES[source], BUILTIN_IMAGE_SIZES.get(source)
+    processed = _record_of(paths.PROCESSED / "meta.json", source)
+    if processed.get("kind"):
+        return processed["kind"], tuple(processed["shape"][1:]) if processed["kind"] == "image" else None
+    if _record_of(paths.MANIFEST, source):
+        first = _first_data_file(paths.RAW / "files")
+    elif not source.startswith("s3://"):
+        first = _first_data_file(Path(source.removeprefix("file://")).expanduser())
+    else:
+        return None, None
+    if first is None:
+        return None, None
+    kind = SUFFIXES[first.suffix.lower()]
+    return kind, _image_size(first) if kind == "image" else None
+
+
+def _record_of(path: Path, source: str) -> dict:
+    """A JSON record (meta.json, the manifest) if it describes `source`, else {}."""
+    found = json.loads(path.read_text()) if path.is_file() else {}
+    return found if found.get("source") == source else {}
 
 
 def _first_data_file(root: Path) -> Path | None:
@@ -137,29 +153,8 @@ def _first_data_file(root: Path) -> Path | None:
     return None
 
 
-BUILTIN_IMAGE_SIZES = {"sklearn:digits": (8, 8)}
-
-
-def source_image_size(source: str) -> tuple[int, int] | None:
-    """(height, width) of the images at `source`, found as source_kind finds the kind: from what was
-    processed or collected already, else from the header of a local folder's first image; None for
-    text, for S3 before its first collect, and for a folder with no image yet."""
-    if source in BUILTIN_IMAGE_SIZES:
-        return BUILTIN_IMAGE_SIZES[source]
-    meta = paths.PROCESSED / "meta.json"
-    if meta.is_file():
-        found = json.loads(meta.read_text())
-        if found.get("source") == source and found.get("kind") == "image":
-            return tuple(found["shape"][1:])
-    collected = json.loads(paths.MANIFEST.read_text()) if paths.MANIFEST.is_file() else {}
-    if collected.get("source") == source:
-        first = _first_data_file(paths.RAW / "files")
-    elif not source.startswith("s3://"):
-        first = _first_data_file(Path(source.removeprefix("file://")).expanduser())
-    else:
-        first = None
-    if first is None or SUFFIXES[first.suffix.lower()] != "image":
-        return None
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from an image file's header; None when it cannot be read."""
     import warnings
 
     from PIL import Image
@@ -167,7 +162,7 @@ def source_image_size(source: str) -> tuple[int, int] | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(first) as image:  # reads the header only
+            with Image.open(path) as image:  # reads the header only
                 return image.height, image.width
     except (OSError, Image.DecompressionBombError):  # (UnidentifiedImageError is an OSError)
-        return None  # collect and validate say what is wrong with it
+        return None

@@ -534,10 +534,10 @@ def auto_family(params: Params) -> str:
     data already collected; a source that cannot be read yet counts as images larger than 8x8, and
     collect then says what is wrong with it."""
     from models.families import auto_family as family_for
-    from tasks.core.datasets import source_image_size, source_kind
+    from tasks.core.datasets import describe_source
 
-    kind = source_kind(params.data.source) or "image"
-    return family_for(kind, source_image_size(params.data.source) if kind == "image" else None)
+    kind, size = describe_source(params.data.source)
+    return family_for(kind or "image", size)
 
 
 def family_was_auto(model: ModelParams) -> bool:
